@@ -1,0 +1,54 @@
+"""The error types of amplink.
+
+One root, :class:`AmplinkError`; each subclass also derives from the built-in exception
+that ordinary Python code would catch for the same condition.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class AmplinkError(Exception):
+    """Root of every error amplink raises on purpose."""
+
+
+class MessageTooLarge(AmplinkError, ValueError):
+    """The payload exceeds the link's MTU (EMSGSIZE); nothing was sent."""
+
+    errno = errno.EMSGSIZE
+
+
+class NoBufferAvailable(AmplinkError, BlockingIOError):
+    """No transmit buffer is free right now (a ``try_*`` call); retry or use the blocking call."""
+
+    def __init__(self, message: str = "no TX buffer free: retry later or use the blocking send"):
+        super().__init__(errno.EAGAIN, message)
+
+
+class SendTimeout(AmplinkError, TimeoutError):
+    """A blocking send waited its whole timeout for a free transmit buffer."""
+
+
+class ReceiveTimeout(AmplinkError, TimeoutError):
+    """A blocking receive got no message within its timeout."""
+
+
+class EndpointClosed(AmplinkError, OSError):
+    """The endpoint (or link) was closed by this side; create a new one to go on."""
+
+
+class LinkDown(AmplinkError, ConnectionError):
+    """The peer is gone: it exited, crashed, or broke the shared-memory protocol for good."""
+
+
+class RemoteProtocolError(AmplinkError):
+    """The peer wrote something into shared memory that breaks the protocol."""
+
+
+class FirmwareError(AmplinkError, ValueError):
+    """A firmware image or resource table is malformed; the message names field and offset."""
+
+
+class AddressError(AmplinkError, ValueError):
+    """An address or offset is outside the region or otherwise not acceptable."""

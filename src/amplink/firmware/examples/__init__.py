@@ -1,0 +1,1 @@
+"""Example firmware for simulated processors (run with ``amplink run MODULE``)."""

@@ -1,0 +1,17 @@
+"""Echo firmware: announces "rpmsg-echo" and sends every message back to its sender."""
+
+from __future__ import annotations
+
+from amplink.rpmsg.bus import RpmsgBus
+from amplink.rpmsg.endpoint import Endpoint
+
+SERVICE = "rpmsg-echo"
+
+
+def echo(ep: Endpoint, payload: bytes, src: int) -> None:
+    ep.sendto(payload, src)
+
+
+def main(link: RpmsgBus) -> None:
+    link.create_endpoint(SERVICE, announce=True, callback=echo)
+    link.run()

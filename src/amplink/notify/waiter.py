@@ -1,0 +1,79 @@
+"""Sleeping on a doorbell, the peer's lifeline and in-process wake-ups with one epoll."""
+
+from __future__ import annotations
+
+import os
+import select
+from collections.abc import Callable
+
+from .doorbell import Doorbell
+
+
+class Waiter:
+    """One epoll set: the doorbell, watched fds (e.g. a lifeline), and a wake-up eventfd.
+
+    Several threads may sleep in :meth:`wait` at once; :meth:`wake` rouses all of them
+    (used when one thread delivered a message another waits for, and at close).
+    """
+
+    def __init__(self, doorbell: Doorbell) -> None:
+        self.doorbell = doorbell
+        self._epoll = select.epoll()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake_fd, select.EPOLLIN)
+        self._door_fd = doorbell.fileno()
+        if self._door_fd >= 0:
+            self._epoll.register(self._door_fd, select.EPOLLIN)
+        self._watches: dict[int, Callable[[], None]] = {}
+        self.closed = False
+
+    def watch(self, fd: int, on_ready: Callable[[], None]) -> None:
+        """Call ``on_ready`` (from a waiting thread) when ``fd`` becomes readable or hangs up."""
+        self._watches[fd] = on_ready
+        self._epoll.register(fd, select.EPOLLIN | select.EPOLLHUP | select.EPOLLRDHUP)
+
+    def unwatch(self, fd: int) -> None:
+        if self._watches.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def fileno(self) -> int:
+        """The epoll fd: readable when any source is ready (for asyncio's add_reader)."""
+        return self._epoll.fileno()
+
+    def wake(self) -> None:
+        """Rouse every thread sleeping in :meth:`wait`; the flag stays until :meth:`reset_wake`."""
+        if not self.closed:
+            os.eventfd_write(self._wake_fd, 1)
+
+    def reset_wake(self) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; True if any source signalled, False on timeout.
+
+        Doorbell kicks are consumed here; watch callbacks run here; a wake-up is left
+        pending so that every sleeping thread sees it (the caller resets it).
+        """
+        events = self._epoll.poll(timeout)
+        for fd, _mask in events:
+            if fd == self._door_fd:
+                self.doorbell.clear()
+            elif fd != self._wake_fd:
+                callback = self._watches.get(fd)
+                if callback is not None:
+                    callback()
+        return bool(events)
+
+    def poll_sources(self) -> None:
+        """Run :meth:`wait` without sleeping (consume kicks, notice hang-ups)."""
+        self.wait(0)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._epoll.close()
+        os.close(self._wake_fd)

@@ -1,0 +1,1 @@
+"""Where remote processors live: simulated child processes, OpenAMP's Linux profile, hardware."""

@@ -1,0 +1,565 @@
+"""The rpmsg bus: endpoints, addresses, name service, channels and drivers over a Transport.
+
+No background thread: the thread that waits (in ``recv`` or a blocked ``send``) drains
+the transport and dispatches to every endpoint. One waiting thread at a time sleeps on
+the doorbell (the *poller*); the others wait on a condition it signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import EndpointClosed, LinkDown, MessageTooLarge, NoBufferAvailable, SendTimeout
+from .channel import RpmsgChannel, RpmsgDriver
+from .endpoint import Callback, Endpoint, check_timeout
+from .stats import LinkStatistics
+from .transport import Transport
+from .wire import (
+    RPMSG_ADDR_ANY,
+    RPMSG_NS_ADDR,
+    RPMSG_NS_CREATE,
+    RPMSG_NS_DESTROY,
+    RPMSG_RESERVED_ADDRESSES,
+    NameServiceMessage,
+    RemoteProtocolError,
+    check_name,
+)
+
+log = logging.getLogger(__name__)
+
+#: longest sleep before the rings are re-checked even without a kick (the safety net)
+DEFAULT_SAFETY_TIMEOUT = 0.05
+_MAX_ADDR = 0xFFFFFFFF
+
+
+def _check_addr(addr: int, what: str) -> int:
+    if not isinstance(addr, int) or not 0 <= addr < RPMSG_ADDR_ANY:
+        raise ValueError(f"{what} must be an rpmsg address in 0..0xfffffffe, got {addr!r}")
+    return addr
+
+
+class RpmsgBus:
+    """One rpmsg link: the endpoint table and name service over one transport.
+
+    ``poll_mode`` makes waiting spin on the rings instead of sleeping on the doorbell;
+    ``spin`` is how long (seconds) to spin before each sleep in blocking mode.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        name: str = "rpmsg",
+        poll_mode: bool = False,
+        spin: float = 0.0,
+        safety_timeout: float = DEFAULT_SAFETY_TIMEOUT,
+        max_queued: int | None = None,
+    ) -> None:
+        self.transport = transport
+        self.name = name
+        self.mtu = transport.mtu
+        self.poll_mode = poll_mode
+        self.spin = check_timeout(spin) or 0.0
+        self.safety_timeout = safety_timeout
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(threading.Lock())
+        self._poller_busy = False
+        self._endpoints: dict[int, Endpoint] = {}
+        self._next_dynamic = RPMSG_RESERVED_ADDRESSES
+        self._channels: list[RpmsgChannel] = []
+        self._drivers: list[RpmsgDriver] = []
+        self._closed = False
+        self._async_futures: set[asyncio.Future[None]] = set()
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self.messages_sent = 0
+        self.messages_received = 0
+        self.dropped_unknown_dst = 0
+        self.ns_errors = 0
+        self.safety_net_wakeups = 0
+        self.sleeps = 0
+        self._deliver = self._deliver_message
+        transport.disarm()
+        if transport.supports_ns:
+            self._endpoints[RPMSG_NS_ADDR] = Endpoint(
+                self, RPMSG_NS_ADDR, name="rpmsg-ns", dst=RPMSG_ADDR_ANY,
+                callback=self._on_ns_message, announced=False,
+            )
+
+    # -- addresses and endpoints -------------------------------------------------------------
+    def _allocate_addr(self) -> int:
+        addr = self._next_dynamic
+        while addr in self._endpoints:
+            addr += 1
+            if addr >= _MAX_ADDR:
+                raise OSError("no free rpmsg address left")
+        self._next_dynamic = addr + 1
+        return addr
+
+    def create_endpoint(
+        self,
+        name: str | None = None,
+        *,
+        addr: int = RPMSG_ADDR_ANY,
+        dst: int = RPMSG_ADDR_ANY,
+        callback: Callback | None = None,
+        announce: bool = False,
+        priv: Any = None,
+    ) -> Endpoint:
+        """Create a local endpoint.
+
+        ``addr`` ANY picks the lowest free dynamic address (>= 1024); an explicit address
+        (reserved ones below 1024 included) must be free. ``announce`` sends a
+        name-service create for ``name`` if the peer supports the name service.
+        """
+        if name is not None:
+            check_name(name)
+        if dst != RPMSG_ADDR_ANY:
+            _check_addr(dst, "dst")
+        with self._lock:
+            self._check_usable()
+            if addr == RPMSG_ADDR_ANY:
+                addr = self._allocate_addr()
+            else:
+                _check_addr(addr, "addr")
+                if addr in self._endpoints:
+                    raise ValueError(f"rpmsg address 0x{addr:x} is in use: pick another or ANY")
+            if announce and name is None:
+                raise ValueError("an announced endpoint needs a name")
+            ep = Endpoint(self, addr, name=name, dst=dst, callback=callback,
+                          announced=announce and self.transport.supports_ns, priv=priv)
+            self._endpoints[addr] = ep
+        if ep.announced:
+            self._announce(ep, RPMSG_NS_CREATE)
+        return ep
+
+    def destroy_endpoint(self, ep: Endpoint) -> None:
+        """Remove ``ep``; once this returns no callback for it runs."""
+        with self._lock:
+            if self._endpoints.get(ep.addr) is not ep:
+                ep._mark_closed("closed")
+                return
+            del self._endpoints[ep.addr]
+            ep._mark_closed("closed by this side")
+            announce = ep.announced and self.transport.down is None and not self._closed
+        if announce:
+            try:
+                self._announce(ep, RPMSG_NS_DESTROY)
+            except (LinkDown, SendTimeout, EndpointClosed) as exc:
+                log.info("%s: could not announce the end of %r: %s", self.name, ep.name, exc)
+        self._wake_waiters()
+
+    def endpoints(self) -> list[Endpoint]:
+        with self._lock:
+            return [ep for addr, ep in self._endpoints.items() if addr != RPMSG_NS_ADDR]
+
+    def _announce(self, ep: Endpoint, flags: int) -> None:
+        assert ep.name is not None
+        msg = NameServiceMessage(ep.name, ep.addr, flags).encode()
+        self.send_message(None, ep.addr, RPMSG_NS_ADDR, msg, 1.0)
+
+    # -- channels and drivers ---------------------------------------------------------------------
+    def channels(self) -> list[RpmsgChannel]:
+        with self._lock:
+            return list(self._channels)
+
+    def register_driver(self, driver: RpmsgDriver) -> None:
+        """Register ``driver`` and probe it on every matching channel without an endpoint."""
+        with self._lock:
+            self._drivers.append(driver)
+            for channel in self._channels:
+                if channel.endpoint is None and driver.matches(channel.name):
+                    self._probe(driver, channel)
+
+    def unregister_driver(self, driver: RpmsgDriver) -> None:
+        with self._lock:
+            if driver in self._drivers:
+                self._drivers.remove(driver)
+            for channel in list(driver.channels):
+                self._unbind(channel, "driver unregistered")
+
+    def add_static_channel(self, name: str, dst: int, src: int = RPMSG_ADDR_ANY) -> RpmsgChannel:
+        """Declare a channel the peer never announces; matching drivers are probed."""
+        check_name(name)
+        _check_addr(dst, "dst")
+        with self._lock:
+            channel = RpmsgChannel(name, dst, src=src, static=True)
+            self._channels.append(channel)
+            self._match(channel)
+        return channel
+
+    def open_channel(self, name: str, *, timeout: float | None = 10.0,
+                     callback: Callback | None = None) -> Endpoint:
+        """Wait for channel ``name`` and return a new local endpoint bound to it."""
+        check_name(name)
+        found: list[RpmsgChannel] = []
+
+        def ready() -> bool:
+            found[:] = [c for c in self._channels if c.name == name and not c.removed]
+            return bool(found)
+
+        if not self.wait_until(ready, check_timeout(timeout), tx=False):
+            raise TimeoutError(f"channel {name!r} was not announced within {timeout} s")
+        channel = found[0]
+        ep = self.create_endpoint(name, addr=channel.src, dst=channel.dst, callback=callback)
+        with self._lock:
+            if channel.removed:
+                ep._mark_closed(f"channel {name!r} was removed by the peer")
+            elif channel.endpoint is None:
+                channel.endpoint = ep
+            else:
+                ep.priv = channel  # a second opener: closed when the channel goes
+        return ep
+
+    def wait_channel(self, name: str, timeout: float | None = 10.0) -> RpmsgChannel:
+        """Wait until the peer announced ``name``; return the channel."""
+        check_name(name)
+        found: list[RpmsgChannel] = []
+
+        def ready() -> bool:
+            found[:] = [c for c in self._channels if c.name == name and not c.removed]
+            return bool(found)
+
+        if not self.wait_until(ready, check_timeout(timeout), tx=False):
+            raise TimeoutError(f"channel {name!r} was not announced within {timeout} s")
+        return found[0]
+
+    def _match(self, channel: RpmsgChannel) -> None:
+        for driver in self._drivers:
+            if driver.matches(channel.name):
+                self._probe(driver, channel)
+                return
+
+    def _probe(self, driver: RpmsgDriver, channel: RpmsgChannel) -> None:
+        ep = self.create_endpoint(channel.name, addr=channel.src, dst=channel.dst,
+                                  callback=driver.callback, announce=channel.src != RPMSG_ADDR_ANY)
+        channel.endpoint = ep
+        channel.driver = driver
+        driver.channels.append(channel)
+        if driver.probe is not None:
+            try:
+                driver.probe(channel)
+            except Exception:
+                log.exception("%s: probe of driver %r on %r failed", self.name, driver.name,
+                              channel.name)
+                self._unbind(channel, "probe failed", run_remove=False)
+
+    def _unbind(self, channel: RpmsgChannel, reason: str, *, run_remove: bool = True) -> None:
+        driver = channel.driver
+        if driver is not None:
+            if run_remove and driver.remove is not None:
+                try:
+                    driver.remove(channel)
+                except Exception:
+                    log.exception("%s: remove of driver %r failed", self.name, driver.name)
+            if channel in driver.channels:
+                driver.channels.remove(channel)
+            channel.driver = None
+        ep = channel.endpoint
+        channel.endpoint = None
+        if ep is not None:
+            self._endpoints.pop(ep.addr, None)
+            ep._mark_closed(reason)
+        for other in list(self._endpoints.values()):
+            if other.priv is channel:
+                self._endpoints.pop(other.addr, None)
+                other._mark_closed(reason)
+
+    def _on_ns_message(self, _ep: Endpoint, payload: bytes, src: int) -> None:
+        try:
+            msg = NameServiceMessage.decode(payload)
+        except RemoteProtocolError as exc:
+            self.ns_errors += 1
+            log.warning("%s: bad name-service message from 0x%x: %s", self.name, src, exc)
+            return
+        if msg.flags == RPMSG_NS_CREATE:
+            self._remote_create(msg)
+        else:
+            self._remote_destroy(msg)
+        self._wake_waiters()
+
+    def _remote_create(self, msg: NameServiceMessage) -> None:
+        if any(c.name == msg.name and c.dst == msg.addr and not c.removed
+               for c in self._channels):
+            self.ns_errors += 1
+            log.warning("%s: duplicate announcement of %r at 0x%x refused", self.name,
+                        msg.name, msg.addr)
+            return
+        channel = RpmsgChannel(msg.name, msg.addr)
+        self._channels.append(channel)
+        for ep in self._endpoints.values():
+            # OpenAMP: an announcement names the peer of a local endpoint still without one
+            if ep.name == msg.name and ep.dst == RPMSG_ADDR_ANY and ep.addr != RPMSG_NS_ADDR:
+                ep.dst = msg.addr
+                channel.endpoint = ep
+                channel.src = ep.addr
+                return
+        self._match(channel)
+
+    def _remote_destroy(self, msg: NameServiceMessage) -> None:
+        for channel in self._channels:
+            if channel.name == msg.name and channel.dst == msg.addr and not channel.removed:
+                channel.removed = True
+                self._channels.remove(channel)
+                self._unbind(channel, f"channel {msg.name!r} was removed by the peer")
+                return
+        self.ns_errors += 1
+        log.warning("%s: destroy of unknown channel %r at 0x%x", self.name, msg.name, msg.addr)
+
+    # -- receiving ------------------------------------------------------------------------------
+    def _deliver_message(self, src: int, dst: int, payload: bytes) -> None:
+        ep = self._endpoints.get(dst)
+        if ep is None:
+            self.dropped_unknown_dst += 1
+            if self.dropped_unknown_dst == 1 or log.isEnabledFor(logging.DEBUG):
+                log.warning("%s: message from 0x%x to unknown address 0x%x dropped", self.name,
+                            src, dst)
+            return
+        self.messages_received += 1
+        ep._deliver(payload, src)
+
+    def _drain(self) -> int:
+        """Deliver everything the transport has (lock held)."""
+        total = 0
+        transport = self.transport
+        while True:
+            n = transport.receive(self._deliver, 64)
+            total += n
+            if n < 64:
+                return total
+
+    def poll(self) -> int:
+        """Deliver what has arrived, without waiting; return the number of messages."""
+        with self._lock:
+            self._check_usable()
+            return self._drain()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise EndpointClosed(f"link {self.name} is closed")
+        if self.transport.down is None:
+            self.transport.waiter.poll_sources()  # notice a peer that hung up
+        if self.transport.down is not None:
+            raise LinkDown(str(self.transport.down))
+
+    def _wake_waiters(self) -> None:
+        self.transport.waiter.wake()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float | None, *, tx: bool) -> bool:
+        """Drain and wait until ``ready()`` (called with the lock held) or the timeout.
+
+        Returns False on timeout; raises LinkDown or EndpointClosed (link closed).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        transport = self.transport
+        lock = self._lock
+        while True:
+            with lock:
+                self._drain()
+                if ready():
+                    return True
+                if self._closed:
+                    raise EndpointClosed(f"link {self.name} is closed")
+                if transport.down is not None:
+                    raise LinkDown(str(transport.down))
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if self.poll_mode:
+                self._spin(remaining, tx)
+                continue
+            with self._cond:
+                if self._poller_busy:
+                    self._cond.wait(self.safety_timeout if remaining is None
+                                    else min(remaining, self.safety_timeout))
+                    continue
+                self._poller_busy = True
+            try:
+                self._sleep(remaining, tx)
+            finally:
+                with self._cond:
+                    self._poller_busy = False
+                    self._cond.notify_all()
+
+    def _spin(self, remaining: float | None, tx: bool) -> None:
+        transport = self.transport
+        pending = transport.tx_available if tx else transport.rx_pending
+        end = None if remaining is None else time.monotonic() + remaining
+        for _ in range(10000):
+            if pending():
+                return
+        while not pending():
+            if end is not None and time.monotonic() >= end:
+                return
+            if transport.down is not None or self._closed:
+                return
+            transport.waiter.poll_sources()  # notice a peer that died
+
+    def _sleep(self, remaining: float | None, tx: bool) -> None:
+        transport = self.transport
+        pending = transport.tx_available if tx else transport.rx_pending
+        if self.spin:
+            end = time.monotonic() + self.spin
+            while time.monotonic() < end:
+                if pending():
+                    return
+        with self._lock:
+            if transport.arm(rx=not tx, tx=tx):
+                transport.disarm()
+                return
+        timeout = self.safety_timeout if remaining is None else min(remaining, self.safety_timeout)
+        self.sleeps += 1
+        signalled = transport.waiter.wait(timeout)
+        with self._lock:
+            transport.disarm()
+            if not signalled and pending():
+                self.safety_net_wakeups += 1
+        if not self._closed and transport.down is None:
+            transport.waiter.reset_wake()
+
+    async def async_wait_until(self, ready: Callable[[], bool], timeout: float | None, *,
+                               tx: bool) -> bool:
+        """The asyncio form of :meth:`wait_until`: the loop watches the waiter's epoll fd."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        transport = self.transport
+        while True:
+            with self._lock:
+                self._drain()
+                if ready():
+                    return True
+                if self._closed:
+                    raise EndpointClosed(f"link {self.name} is closed")
+                if transport.down is not None:
+                    raise LinkDown(str(transport.down))
+                if transport.arm(rx=not tx, tx=tx):
+                    transport.disarm()
+                    continue
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            wait = self.safety_timeout if remaining is None else min(remaining,
+                                                                     self.safety_timeout)
+            future = self._async_future(loop)
+            try:
+                await asyncio.wait_for(asyncio.shield(future), wait)
+            except TimeoutError:
+                pass
+            finally:
+                self._async_futures.discard(future)
+                if not self._async_futures:
+                    loop.remove_reader(transport.waiter.fileno())
+            with self._lock:
+                transport.waiter.poll_sources()
+                transport.disarm()
+
+    def _async_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        if not self._async_futures:
+            loop.add_reader(self.transport.waiter.fileno(), self._async_readable)
+        future: asyncio.Future[None] = loop.create_future()
+        self._async_futures.add(future)
+        return future
+
+    def _async_readable(self) -> None:
+        for future in self._async_futures:
+            if not future.done():
+                future.set_result(None)
+
+    # -- sending ---------------------------------------------------------------------------------
+    def _check_send(self, src: int, dst: int, data: bytes | bytearray | memoryview) -> None:
+        if src == RPMSG_ADDR_ANY or dst == RPMSG_ADDR_ANY:
+            raise ValueError("rpmsg has no broadcast: src and dst must not be ANY (0xffffffff)")
+        _check_addr(src, "src")
+        _check_addr(dst, "dst")
+        if len(data) > self.mtu:
+            raise MessageTooLarge(
+                f"payload of {len(data)} bytes exceeds the MTU of {self.mtu}: split it or "
+                "pass large data through shared memory"
+            )
+
+    def send_message(self, ep: Endpoint | None, src: int, dst: int,
+                     data: bytes | bytearray | memoryview, timeout: float | None) -> None:
+        """Send one message, waiting up to ``timeout`` s (0: not at all) for a buffer."""
+        self._check_send(src, dst, data)
+        timeout = check_timeout(timeout)
+        transport = self.transport
+        with self._lock:
+            if self._closed:
+                raise EndpointClosed(f"link {self.name} is closed")
+            if transport.down is not None:
+                raise LinkDown(str(transport.down))
+            if transport.try_send(src, dst, data):
+                self._count_sent(ep)
+                return
+        if timeout == 0:
+            raise NoBufferAvailable()
+        if not self.wait_until(lambda: transport.try_send(src, dst, data), timeout, tx=True):
+            raise SendTimeout(f"no TX buffer became free within {timeout} s")
+        self._count_sent(ep)
+
+    async def async_send_message(self, ep: Endpoint, src: int, dst: int,
+                                 data: bytes | bytearray | memoryview,
+                                 timeout: float | None) -> None:
+        self._check_send(src, dst, data)
+        transport = self.transport
+        ok = await self.async_wait_until(lambda: transport.try_send(src, dst, data),
+                                         check_timeout(timeout), tx=True)
+        if not ok:
+            raise SendTimeout(f"no TX buffer became free within {timeout} s")
+        self._count_sent(ep)
+
+    def _count_sent(self, ep: Endpoint | None) -> None:
+        self.messages_sent += 1
+        if ep is not None:
+            ep.messages_sent += 1
+
+    # -- running callbacks -------------------------------------------------------------------------
+    def run(self, until: Callable[[], bool] | None = None, timeout: float | None = None) -> None:
+        """Drain and dispatch to callbacks until ``until()`` is true, the timeout, or link down."""
+        self.wait_until(until or (lambda: False), timeout, tx=False)
+
+    def log_callback_error(self, ep: Endpoint) -> None:
+        log.exception("%s: callback of endpoint 0x%x raised", self.name, ep.addr)
+
+    # -- state and lifetime -------------------------------------------------------------------------
+    @property
+    def is_up(self) -> bool:
+        return not self._closed and self.transport.down is None
+
+    def statistics(self) -> LinkStatistics:
+        with self._lock:
+            state = "closed" if self._closed else ("down" if self.transport.down else "up")
+            return LinkStatistics(
+                name=self.name, state=state, mtu=self.mtu,
+                messages_sent=self.messages_sent, messages_received=self.messages_received,
+                dropped_unknown_dst=self.dropped_unknown_dst, ns_errors=self.ns_errors,
+                safety_net_wakeups=self.safety_net_wakeups, sleeps=self.sleeps,
+                endpoints=tuple(ep.statistics() for ep in self.endpoints()),
+                transport=dict(self.transport.statistics()),
+            )
+
+    def close(self) -> None:
+        """Close every endpoint (announcing them gone while the link is up) and the transport."""
+        if self._closed:
+            return
+        for ep in self.endpoints():
+            ep.close()
+        with self._lock:
+            self._closed = True
+            for ep in self._endpoints.values():
+                ep._mark_closed("link closed")
+            self._endpoints.clear()
+        self._wake_waiters()
+        self.transport.close()
+
+    def mark_down(self, reason: str) -> None:
+        """The peer is gone: fail every blocked and later call with LinkDown."""
+        with self._lock:
+            self.transport.mark_down(reason)
+        self._wake_waiters()

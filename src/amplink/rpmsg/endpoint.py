@@ -1,0 +1,223 @@
+"""Endpoints: the user-facing end of an rpmsg address."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EndpointClosed, LinkDown, ReceiveTimeout
+from .stats import EndpointStatistics
+from .wire import RPMSG_ADDR_ANY
+
+if TYPE_CHECKING:
+    from .bus import RpmsgBus
+
+#: Linux's and OpenAMP's default wait for a free transmit buffer, in seconds
+DEFAULT_SEND_TIMEOUT = 15.0
+
+Callback = Callable[["Endpoint", bytes, int], None]
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """Validate a user timeout: None (forever) or a finite number >= 0."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+    return float(timeout)
+
+
+class Endpoint:
+    """A local rpmsg address: send from it, receive what is sent to it.
+
+    Messages arrive in a queue read by :meth:`recv` (or iteration), or, when a
+    ``callback(endpoint, payload, src)`` is set, are handed to it by whichever thread
+    is draining the link. After :meth:`close` returns, no callback runs for it.
+    """
+
+    def __init__(
+        self,
+        bus: RpmsgBus,
+        addr: int,
+        *,
+        name: str | None,
+        dst: int,
+        callback: Callback | None,
+        announced: bool,
+        priv: Any = None,
+    ) -> None:
+        self._bus = bus
+        self.addr = addr
+        self.name = name
+        self.dst = dst
+        self.callback = callback
+        self.announced = announced
+        self.priv = priv
+        self._queue: deque[tuple[bytes, int]] = deque()
+        self._closed_reason: str | None = None
+        self.messages_sent = 0
+        self.messages_received = 0
+        self.callback_errors = 0
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed_reason is not None
+
+    @property
+    def mtu(self) -> int:
+        return self._bus.mtu
+
+    def _check_open(self) -> None:
+        if self._closed_reason is not None:
+            raise EndpointClosed(f"endpoint 0x{self.addr:x}: {self._closed_reason}")
+
+    def _dst(self) -> int:
+        if self.dst == RPMSG_ADDR_ANY:
+            raise EndpointClosed(
+                f"endpoint 0x{self.addr:x} has no destination yet: use sendto(), or wait "
+                "until the peer has sent to it"
+            )
+        return self.dst
+
+    # -- sending -------------------------------------------------------------------------
+    def send(self, data: bytes | bytearray | memoryview,
+             timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
+        """Send to the endpoint's destination, waiting up to ``timeout`` s for a buffer."""
+        self._check_open()
+        self._bus.send_message(self, self.addr, self._dst(), data, timeout)
+
+    def sendto(self, data: bytes | bytearray | memoryview, dst: int,
+               timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
+        """Send to address ``dst`` from this endpoint."""
+        self._check_open()
+        self._bus.send_message(self, self.addr, dst, data, timeout)
+
+    def send_offchannel(self, src: int, dst: int, data: bytes | bytearray | memoryview,
+                        timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
+        """Send with an explicit source address (replies then go to ``src``)."""
+        self._check_open()
+        self._bus.send_message(self, src, dst, data, timeout)
+
+    def try_send(self, data: bytes | bytearray | memoryview) -> None:
+        """Like :meth:`send` but raise NoBufferAvailable at once if no buffer is free."""
+        self._check_open()
+        self._bus.send_message(self, self.addr, self._dst(), data, 0)
+
+    def try_sendto(self, data: bytes | bytearray | memoryview, dst: int) -> None:
+        self._check_open()
+        self._bus.send_message(self, self.addr, dst, data, 0)
+
+    def try_send_offchannel(self, src: int, dst: int,
+                            data: bytes | bytearray | memoryview) -> None:
+        self._check_open()
+        self._bus.send_message(self, src, dst, data, 0)
+
+    # -- receiving -----------------------------------------------------------------------
+    def _ready(self) -> bool:
+        return bool(self._queue) or self._closed_reason is not None
+
+    def recvfrom(self, timeout: float | None = None) -> tuple[bytes, int]:
+        """Return ``(payload, src)`` of the next message, waiting up to ``timeout`` s.
+
+        Raises ReceiveTimeout, EndpointClosed (after queued messages are consumed), or
+        LinkDown.
+        """
+        if self.callback is not None:
+            raise RuntimeError("this endpoint delivers to its callback; it has no queue")
+        queue = self._queue
+        if not queue:
+            self._bus.wait_until(self._ready, check_timeout(timeout), tx=False)
+            if not queue:
+                if self._closed_reason is not None:
+                    raise EndpointClosed(f"endpoint 0x{self.addr:x}: {self._closed_reason}")
+                raise ReceiveTimeout(f"no message for endpoint 0x{self.addr:x} in {timeout} s")
+        return queue.popleft()
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """Return the payload of the next message (see :meth:`recvfrom`)."""
+        return self.recvfrom(timeout)[0]
+
+    def try_recvfrom(self) -> tuple[bytes, int] | None:
+        """Return the next message if one is there now, else None."""
+        if not self._queue:
+            self._bus.poll()
+            if not self._queue:
+                self._check_open()
+                return None
+        return self._queue.popleft()
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield payloads until the endpoint is closed (by either side)."""
+        while True:
+            try:
+                yield self.recv()
+            except EndpointClosed:
+                return
+
+    async def arecvfrom(self, timeout: float | None = None) -> tuple[bytes, int]:
+        """Await the next message without a thread: the loop watches the doorbell."""
+        if not self._queue:
+            await self._bus.async_wait_until(self._ready, check_timeout(timeout), tx=False)
+            if not self._queue:
+                self._check_open()
+                raise ReceiveTimeout(f"no message for endpoint 0x{self.addr:x} in {timeout} s")
+        return self._queue.popleft()
+
+    async def arecv(self, timeout: float | None = None) -> bytes:
+        return (await self.arecvfrom(timeout))[0]
+
+    async def asend(self, data: bytes | bytearray | memoryview,
+                    timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
+        """Send, awaiting a free transmit buffer for up to ``timeout`` s."""
+        await self.asendto(data, self._dst(), timeout)
+
+    async def asendto(self, data: bytes | bytearray | memoryview, dst: int,
+                      timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
+        self._check_open()
+        await self._bus.async_send_message(self, self.addr, dst, data, timeout)
+
+    # -- called by the bus, lock held --------------------------------------------------------
+    def _deliver(self, payload: bytes, src: int) -> None:
+        self.messages_received += 1
+        if self.dst == RPMSG_ADDR_ANY:
+            self.dst = src  # the peer's first message tells where to answer
+        callback = self.callback
+        if callback is None:
+            self._queue.append((payload, src))
+            return
+        try:
+            callback(self, payload, src)
+        except (LinkDown, EndpointClosed):
+            raise
+        except Exception:  # a user callback's bug must not break the link's draining
+            self.callback_errors += 1
+            self._bus.log_callback_error(self)
+
+    def _mark_closed(self, reason: str) -> None:
+        if self._closed_reason is None:
+            self._closed_reason = reason
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Destroy the endpoint (announcing it gone if it was announced)."""
+        self._bus.destroy_endpoint(self)
+
+    def __enter__(self) -> Endpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def statistics(self) -> EndpointStatistics:
+        return EndpointStatistics(
+            name=self.name, addr=self.addr, dst=self.dst,
+            messages_sent=self.messages_sent, messages_received=self.messages_received,
+            queued=len(self._queue), callback_errors=self.callback_errors, closed=self.closed,
+        )
+
+    def __repr__(self) -> str:
+        dst = "ANY" if self.dst == RPMSG_ADDR_ANY else f"0x{self.dst:x}"
+        return f"<Endpoint {self.name!r} 0x{self.addr:x} -> {dst}{' closed' if self.closed else ''}>"

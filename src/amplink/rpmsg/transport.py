@@ -1,0 +1,70 @@
+"""The interface between the rpmsg bus and whatever carries its messages.
+
+The bus knows nothing of vrings, FIFOs or mailboxes: a transport moves
+``(src, dst, payload)`` messages and tells when the peer may have done something.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import LinkDown
+from ..notify.waiter import Waiter
+
+Deliver = Callable[[int, int, bytes], None]
+
+
+class Transport(ABC):
+    """A message carrier with a doorbell. Methods are called with the bus lock held."""
+
+    #: largest payload one message carries
+    mtu: int
+    #: True when the peer agreed to name-service announcements
+    supports_ns: bool
+    #: sleeps on the doorbell and the peer's lifeline
+    waiter: Waiter
+    #: set once the peer is gone; every later call fails with it
+    down: LinkDown | None = None
+
+    @abstractmethod
+    def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
+        """Send one message if a transmit buffer is free now; False if none is."""
+
+    @abstractmethod
+    def receive(self, deliver: Deliver, budget: int) -> int:
+        """Hand up to ``budget`` received messages to ``deliver``; return how many."""
+
+    @abstractmethod
+    def rx_pending(self) -> bool:
+        """Cheap check: may a message be waiting?"""
+
+    @abstractmethod
+    def tx_available(self) -> bool:
+        """Cheap check: may a transmit buffer be free?"""
+
+    @abstractmethod
+    def arm(self, *, rx: bool, tx: bool) -> bool:
+        """Ask the peer to ring for received messages and/or freed transmit buffers.
+
+        Returns True if work arrived meanwhile (the caller must not sleep then).
+        """
+
+    @abstractmethod
+    def disarm(self) -> None:
+        """Tell the peer not to ring (we are busy or polling)."""
+
+    def mark_down(self, reason: str) -> None:
+        """Record that the peer is gone; wakes every waiter."""
+        if self.down is None:
+            self.down = LinkDown(reason)
+        self.waiter.wake()
+
+    def statistics(self) -> Mapping[str, Any]:
+        """Transport-specific counters (merged into the link's statistics)."""
+        return {}
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release everything the transport owns."""

@@ -1,0 +1,1 @@
+"""Transports that carry rpmsg messages: virtio vrings (driver and device roles)."""

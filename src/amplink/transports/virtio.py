@@ -1,0 +1,326 @@
+"""rpmsg over two virtio split rings, in either role.
+
+vring 0 carries device -> driver, vring 1 driver -> device. The driver (host) owns
+every buffer: the first half of its pool is posted on vring 0 for the device to fill,
+the second half is its transmit pool, fresh first, then recycled from vring 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import LinkDown, RemoteProtocolError
+from ..memory.region import SharedRegion
+from ..notify.doorbell import Doorbell
+from ..notify.waiter import Waiter
+from ..rpmsg.transport import Deliver, Transport
+from ..rpmsg.wire import RPMSG_HDR, RPMSG_HDR_SIZE, VIRTIO_RPMSG_F_NS
+from ..virtio.device import DeviceQueue
+from ..virtio.driver import DriverQueue
+from ..virtio.ring import VIRTIO_RING_F_EVENT_IDX, VringLayout, vring_size
+from ..virtio.vdev import (
+    VIRTIO_CONFIG_S_ACKNOWLEDGE,
+    VIRTIO_CONFIG_S_DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK,
+    VdevControl,
+    VdevEntry,
+    VringEntry,
+)
+
+#: features amplink's rpmsg implements
+SUPPORTED_FEATURES = (1 << VIRTIO_RPMSG_F_NS) | (1 << VIRTIO_RING_F_EVENT_IDX)
+
+_pack_header = RPMSG_HDR.pack_into
+_unpack_header = RPMSG_HDR.unpack_from
+
+
+def ring_layout(region: SharedRegion, vring: VringEntry) -> VringLayout:
+    """Where a vring of the vdev entry lies in ``region`` (checked: the peer wrote it)."""
+    try:
+        offset = region.da_to_offset(vring.da, vring_size(vring.num, vring.align))
+    except ValueError as exc:
+        raise RemoteProtocolError(f"vring at da 0x{vring.da:x}: {exc}") from None
+    return VringLayout(offset, vring.num, vring.align)
+
+
+class _VirtioRpmsgTransport(Transport):
+    def __init__(self, region: SharedRegion, vdev: VdevControl, doorbell: Doorbell,
+                 waiter: Waiter, features: int, buf_size: int) -> None:
+        if buf_size <= RPMSG_HDR_SIZE or buf_size > 0xFFFF + RPMSG_HDR_SIZE:
+            raise ValueError(f"rpmsg buffer size must be in 17..65551, got {buf_size}")
+        self.region = region
+        self.vdev = vdev
+        self.doorbell = doorbell
+        self.waiter = waiter
+        self.features = features
+        self.supports_ns = bool(features & (1 << VIRTIO_RPMSG_F_NS))
+        self.event_idx = bool(features & (1 << VIRTIO_RING_F_EVENT_IDX))
+        self.buf_size = buf_size
+        self.mtu = buf_size - RPMSG_HDR_SIZE
+        self._mm = region.mm
+        self.malformed_rx = 0
+        self._closed = False
+        #: objects (regions, sockets) closed together with the transport
+        self.owned: list[Any] = []
+
+    def _kick(self) -> None:
+        try:
+            self.doorbell.kick()
+        except LinkDown as exc:
+            self.mark_down(str(exc))
+
+    def _queues(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def statistics(self) -> Mapping[str, Any]:
+        faults: dict[str, int] = {}
+        for queue in self._queues():
+            for reason, count in queue.faults.counts.items():
+                faults[reason] = faults.get(reason, 0) + count
+        return {
+            "kind": "virtio", "role": self.role, "buf_size": self.buf_size,
+            "event_idx": self.event_idx, "kicks_sent": getattr(self.doorbell, "kicks_sent", 0),
+            "malformed_rx": self.malformed_rx, "protocol_faults": faults,
+        }
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.waiter.close()
+        self.doorbell.close()
+        for resource in self.owned:
+            resource.close()
+
+
+class DriverRpmsgTransport(_VirtioRpmsgTransport):
+    """The host side: virtio driver, owner of the buffer pool."""
+
+    role = "driver"
+
+    def __init__(self, region: SharedRegion, vdev: VdevControl, entry: VdevEntry,
+                 pool_offset: int, doorbell: Doorbell, waiter: Waiter, *,
+                 buf_size: int = 512, features: int = SUPPORTED_FEATURES) -> None:
+        if len(entry.vrings) != 2:
+            raise ValueError(f"rpmsg needs two vrings, the vdev has {len(entry.vrings)}")
+        accepted = entry.dfeatures & features & 0xFFFFFFFF
+        super().__init__(region, vdev, doorbell, waiter, accepted, buf_size)
+        rx_layout = ring_layout(region, entry.vrings[0])
+        tx_layout = ring_layout(region, entry.vrings[1])
+        self.rx = DriverQueue(region, rx_layout, event_idx=self.event_idx, name="vring0")
+        self.tx = DriverQueue(region, tx_layout, event_idx=self.event_idx, name="vring1")
+        nbufs = rx_layout.num + tx_layout.num
+        region.check(pool_offset, nbufs * buf_size)
+        self._rx_buffers = [pool_offset + i * buf_size for i in range(rx_layout.num)]
+        # popped from the end: lowest addresses first, as OpenAMP hands them out
+        self._fresh_tx = [pool_offset + (rx_layout.num + i) * buf_size
+                          for i in range(tx_layout.num)][::-1]
+        self._da_base = region.da_base
+        # Linux's order: status 0 -> ACKNOWLEDGE -> DRIVER, features, rings, DRIVER_OK.
+        vdev.status = 0
+        vdev.add_status(VIRTIO_CONFIG_S_ACKNOWLEDGE)
+        vdev.add_status(VIRTIO_CONFIG_S_DRIVER)
+        vdev.gfeatures = accepted
+        self.rx.reset()
+        self.tx.reset()
+        self.tx.disable_interrupts()
+        for offset in self._rx_buffers:
+            self.rx.add(self._da_base + offset, buf_size, offset, writable=True)
+        self.rx.publish()
+        self.rx.disable_interrupts()
+        vdev.add_status(VIRTIO_CONFIG_S_DRIVER_OK)
+        self._kick()
+
+    def _queues(self) -> tuple[Any, Any]:
+        return self.rx, self.tx
+
+    def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
+        if self._fresh_tx:
+            offset = self._fresh_tx.pop()
+        else:
+            used = self.tx.pop_used()
+            if used is None:
+                return False
+            offset = used[0]
+        n = len(payload)
+        mm = self._mm
+        _pack_header(mm, offset, src, dst, 0, n, 0)
+        mm[offset + RPMSG_HDR_SIZE:offset + RPMSG_HDR_SIZE + n] = payload
+        self.tx.add(self._da_base + offset, RPMSG_HDR_SIZE + n, offset)
+        if self.tx.publish():
+            self._kick()
+        return True
+
+    def receive(self, deliver: Deliver, budget: int) -> int:
+        rx = self.rx
+        mm = self._mm
+        buf_size = self.buf_size
+        da_base = self._da_base
+        count = 0
+        while count < budget:
+            used = rx.pop_used()
+            if used is None:
+                break
+            offset, used_len = used
+            src, dst, _res, length, _flags = _unpack_header(mm, offset)
+            # Linux lets used_len < 16 wrap; the header's len is bounded by both limits.
+            if used_len < RPMSG_HDR_SIZE or length > min(used_len, buf_size) - RPMSG_HDR_SIZE:
+                self.malformed_rx += 1
+                rx.faults("rpmsg header length exceeds the used length or buffer")
+            else:
+                count += 1
+                start = offset + RPMSG_HDR_SIZE
+                deliver(src, dst, mm[start:start + length])
+            rx.add(da_base + offset, buf_size, offset, writable=True)
+        if rx.publish():
+            self._kick()
+        return count
+
+    def rx_pending(self) -> bool:
+        return self.rx.used_pending()
+
+    def tx_available(self) -> bool:
+        return bool(self._fresh_tx) or self.tx.used_pending()
+
+    def arm(self, *, rx: bool, tx: bool) -> bool:
+        pending = False
+        if rx:
+            pending = self.rx.enable_interrupts()
+        if tx:
+            pending = self.tx.enable_interrupts() or pending
+        return pending
+
+    def disarm(self) -> None:
+        self.rx.disable_interrupts()
+        self.tx.disable_interrupts()
+
+    def statistics(self) -> Mapping[str, Any]:
+        stats = dict(super().statistics())
+        stats["tx_buffers_free"] = len(self._fresh_tx)
+        return stats
+
+
+class DeviceRpmsgTransport(_VirtioRpmsgTransport):
+    """The remote side: virtio device; uses the buffers the driver posts."""
+
+    role = "device"
+
+    def __init__(self, region: SharedRegion, vdev: VdevControl, entry: VdevEntry,
+                 doorbell: Doorbell, waiter: Waiter, *, buf_size: int = 512) -> None:
+        if len(entry.vrings) != 2:
+            raise RemoteProtocolError(f"rpmsg needs two vrings, the vdev has {len(entry.vrings)}")
+        accepted = vdev.gfeatures
+        if accepted & ~entry.dfeatures:
+            raise RemoteProtocolError(
+                f"driver accepted features 0x{accepted:x} the device never offered "
+                f"(0x{entry.dfeatures:x})"
+            )
+        super().__init__(region, vdev, doorbell, waiter, accepted, buf_size)
+        self.tx = DeviceQueue(region, ring_layout(region, entry.vrings[0]), device_writes=True,
+                              event_idx=self.event_idx, name="vring0")
+        self.rx = DeviceQueue(region, ring_layout(region, entry.vrings[1]), device_writes=False,
+                              event_idx=self.event_idx, name="vring1")
+        self._spare: tuple[int, int, int] | None = None
+        self.tx.disable_notify()
+        self.rx.disable_notify()
+
+    def _queues(self) -> tuple[Any, Any]:
+        return self.rx, self.tx
+
+    def _take_tx(self, need: int) -> tuple[int, int] | None:
+        tx = self.tx
+        for _ in range(tx.num + 1):
+            buf = self._spare
+            if buf is None:
+                buf = tx.pop_avail()
+                if buf is None:
+                    return None
+            else:
+                self._spare = None
+            head, offset, length = buf
+            if length >= need:
+                return head, offset
+            if length >= self.buf_size:
+                self._spare = buf  # big enough for a full message, just not this one
+                return None
+            tx.faults("driver posted an RX buffer smaller than the rpmsg buffer size")
+            tx.push_used(head, 0)
+        return None
+
+    def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
+        n = len(payload)
+        taken = self._take_tx(RPMSG_HDR_SIZE + n)
+        if taken is None:
+            return False
+        head, offset = taken
+        mm = self._mm
+        _pack_header(mm, offset, src, dst, 0, n, 0)
+        mm[offset + RPMSG_HDR_SIZE:offset + RPMSG_HDR_SIZE + n] = payload
+        self.tx.push_used(head, RPMSG_HDR_SIZE + n)
+        if self.tx.notify_needed():
+            self._kick()
+        return True
+
+    def receive(self, deliver: Deliver, budget: int) -> int:
+        rx = self.rx
+        mm = self._mm
+        count = 0
+        while count < budget:
+            buf = rx.pop_avail()
+            if buf is None:
+                break
+            head, offset, length = buf
+            if length < RPMSG_HDR_SIZE:
+                self.malformed_rx += 1
+                rx.faults("TX buffer shorter than an rpmsg header")
+            else:
+                src, dst, _res, plen, _flags = _unpack_header(mm, offset)
+                if plen > length - RPMSG_HDR_SIZE:
+                    self.malformed_rx += 1
+                    rx.faults("rpmsg header length exceeds the buffer")
+                else:
+                    count += 1
+                    start = offset + RPMSG_HDR_SIZE
+                    deliver(src, dst, mm[start:start + plen])
+            rx.push_used(head, length)
+        if rx.notify_needed():
+            self._kick()
+        return count
+
+    def rx_pending(self) -> bool:
+        return self.rx.avail_pending()
+
+    def tx_available(self) -> bool:
+        return self._spare is not None or self.tx.avail_pending()
+
+    def arm(self, *, rx: bool, tx: bool) -> bool:
+        pending = False
+        if rx:
+            pending = self.rx.enable_notify()
+        if tx:
+            pending = self.tx.enable_notify() or pending
+        return pending
+
+    def disarm(self) -> None:
+        self.rx.disable_notify()
+        self.tx.disable_notify()
+
+
+def read_vdev_entry(region: SharedRegion, entry_offset: int) -> VdevEntry:
+    """Decode the vdev entry the driver side wrote (untrusted: checked)."""
+    return VdevEntry.unpack(region.mm, entry_offset, region.size - entry_offset)
+
+
+def wait_for_driver_ok(vdev: VdevControl, waiter: Waiter, timeout: float) -> None:
+    """Device side: wait until the driver set DRIVER_OK; never touch the rings before."""
+    deadline = time.monotonic() + timeout
+    while not vdev.status & VIRTIO_CONFIG_S_DRIVER_OK:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(
+                f"the driver did not set DRIVER_OK within {timeout} s (status "
+                f"0x{vdev.status:02x}): is the host side running?"
+            )
+        waiter.wait(min(remaining, 0.001))

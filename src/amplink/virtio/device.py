@@ -1,0 +1,164 @@
+"""The device half of a split virtqueue: take available buffers, return them used.
+
+Everything the device reads was written by the driver, a peer it does not trust: each
+head index, descriptor address, length and flag is checked before use, and a bad
+buffer is handed straight back (used length 0) so the driver does not lose it.
+"""
+
+from __future__ import annotations
+
+from ..errors import AddressError
+from ..memory.region import SharedRegion
+from ..notify.fence import full_fence
+from .faults import FaultCounter
+from .ring import (
+    DESC,
+    DESC_SIZE,
+    U16,
+    USED_ELEM,
+    VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_INDIRECT,
+    VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
+    VringLayout,
+    need_event,
+)
+
+_UNSUPPORTED_FLAGS = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT
+
+
+class DeviceQueue:
+    """Device side of one split ring holding single-descriptor buffers (as rpmsg uses)."""
+
+    def __init__(
+        self,
+        region: SharedRegion,
+        layout: VringLayout,
+        *,
+        device_writes: bool,
+        event_idx: bool = False,
+        name: str = "vring",
+    ) -> None:
+        region.check(layout.base, layout.size)
+        self.region = region
+        self.layout = layout
+        self.num = layout.num
+        self.device_writes = device_writes
+        self.event_idx = event_idx
+        self.faults = FaultCounter(f"{name} (device)")
+        self._mm = region.mm
+        self._mask = layout.num - 1
+        self._desc = layout.desc
+        self._avail_flags = layout.avail
+        self._avail_idx_off = layout.avail + 2
+        self._avail_ring = layout.avail_ring
+        self._used_event = layout.used_event
+        self._used_flags = layout.used
+        self._used_idx_off = layout.used + 2
+        self._used_ring = layout.used_ring
+        self._avail_event = layout.avail_event
+        self._held = bytearray(layout.num)  # 1 while the device holds that head
+        self._last_avail = 0
+        self._used_idx = 0
+        self._notify_checked_idx = 0
+        self._bad_avail_idx = -1
+        self._notify_flags = 0
+
+    def resync(self) -> None:
+        """Adopt the indices the driver left in the ring (after the driver reset it)."""
+        self._last_avail = U16.unpack_from(self._mm, self._avail_idx_off)[0]
+        self._used_idx = self._notify_checked_idx = U16.unpack_from(
+            self._mm, self._used_idx_off)[0]
+        self._held = bytearray(self.num)
+        self._notify_flags = 0
+
+    def avail_pending(self) -> bool:
+        return U16.unpack_from(self._mm, self._avail_idx_off)[0] != self._last_avail
+
+    def pop_avail(self) -> tuple[int, int, int] | None:
+        """Return ``(head, region_offset, length)`` of the next valid buffer, or None.
+
+        Invalid entries are counted; those with a valid head go straight back as used
+        with length 0, so a bounded number of entries (at most the ring size) is examined.
+        """
+        mm = self._mm
+        avail_idx = U16.unpack_from(mm, self._avail_idx_off)[0]
+        last = self._last_avail
+        pending = (avail_idx - last) & 0xFFFF
+        if not pending:
+            return None
+        if pending > self.num:
+            if avail_idx != self._bad_avail_idx:
+                self._bad_avail_idx = avail_idx
+                self.faults(f"avail.idx jumped {pending} entries ahead of a ring of {self.num}")
+            return None
+        held = self._held
+        for _ in range(pending):
+            head = U16.unpack_from(mm, self._avail_ring + 2 * (last & self._mask))[0]
+            last = (last + 1) & 0xFFFF
+            self._last_avail = last
+            if head >= self.num:
+                self.faults("avail ring names a descriptor outside the table")
+                continue
+            if held[head]:
+                self.faults("avail ring offers a descriptor the device already holds")
+                continue
+            held[head] = 1
+            da, length, flags, _next = DESC.unpack_from(mm, self._desc + DESC_SIZE * head)
+            if flags & _UNSUPPORTED_FLAGS:
+                self.faults("chained or indirect descriptor (rpmsg uses single buffers)")
+            elif bool(flags & VRING_DESC_F_WRITE) != self.device_writes:
+                self.faults("descriptor WRITE flag does not match the queue direction")
+            elif length == 0:
+                self.faults("descriptor of length 0")
+            else:
+                try:
+                    offset = self.region.da_to_offset(da, length)
+                except AddressError:
+                    self.faults("descriptor address outside shared memory")
+                else:
+                    return head, offset, length
+            self.push_used(head, 0)
+        return None
+
+    def push_used(self, head: int, written: int) -> None:
+        """Return a buffer taken with :meth:`pop_avail`; ``written`` = bytes the device wrote."""
+        if not self._held[head]:
+            raise ValueError(f"descriptor {head} is not held by the device")
+        self._held[head] = 0
+        idx = self._used_idx
+        USED_ELEM.pack_into(self._mm, self._used_ring + 8 * (idx & self._mask), head, written)
+        idx = (idx + 1) & 0xFFFF
+        self._used_idx = idx
+        U16.pack_into(self._mm, self._used_idx_off, idx)  # after the entry (TSO keeps order)
+
+    def notify_needed(self) -> bool:
+        """After returning buffers: True if the driver asked to be notified of them."""
+        new = self._used_idx
+        old = self._notify_checked_idx
+        if new == old:
+            return False
+        self._notify_checked_idx = new
+        full_fence()  # our used.idx store must be visible before we read the driver's flag
+        if self.event_idx:
+            return need_event(U16.unpack_from(self._mm, self._used_event)[0], new, old)
+        return not (U16.unpack_from(self._mm, self._avail_flags)[0] & VRING_AVAIL_F_NO_INTERRUPT)
+
+    def enable_notify(self) -> bool:
+        """Ask the driver to kick on new buffers; True if some arrived meanwhile."""
+        if self.event_idx:
+            U16.pack_into(self._mm, self._avail_event, self._last_avail)
+        if self._notify_flags:
+            self._notify_flags = 0
+            U16.pack_into(self._mm, self._used_flags, 0)
+        full_fence()  # publish the request before re-checking the ring
+        return self.avail_pending()
+
+    def disable_notify(self) -> None:
+        """Tell the driver that kicks are not needed (a hint)."""
+        if not self._notify_flags:
+            self._notify_flags = VRING_USED_F_NO_NOTIFY
+            U16.pack_into(self._mm, self._used_flags, VRING_USED_F_NO_NOTIFY)
+        if self.event_idx:
+            U16.pack_into(self._mm, self._avail_event, (self._last_avail - 0x8000) & 0xFFFF)

@@ -1,0 +1,168 @@
+"""The driver half of a split virtqueue: post buffers, reclaim the used ones.
+
+The driver never trusts the shared copies of its own state: descriptor contents,
+``avail.idx`` and the tokens of outstanding buffers live in private shadows, and every
+``used`` entry is checked against them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..memory.region import SharedRegion
+from ..notify.fence import full_fence
+from .faults import FaultCounter
+from .ring import (
+    DESC,
+    DESC_SIZE,
+    U16,
+    USED_ELEM,
+    VRING_AVAIL_F_NO_INTERRUPT,
+    VRING_DESC_F_WRITE,
+    VRING_USED_F_NO_NOTIFY,
+    VringLayout,
+    need_event,
+)
+
+
+class DriverQueue:
+    """Driver side of one split ring: ``add`` buffers, ``pop_used`` them back."""
+
+    def __init__(
+        self,
+        region: SharedRegion,
+        layout: VringLayout,
+        *,
+        event_idx: bool = False,
+        name: str = "vring",
+    ) -> None:
+        region.check(layout.base, layout.size)
+        self.region = region
+        self.layout = layout
+        self.num = layout.num
+        self.event_idx = event_idx
+        self.faults = FaultCounter(f"{name} (driver)")
+        self._mm = region.mm
+        self._mask = layout.num - 1
+        self._desc = layout.desc
+        self._avail_flags = layout.avail
+        self._avail_idx_off = layout.avail + 2
+        self._avail_ring = layout.avail_ring
+        self._used_event = layout.used_event
+        self._used_flags = layout.used
+        self._used_idx_off = layout.used + 2
+        self._used_ring = layout.used_ring
+        self._avail_event = layout.avail_event
+        self._free: list[int] = list(range(layout.num - 1, -1, -1))
+        self._tokens: list[Any] = [None] * layout.num
+        self._lengths: list[int] = [0] * layout.num
+        self._avail_idx = 0
+        self._kick_checked_idx = 0
+        self._last_used = 0
+        self._bad_used_idx = -1
+        self._irq_flags = 0
+
+    def reset(self) -> None:
+        """Zero the whole ring in shared memory (the driver owns its initial state)."""
+        self.region.fill(self.layout.base, self.layout.size)
+        self._free = list(range(self.num - 1, -1, -1))
+        self._tokens = [None] * self.num
+        self._lengths = [0] * self.num
+        self._avail_idx = self._kick_checked_idx = self._last_used = 0
+        self._irq_flags = 0
+
+    # -- posting -------------------------------------------------------------------------
+    @property
+    def free_count(self) -> int:
+        return len(self._free)
+
+    def add(self, da: int, length: int, token: Any, *, writable: bool = False) -> None:
+        """Post one buffer; it becomes visible to the device only at :meth:`publish`.
+
+        Raises IndexError when every descriptor is outstanding (check ``free_count``).
+        """
+        if token is None:
+            raise ValueError("token must not be None")
+        head = self._free.pop()
+        DESC.pack_into(self._mm, self._desc + DESC_SIZE * head, da, length,
+                       VRING_DESC_F_WRITE if writable else 0, 0)
+        self._tokens[head] = token
+        self._lengths[head] = length
+        U16.pack_into(self._mm, self._avail_ring + 2 * (self._avail_idx & self._mask), head)
+        self._avail_idx = (self._avail_idx + 1) & 0xFFFF
+
+    def publish(self) -> bool:
+        """Make added buffers visible; return True if the device asked to be kicked."""
+        new = self._avail_idx
+        # Ring entries were stored before; the index store comes after them (TSO keeps order).
+        U16.pack_into(self._mm, self._avail_idx_off, new)
+        old = self._kick_checked_idx
+        if new == old:
+            return False
+        self._kick_checked_idx = new
+        full_fence()  # our index store must be visible before we read the device's flag
+        if self.event_idx:
+            return need_event(U16.unpack_from(self._mm, self._avail_event)[0], new, old)
+        return not (U16.unpack_from(self._mm, self._used_flags)[0] & VRING_USED_F_NO_NOTIFY)
+
+    # -- reclaiming ------------------------------------------------------------------------
+    def used_pending(self) -> bool:
+        return U16.unpack_from(self._mm, self._used_idx_off)[0] != self._last_used
+
+    def pop_used(self) -> tuple[Any, int] | None:
+        """Return ``(token, used_len)`` of the next used buffer, or None.
+
+        Entries that name no outstanding buffer are counted as faults and skipped; the
+        number examined per call is bounded by the ring size.
+        """
+        mm = self._mm
+        used_idx = U16.unpack_from(mm, self._used_idx_off)[0]
+        last = self._last_used
+        pending = (used_idx - last) & 0xFFFF
+        if not pending:
+            return None
+        if pending > self.num:
+            if used_idx != self._bad_used_idx:
+                self._bad_used_idx = used_idx
+                self.faults(f"used.idx jumped {pending} entries ahead of a ring of {self.num}")
+            return None
+        tokens = self._tokens
+        for _ in range(pending):
+            head, used_len = USED_ELEM.unpack_from(mm, self._used_ring + 8 * (last & self._mask))
+            last = (last + 1) & 0xFFFF
+            self._last_used = last
+            if head >= self.num or tokens[head] is None:
+                self.faults("used.id names no outstanding buffer")
+                continue
+            token = tokens[head]
+            tokens[head] = None
+            self._free.append(head)
+            if used_len > self._lengths[head]:
+                self.faults("used.len exceeds the buffer's length")
+                used_len = self._lengths[head]
+            return token, used_len
+        return None
+
+    # -- notifications from the device -----------------------------------------------------
+    def enable_interrupts(self) -> bool:
+        """Ask to be notified of new used buffers; True if some arrived meanwhile."""
+        if self.event_idx:
+            U16.pack_into(self._mm, self._used_event, self._last_used)
+        if self._irq_flags:
+            self._irq_flags = 0
+            U16.pack_into(self._mm, self._avail_flags, 0)
+        full_fence()  # publish the request before re-checking the ring
+        return self.used_pending()
+
+    def disable_interrupts(self) -> None:
+        """Tell the device that notifications are not needed (a hint)."""
+        if not self._irq_flags:
+            self._irq_flags = VRING_AVAIL_F_NO_INTERRUPT
+            U16.pack_into(self._mm, self._avail_flags, VRING_AVAIL_F_NO_INTERRUPT)
+        if self.event_idx:
+            # Park the event index half a ring away so the device's test stays false.
+            U16.pack_into(self._mm, self._used_event, (self._last_used - 0x8000) & 0xFFFF)
+
+    def outstanding_tokens(self) -> list[Any]:
+        """Tokens of every buffer the device still holds (used at teardown)."""
+        return [t for t in self._tokens if t is not None]
