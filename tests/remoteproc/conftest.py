@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -97,11 +98,18 @@ CFLAGS = [
 
 @dataclass(frozen=True)
 class Firmware:
-    """A built firmware file."""
+    """A built firmware file, with the addresses its sources chose."""
 
     elfclass: int
     path: Path
     data: bytes
+
+    TEXT_VA: ClassVar[int] = TEXT_VA
+    TEXT_PA: ClassVar[int] = TEXT_PA
+    DATA_DA: ClassVar[int] = DATA_DA
+    CARVEOUT_LEN: ClassVar[int] = CARVEOUT_LEN
+    TRACE_DA: ClassVar[int] = TRACE_DA
+    TRACE_LEN: ClassVar[int] = TRACE_LEN
 
 
 def _build(directory: Path, elfclass: int) -> Firmware:
@@ -111,9 +119,11 @@ def _build(directory: Path, elfclass: int) -> Firmware:
     script.write_text(LINKER_SCRIPT)
     out = directory / f"fw{elfclass}.elf"
     cmd = [GCC, f"-m{elfclass}", *CFLAGS, f"-Wl,-T,{script}", "-o", str(out), str(src)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
-        pytest.skip(f"gcc -m{elfclass} cannot build the test firmware: {proc.stderr.strip()}")
+        if elfclass == 32:  # needs gcc's 32-bit multilib, which not every machine has
+            pytest.skip(f"gcc -m32 cannot build the test firmware: {proc.stderr.strip()}")
+        raise RuntimeError(f"gcc failed to build the test firmware:\n{proc.stderr}")
     return Firmware(elfclass, out, out.read_bytes())
 
 

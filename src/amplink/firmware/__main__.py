@@ -19,7 +19,7 @@ from ..errors import EndpointClosed, LinkDown
 from . import connect
 
 
-def load_entry(spec: str):  # noqa: ANN201 - returns the user's function
+def load_entry(spec: str):
     target, _, func = spec.partition(":")
     module: ModuleType
     if target.endswith(".py") or os.sep in target:

@@ -53,6 +53,11 @@ class SharedRegion:
         self.da_base = da_base
         self._unlink_path = unlink_path
         self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # Typed views for fields the peer reads while we write them: an item store is
+        # one machine store, whereas struct.pack_into zero-fills the field first.
+        self._whole = memoryview(self.mm)
+        self.u16 = self._whole[:size & ~1].cast("H")
+        self.u32 = self._whole[:size & ~3].cast("I")
         self.closed = False
 
     # -- constructors ----------------------------------------------------------------
@@ -197,6 +202,8 @@ class SharedRegion:
             return
         self.closed = True
         try:
+            for view in (self.u16, self.u32, self._whole):
+                view.release()
             self.mm.close()
         finally:
             os.close(self.fd)

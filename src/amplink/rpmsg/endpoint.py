@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import EndpointClosed, LinkDown, ReceiveTimeout
 from .stats import EndpointStatistics
@@ -205,7 +205,7 @@ class Endpoint:
         """Destroy the endpoint (announcing it gone if it was announced)."""
         self._bus.destroy_endpoint(self)
 
-    def __enter__(self) -> Endpoint:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,8 +14,6 @@ from .faults import FaultCounter
 from .ring import (
     DESC,
     DESC_SIZE,
-    U16,
-    USED_ELEM,
     VRING_AVAIL_F_NO_INTERRUPT,
     VRING_DESC_F_INDIRECT,
     VRING_DESC_F_NEXT,
@@ -48,16 +46,19 @@ class DeviceQueue:
         self.event_idx = event_idx
         self.faults = FaultCounter(f"{name} (device)")
         self._mm = region.mm
+        self._u16 = region.u16
+        self._u32 = region.u32
         self._mask = layout.num - 1
         self._desc = layout.desc
-        self._avail_flags = layout.avail
-        self._avail_idx_off = layout.avail + 2
-        self._avail_ring = layout.avail_ring
-        self._used_event = layout.used_event
-        self._used_flags = layout.used
-        self._used_idx_off = layout.used + 2
-        self._used_ring = layout.used_ring
-        self._avail_event = layout.avail_event
+        # u16 / u32 view indices of the fields (every offset is suitably aligned)
+        self._avail_flags = layout.avail >> 1
+        self._avail_idx = layout.avail + 2 >> 1
+        self._avail_ring = layout.avail_ring >> 1
+        self._used_event = layout.used_event >> 1
+        self._used_flags = layout.used >> 1
+        self._used_idx_off = layout.used + 2 >> 1
+        self._used_ring = layout.used_ring >> 2
+        self._avail_event = layout.avail_event >> 1
         self._held = bytearray(layout.num)  # 1 while the device holds that head
         self._last_avail = 0
         self._used_idx = 0
@@ -65,16 +66,8 @@ class DeviceQueue:
         self._bad_avail_idx = -1
         self._notify_flags = 0
 
-    def resync(self) -> None:
-        """Adopt the indices the driver left in the ring (after the driver reset it)."""
-        self._last_avail = U16.unpack_from(self._mm, self._avail_idx_off)[0]
-        self._used_idx = self._notify_checked_idx = U16.unpack_from(
-            self._mm, self._used_idx_off)[0]
-        self._held = bytearray(self.num)
-        self._notify_flags = 0
-
     def avail_pending(self) -> bool:
-        return U16.unpack_from(self._mm, self._avail_idx_off)[0] != self._last_avail
+        return self._u16[self._avail_idx] != self._last_avail
 
     def pop_avail(self) -> tuple[int, int, int] | None:
         """Return ``(head, region_offset, length)`` of the next valid buffer, or None.
@@ -83,7 +76,8 @@ class DeviceQueue:
         with length 0, so a bounded number of entries (at most the ring size) is examined.
         """
         mm = self._mm
-        avail_idx = U16.unpack_from(mm, self._avail_idx_off)[0]
+        u16 = self._u16
+        avail_idx = u16[self._avail_idx]
         last = self._last_avail
         pending = (avail_idx - last) & 0xFFFF
         if not pending:
@@ -95,7 +89,7 @@ class DeviceQueue:
             return None
         held = self._held
         for _ in range(pending):
-            head = U16.unpack_from(mm, self._avail_ring + 2 * (last & self._mask))[0]
+            head = u16[self._avail_ring + (last & self._mask)]
             last = (last + 1) & 0xFFFF
             self._last_avail = last
             if head >= self.num:
@@ -128,10 +122,12 @@ class DeviceQueue:
             raise ValueError(f"descriptor {head} is not held by the device")
         self._held[head] = 0
         idx = self._used_idx
-        USED_ELEM.pack_into(self._mm, self._used_ring + 8 * (idx & self._mask), head, written)
+        elem = self._used_ring + 2 * (idx & self._mask)
+        self._u32[elem] = head
+        self._u32[elem + 1] = written
         idx = (idx + 1) & 0xFFFF
         self._used_idx = idx
-        U16.pack_into(self._mm, self._used_idx_off, idx)  # after the entry (TSO keeps order)
+        self._u16[self._used_idx_off] = idx  # after the entry (TSO keeps the order)
 
     def notify_needed(self) -> bool:
         """After returning buffers: True if the driver asked to be notified of them."""
@@ -142,16 +138,16 @@ class DeviceQueue:
         self._notify_checked_idx = new
         full_fence()  # our used.idx store must be visible before we read the driver's flag
         if self.event_idx:
-            return need_event(U16.unpack_from(self._mm, self._used_event)[0], new, old)
-        return not (U16.unpack_from(self._mm, self._avail_flags)[0] & VRING_AVAIL_F_NO_INTERRUPT)
+            return need_event(self._u16[self._used_event], new, old)
+        return not (self._u16[self._avail_flags] & VRING_AVAIL_F_NO_INTERRUPT)
 
     def enable_notify(self) -> bool:
         """Ask the driver to kick on new buffers; True if some arrived meanwhile."""
         if self.event_idx:
-            U16.pack_into(self._mm, self._avail_event, self._last_avail)
+            self._u16[self._avail_event] = self._last_avail
         if self._notify_flags:
             self._notify_flags = 0
-            U16.pack_into(self._mm, self._used_flags, 0)
+            self._u16[self._used_flags] = 0
         full_fence()  # publish the request before re-checking the ring
         return self.avail_pending()
 
@@ -159,6 +155,6 @@ class DeviceQueue:
         """Tell the driver that kicks are not needed (a hint)."""
         if not self._notify_flags:
             self._notify_flags = VRING_USED_F_NO_NOTIFY
-            U16.pack_into(self._mm, self._used_flags, VRING_USED_F_NO_NOTIFY)
+            self._u16[self._used_flags] = VRING_USED_F_NO_NOTIFY
         if self.event_idx:
-            U16.pack_into(self._mm, self._avail_event, (self._last_avail - 0x8000) & 0xFFFF)
+            self._u16[self._avail_event] = (self._last_avail - 0x8000) & 0xFFFF

@@ -15,8 +15,6 @@ from .faults import FaultCounter
 from .ring import (
     DESC,
     DESC_SIZE,
-    U16,
-    USED_ELEM,
     VRING_AVAIL_F_NO_INTERRUPT,
     VRING_DESC_F_WRITE,
     VRING_USED_F_NO_NOTIFY,
@@ -43,20 +41,23 @@ class DriverQueue:
         self.event_idx = event_idx
         self.faults = FaultCounter(f"{name} (driver)")
         self._mm = region.mm
+        self._u16 = region.u16
+        self._u32 = region.u32
         self._mask = layout.num - 1
         self._desc = layout.desc
-        self._avail_flags = layout.avail
-        self._avail_idx_off = layout.avail + 2
-        self._avail_ring = layout.avail_ring
-        self._used_event = layout.used_event
-        self._used_flags = layout.used
-        self._used_idx_off = layout.used + 2
-        self._used_ring = layout.used_ring
-        self._avail_event = layout.avail_event
+        # u16 / u32 view indices of the fields (every offset is suitably aligned)
+        self._avail_flags = layout.avail >> 1
+        self._avail_idx = layout.avail + 2 >> 1
+        self._avail_ring = layout.avail_ring >> 1
+        self._used_event = layout.used_event >> 1
+        self._used_flags = layout.used >> 1
+        self._used_idx = layout.used + 2 >> 1
+        self._used_ring = layout.used_ring >> 2
+        self._avail_event = layout.avail_event >> 1
         self._free: list[int] = list(range(layout.num - 1, -1, -1))
         self._tokens: list[Any] = [None] * layout.num
         self._lengths: list[int] = [0] * layout.num
-        self._avail_idx = 0
+        self._next_avail = 0
         self._kick_checked_idx = 0
         self._last_used = 0
         self._bad_used_idx = -1
@@ -68,7 +69,7 @@ class DriverQueue:
         self._free = list(range(self.num - 1, -1, -1))
         self._tokens = [None] * self.num
         self._lengths = [0] * self.num
-        self._avail_idx = self._kick_checked_idx = self._last_used = 0
+        self._next_avail = self._kick_checked_idx = self._last_used = 0
         self._irq_flags = 0
 
     # -- posting -------------------------------------------------------------------------
@@ -88,26 +89,26 @@ class DriverQueue:
                        VRING_DESC_F_WRITE if writable else 0, 0)
         self._tokens[head] = token
         self._lengths[head] = length
-        U16.pack_into(self._mm, self._avail_ring + 2 * (self._avail_idx & self._mask), head)
-        self._avail_idx = (self._avail_idx + 1) & 0xFFFF
+        self._u16[self._avail_ring + (self._next_avail & self._mask)] = head
+        self._next_avail = (self._next_avail + 1) & 0xFFFF
 
     def publish(self) -> bool:
         """Make added buffers visible; return True if the device asked to be kicked."""
-        new = self._avail_idx
+        new = self._next_avail
         # Ring entries were stored before; the index store comes after them (TSO keeps order).
-        U16.pack_into(self._mm, self._avail_idx_off, new)
+        self._u16[self._avail_idx] = new
         old = self._kick_checked_idx
         if new == old:
             return False
         self._kick_checked_idx = new
         full_fence()  # our index store must be visible before we read the device's flag
         if self.event_idx:
-            return need_event(U16.unpack_from(self._mm, self._avail_event)[0], new, old)
-        return not (U16.unpack_from(self._mm, self._used_flags)[0] & VRING_USED_F_NO_NOTIFY)
+            return need_event(self._u16[self._avail_event], new, old)
+        return not (self._u16[self._used_flags] & VRING_USED_F_NO_NOTIFY)
 
     # -- reclaiming ------------------------------------------------------------------------
     def used_pending(self) -> bool:
-        return U16.unpack_from(self._mm, self._used_idx_off)[0] != self._last_used
+        return self._u16[self._used_idx] != self._last_used
 
     def pop_used(self) -> tuple[Any, int] | None:
         """Return ``(token, used_len)`` of the next used buffer, or None.
@@ -115,8 +116,7 @@ class DriverQueue:
         Entries that name no outstanding buffer are counted as faults and skipped; the
         number examined per call is bounded by the ring size.
         """
-        mm = self._mm
-        used_idx = U16.unpack_from(mm, self._used_idx_off)[0]
+        used_idx = self._u16[self._used_idx]
         last = self._last_used
         pending = (used_idx - last) & 0xFFFF
         if not pending:
@@ -127,8 +127,11 @@ class DriverQueue:
                 self.faults(f"used.idx jumped {pending} entries ahead of a ring of {self.num}")
             return None
         tokens = self._tokens
+        u32 = self._u32
         for _ in range(pending):
-            head, used_len = USED_ELEM.unpack_from(mm, self._used_ring + 8 * (last & self._mask))
+            elem = self._used_ring + 2 * (last & self._mask)
+            head = u32[elem]
+            used_len = u32[elem + 1]
             last = (last + 1) & 0xFFFF
             self._last_used = last
             if head >= self.num or tokens[head] is None:
@@ -147,10 +150,10 @@ class DriverQueue:
     def enable_interrupts(self) -> bool:
         """Ask to be notified of new used buffers; True if some arrived meanwhile."""
         if self.event_idx:
-            U16.pack_into(self._mm, self._used_event, self._last_used)
+            self._u16[self._used_event] = self._last_used
         if self._irq_flags:
             self._irq_flags = 0
-            U16.pack_into(self._mm, self._avail_flags, 0)
+            self._u16[self._avail_flags] = 0
         full_fence()  # publish the request before re-checking the ring
         return self.used_pending()
 
@@ -158,10 +161,10 @@ class DriverQueue:
         """Tell the device that notifications are not needed (a hint)."""
         if not self._irq_flags:
             self._irq_flags = VRING_AVAIL_F_NO_INTERRUPT
-            U16.pack_into(self._mm, self._avail_flags, VRING_AVAIL_F_NO_INTERRUPT)
+            self._u16[self._avail_flags] = VRING_AVAIL_F_NO_INTERRUPT
         if self.event_idx:
-            # Park the event index half a ring away so the device's test stays false.
-            U16.pack_into(self._mm, self._used_event, (self._last_used - 0x8000) & 0xFFFF)
+            # Park the event index half the index space away so the device's test stays false.
+            self._u16[self._used_event] = (self._last_used - 0x8000) & 0xFFFF
 
     def outstanding_tokens(self) -> list[Any]:
         """Tokens of every buffer the device still holds (used at teardown)."""

@@ -6,6 +6,7 @@ Offsets are relative to the start of the ring inside a :class:`SharedRegion`.
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass
 
 from ..memory.allocator import align_up
@@ -22,10 +23,13 @@ VRING_MAX_SIZE = 32768
 DESC_SIZE = 16
 USED_ELEM_SIZE = 8
 
-DESC = struct.Struct("<QIHH")  # addr, len, flags, next
-U16 = struct.Struct("<H")
-U16x2 = struct.Struct("<HH")
-USED_ELEM = struct.Struct("<II")  # id, len
+if sys.byteorder != "little":
+    # remoteproc vrings are in the processors' native order, and every target is LE.
+    raise ImportError("amplink's vrings need a little-endian host")
+
+# Descriptors are written before they are published, so struct may write them; the
+# indices and flags the peer reads concurrently go through the region's typed views.
+DESC = struct.Struct("QIHH")  # addr, len, flags, next
 
 
 def vring_size(num: int, align: int) -> int:
