@@ -1,4 +1,4 @@
-"""Property tests: build -> parse -> build is stable, and hostile tables only raise FirmwareError."""
+"""Property tests: build -> parse -> build is stable; hostile tables raise only FirmwareError."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ class SharedRegion:
         self.u32 = self._whole[:size & ~3].cast("I")
         self.closed = False
 
-    # -- constructors ----------------------------------------------------------------
+    # -- constructors --
     @classmethod
     def memfd(cls, size: int, name: str = "amplink", *, da_base: int = 0) -> Self:
         """An anonymous shared region (the default for simulation); share it by its fd."""
@@ -128,7 +128,7 @@ class SharedRegion:
             raise AddressError(f"fd {fd} holds {actual} bytes, {size} requested")
         return cls(fd, size, kind="fd", da_base=da_base)
 
-    # -- address translation ---------------------------------------------------------
+    # -- address translation --
     def check(self, offset: int, length: int = 1) -> int:
         """Return ``offset`` if ``[offset, offset + length)`` lies inside the region."""
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -152,7 +152,7 @@ class SharedRegion:
         self.check(offset, 0)
         return self.da_base + offset
 
-    # -- checked access ----------------------------------------------------------------
+    # -- checked access --
     def read(self, offset: int, length: int) -> bytes:
         self.check(offset, length)
         return self.mm[offset:offset + length]
@@ -195,7 +195,7 @@ class SharedRegion:
     def write_u64(self, offset: int, value: int) -> None:
         _U64.pack_into(self.mm, self.check(offset, 8), value)
 
-    # -- lifetime ------------------------------------------------------------------------
+    # -- lifetime --
     def close(self) -> None:
         """Unmap and close the fd (and unlink a POSIX object created with unlink_on_close)."""
         if self.closed:

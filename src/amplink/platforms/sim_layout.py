@@ -64,7 +64,8 @@ class SimLayout:
         n, align = config.num_buffers, config.align
         ring = vring_size(n, align)
         pool_size = 2 * n * config.buf_size
-        total = align_up(RSC_TABLE_SPACE, align) + 2 * align_up(ring, align) + _POOL_ALIGN + pool_size
+        total = (align_up(RSC_TABLE_SPACE, align) + 2 * align_up(ring, align) + _POOL_ALIGN
+                 + pool_size)
         alloc = RegionAllocator(total)
         alloc.alloc(RSC_TABLE_SPACE, 8)
         rings = (alloc.alloc(ring, align), alloc.alloc(ring, align))

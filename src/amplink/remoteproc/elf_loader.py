@@ -159,7 +159,7 @@ class FirmwareImage:
         """Copy each segment's file bytes to its p_paddr and zero the rest up to p_memsz."""
         layout = _LAYOUTS[self.elfclass]
         view = memoryview(self.data)
-        for seg, (phdr, phdr_pos) in zip(self.segments, self._segment_phdrs):
+        for seg, (phdr, phdr_pos) in zip(self.segments, self._segment_phdrs, strict=True):
             try:
                 region, offset = addr_map.translate(seg.paddr, seg.memsz)
             except AddressError:

@@ -14,6 +14,7 @@ within its 32 bytes. Offsets need not be 4-aligned (Linux does not require it).
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import struct
 from collections.abc import Callable
@@ -194,7 +195,8 @@ class Trace:
                 index, RSC_TRACE, f"field reserved = 0x{reserved:x} must be zero",
                 offset + TRACE_RESERVED_OFFSET,
             )
-        return cls(da, length, reserved, _decode_name(raw, index, RSC_TRACE, offset + TRACE_NAME_OFFSET))
+        name = _decode_name(raw, index, RSC_TRACE, offset + TRACE_NAME_OFFSET)
+        return cls(da, length, reserved, name)
 
 
 @dataclass
@@ -308,7 +310,7 @@ class ResourceTable:
         # Each entry must end before the next one starts; vendor and unknown bodies, whose
         # size is not encoded, run up to it.
         ordered = sorted(first_use)
-        next_start = dict(zip(ordered, ordered[1:] + [size]))
+        next_start = dict(itertools.pairwise([*ordered, size]))
         entries: list[Resource] = []
         for i, off in enumerate(offsets):
             (rtype,) = _U32.unpack_from(data, off)
@@ -329,7 +331,7 @@ class ResourceTable:
             if body + entry.size > limit:
                 raise _fail(
                     i, rtype,
-                    f"body of {entry.size} bytes overlaps the entry at byte 0x{limit:x}", body,
+                    f"field body ({entry.size} bytes) overlaps the entry at byte 0x{limit:x}", body,
                 )
             entries.append(entry)
         return cls(entries, offsets, size)

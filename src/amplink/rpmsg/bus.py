@@ -90,7 +90,7 @@ class RpmsgBus:
                 callback=self._on_ns_message, announced=False,
             )
 
-    # -- addresses and endpoints -------------------------------------------------------------
+    # -- addresses and endpoints --
     def _allocate_addr(self) -> int:
         addr = self._next_dynamic
         while addr in self._endpoints:
@@ -162,7 +162,7 @@ class RpmsgBus:
         msg = NameServiceMessage(ep.name, ep.addr, flags).encode()
         self.send_message(None, ep.addr, RPMSG_NS_ADDR, msg, 1.0)
 
-    # -- channels and drivers ---------------------------------------------------------------------
+    # -- channels and drivers --
     def channels(self) -> list[RpmsgChannel]:
         with self._lock:
             return list(self._channels)
@@ -310,7 +310,7 @@ class RpmsgBus:
         self.ns_errors += 1
         log.warning("%s: destroy of unknown channel %r at 0x%x", self.name, msg.name, msg.addr)
 
-    # -- receiving ------------------------------------------------------------------------------
+    # -- receiving --
     def _deliver_message(self, src: int, dst: int, payload: bytes) -> None:
         ep = self._endpoints.get(dst)
         if ep is None:
@@ -471,7 +471,7 @@ class RpmsgBus:
             if not future.done():
                 future.set_result(None)
 
-    # -- sending ---------------------------------------------------------------------------------
+    # -- sending --
     def _check_send(self, src: int, dst: int, data: bytes | bytearray | memoryview) -> None:
         if src == RPMSG_ADDR_ANY or dst == RPMSG_ADDR_ANY:
             raise ValueError("rpmsg has no broadcast: src and dst must not be ANY (0xffffffff)")
@@ -519,7 +519,7 @@ class RpmsgBus:
         if ep is not None:
             ep.messages_sent += 1
 
-    # -- running callbacks -------------------------------------------------------------------------
+    # -- running callbacks --
     def run(self, until: Callable[[], bool] | None = None, timeout: float | None = None) -> None:
         """Drain and dispatch to callbacks until ``until()`` is true, the timeout, or link down."""
         self.wait_until(until or (lambda: False), timeout, tx=False)
@@ -527,7 +527,7 @@ class RpmsgBus:
     def log_callback_error(self, ep: Endpoint) -> None:
         log.exception("%s: callback of endpoint 0x%x raised", self.name, ep.addr)
 
-    # -- state and lifetime -------------------------------------------------------------------------
+    # -- state and lifetime --
     @property
     def is_up(self) -> bool:
         return not self._closed and self.transport.down is None

@@ -61,7 +61,7 @@ class Endpoint:
         self.messages_received = 0
         self.callback_errors = 0
 
-    # -- state ---------------------------------------------------------------------------
+    # -- state --
     @property
     def closed(self) -> bool:
         return self._closed_reason is not None
@@ -82,7 +82,7 @@ class Endpoint:
             )
         return self.dst
 
-    # -- sending -------------------------------------------------------------------------
+    # -- sending --
     def send(self, data: bytes | bytearray | memoryview,
              timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
         """Send to the endpoint's destination, waiting up to ``timeout`` s for a buffer."""
@@ -115,7 +115,7 @@ class Endpoint:
         self._check_open()
         self._bus.send_message(self, src, dst, data, 0)
 
-    # -- receiving -----------------------------------------------------------------------
+    # -- receiving --
     def _ready(self) -> bool:
         return bool(self._queue) or self._closed_reason is not None
 
@@ -192,7 +192,7 @@ class Endpoint:
             callback(self, payload, src)
         except (LinkDown, EndpointClosed):
             raise
-        except Exception:  # a user callback's bug must not break the link's draining
+        except Exception:  # noqa: BLE001 - a user callback's bug must not break the link
             self.callback_errors += 1
             self._bus.log_callback_error(self)
 
@@ -200,7 +200,7 @@ class Endpoint:
         if self._closed_reason is None:
             self._closed_reason = reason
 
-    # -- lifetime ------------------------------------------------------------------------------
+    # -- lifetime --
     def close(self) -> None:
         """Destroy the endpoint (announcing it gone if it was announced)."""
         self._bus.destroy_endpoint(self)
@@ -220,4 +220,5 @@ class Endpoint:
 
     def __repr__(self) -> str:
         dst = "ANY" if self.dst == RPMSG_ADDR_ANY else f"0x{self.dst:x}"
-        return f"<Endpoint {self.name!r} 0x{self.addr:x} -> {dst}{' closed' if self.closed else ''}>"
+        state = " closed" if self.closed else ""
+        return f"<Endpoint {self.name!r} 0x{self.addr:x} -> {dst}{state}>"

@@ -72,7 +72,7 @@ class DriverQueue:
         self._next_avail = self._kick_checked_idx = self._last_used = 0
         self._irq_flags = 0
 
-    # -- posting -------------------------------------------------------------------------
+    # -- posting --
     @property
     def free_count(self) -> int:
         return len(self._free)
@@ -106,7 +106,7 @@ class DriverQueue:
             return need_event(self._u16[self._avail_event], new, old)
         return not (self._u16[self._used_flags] & VRING_USED_F_NO_NOTIFY)
 
-    # -- reclaiming ------------------------------------------------------------------------
+    # -- reclaiming --
     def used_pending(self) -> bool:
         return self._u16[self._used_idx] != self._last_used
 
@@ -146,7 +146,7 @@ class DriverQueue:
             return token, used_len
         return None
 
-    # -- notifications from the device -----------------------------------------------------
+    # -- notifications from the device --
     def enable_interrupts(self) -> bool:
         """Ask to be notified of new used buffers; True if some arrived meanwhile."""
         if self.event_idx:

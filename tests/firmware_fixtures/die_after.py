@@ -1,0 +1,20 @@
+"""Echo firmware that dies (os._exit(7)) after echoing N messages (its argument)."""
+
+import os
+
+from amplink.rpmsg.bus import RpmsgBus
+
+
+def main(link: RpmsgBus, args: list[str]) -> None:
+    limit = int(args[0]) if args else 1
+    count = 0
+
+    def echo(ep, payload, src):
+        nonlocal count
+        ep.sendto(payload, src)
+        count += 1
+        if count >= limit:
+            os._exit(7)
+
+    link.create_endpoint("rpmsg-echo", announce=True, callback=echo)
+    link.run()

@@ -1,0 +1,12 @@
+"""Firmware that announces "sink" and never reads a message, until the host is gone."""
+
+import os
+import select
+
+from amplink.rpmsg.bus import RpmsgBus
+
+
+def main(link: RpmsgBus) -> None:
+    link.create_endpoint("sink", announce=True)
+    fd = int(os.environ["AMPLINK_LIFELINE_FD"])
+    select.select([fd], [], [], 60.0)  # EOF: the host closed the link

@@ -1,0 +1,105 @@
+"""Helpers of the multi-process tests: fixture firmware paths, process and fd accounting."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from amplink import SimProcessor
+
+FIXTURES = Path(__file__).resolve().parent.parent / "firmware_fixtures"
+ECHO = "amplink.firmware.examples.echo"
+CLIENT_SAMPLE = "amplink.firmware.examples.client_sample"
+TWO_SERVICES = "amplink.firmware.examples.two_services"
+
+
+def fixture_firmware(name: str) -> str:
+    path = FIXTURES / name
+    assert path.is_file(), path
+    return str(path)
+
+
+def stop_quietly(proc: SimProcessor, timeout: float = 3.0) -> None:
+    """Stop ``proc`` whatever state it is in; kill the child if stop cannot."""
+    try:
+        proc.stop(timeout)
+    finally:
+        child = proc.process
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait(5.0)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+class Outcome:
+    """Runs ``fn`` in a thread; records its result or exception and when it ended."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.ended: float | None = None
+        self._fn = fn
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+        finally:
+            self.ended = time.monotonic()
+
+    def join(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+# -- leak accounting ------------------------------------------------------------------------
+def open_fds() -> set[str]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the fd of the listing itself
+        fds.add(f"{name}->{target}")
+    return fds
+
+
+def shm_entries() -> set[str]:
+    return set(os.listdir("/dev/shm"))
+
+
+def child_pids() -> set[int]:
+    pids: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (reaped, or a zombie nobody reaps)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return True
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state in ("Z", "X")
