@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from hostile_kit import HDR_SIZE, fault_total
 
-from amplink import NoBufferAvailable, ReceiveTimeout, SendTimeout
+from amplink import LinkDown, ReceiveTimeout
 from amplink.virtio.ring import VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE
 
 
@@ -147,16 +147,17 @@ def test_avail_entry_duplicated(link):
 
 
 @pytest.mark.parametrize("delta", [1000, 9, 0x8000, 0xFFFE])
-def test_avail_idx_jump(link, delta):
+def test_avail_idx_jump_breaks_the_link_clearly(link, delta):
+    """avail.idx more than a ring ahead (0xFFFE: behind) is beyond repair: like Linux's
+    BAD_RING, the device's link goes down and every later call says why."""
     link.host_sends(b"A")
     link.set_avail_idx(link.vr1, link.avail_idx(link.vr1) + delta)
-    _device_gets_nothing(link)
-    assert link.device.poll() == 0
+    with pytest.raises(LinkDown, match="broke the ring protocol"):
+        link.dev_ep.recv(timeout=1.0)
     assert fault_total(link.device) >= 1
-    link.host_sends(b"B")  # the host writes its own avail.idx again
-    assert link.dev_ep.recv(timeout=1.0) == b"A"
-    assert link.dev_ep.recv(timeout=1.0) == b"B"
-    _assert_recovered(link)
+    assert not link.device.is_up
+    with pytest.raises(LinkDown):
+        link.device_sends(b"after")
 
 
 # -- vring 0: the buffers the device fills ---------------------------------------------------
@@ -195,12 +196,11 @@ def test_rx_desc_smaller_than_message_but_big_enough_for_small_ones(link):
 
 
 @pytest.mark.parametrize("where", ["ahead", "behind"])
-def test_rx_avail_idx_jump(link, where):
+def test_rx_avail_idx_jump_breaks_the_link_clearly(link, where):
     real = link.avail_idx(link.vr0)
     # all N RX buffers are posted and untaken: N + 2 back is behind what the device took
     link.set_avail_idx(link.vr0, real + 1000 if where == "ahead" else real - link.n - 2)
-    with pytest.raises((SendTimeout, NoBufferAvailable)):
-        link.device_sends(b"blocked", timeout=0.05)
+    with pytest.raises(LinkDown, match="broke the ring protocol"):
+        link.device_sends(b"blocked", timeout=1.0)
     assert fault_total(link.device) >= 1
-    link.set_avail_idx(link.vr0, real)
-    _assert_recovered(link)
+    assert not link.device.is_up

@@ -6,6 +6,7 @@ import os
 import select
 from collections.abc import Callable
 
+from ..errors import LinkDown
 from .doorbell import Doorbell
 
 
@@ -26,6 +27,10 @@ class Waiter:
             self._epoll.register(self._door_fd, select.EPOLLIN)
         self._watches: dict[int, Callable[[], None]] = {}
         self.closed = False
+        self.woken = False
+        #: called with the reason when the doorbell reports that the peer hung up;
+        #: without it the LinkDown propagates to the waiting caller
+        self.on_hangup: Callable[[str], None] | None = None
 
     def watch(self, fd: int, on_ready: Callable[[], None]) -> None:
         """Call ``on_ready`` (from a waiting thread) when ``fd`` becomes readable or hangs up."""
@@ -43,13 +48,17 @@ class Waiter:
     def wake(self) -> None:
         """Rouse every thread sleeping in :meth:`wait`; the flag stays until :meth:`reset_wake`."""
         if not self.closed:
+            self.woken = True
             os.eventfd_write(self._wake_fd, 1)
 
     def reset_wake(self) -> None:
-        try:
-            os.eventfd_read(self._wake_fd)
-        except BlockingIOError:
-            pass
+        """Clear a wake-up after the woken threads re-checked their conditions."""
+        if self.woken and not self.closed:
+            self.woken = False
+            try:
+                os.eventfd_read(self._wake_fd)
+            except BlockingIOError:
+                pass
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds; True if any source signalled, False on timeout.
@@ -60,7 +69,14 @@ class Waiter:
         events = self._epoll.poll(timeout)
         for fd, _mask in events:
             if fd == self._door_fd:
-                self.doorbell.clear()
+                try:
+                    self.doorbell.clear()
+                except LinkDown as exc:
+                    if self.on_hangup is None:
+                        raise
+                    self._epoll.unregister(fd)  # a hung-up fd stays readable forever
+                    self._door_fd = -1
+                    self.on_hangup(str(exc))
             elif fd != self._wake_fd:
                 callback = self._watches.get(fd)
                 if callback is not None:

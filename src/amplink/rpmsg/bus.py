@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 
 #: longest sleep before the rings are re-checked even without a kick (the safety net)
 DEFAULT_SAFETY_TIMEOUT = 0.05
-_MAX_ADDR = 0xFFFFFFFF
+#: how long creating an announced endpoint waits for a TX buffer for its announcement
+ANNOUNCE_TIMEOUT = 1.0
+#: the end-of-service announcement is best effort: closing must not hang on a stuck peer
+ANNOUNCE_END_TIMEOUT = 0.2
 
 
 def _check_addr(addr: int, what: str) -> int:
@@ -69,8 +72,8 @@ class RpmsgBus:
         self._lock = threading.RLock()
         self._cond = threading.Condition(threading.Lock())
         self._poller_busy = False
+        self._wake_generation = 0  # bumped whenever waiters must re-check their condition
         self._endpoints: dict[int, Endpoint] = {}
-        self._next_dynamic = RPMSG_RESERVED_ADDRESSES
         self._channels: list[RpmsgChannel] = []
         self._drivers: list[RpmsgDriver] = []
         self._closed = False
@@ -92,12 +95,13 @@ class RpmsgBus:
 
     # -- addresses and endpoints --
     def _allocate_addr(self) -> int:
-        addr = self._next_dynamic
-        while addr in self._endpoints:
+        # Linux (idr_alloc) hands out the lowest free dynamic address.
+        addr = RPMSG_RESERVED_ADDRESSES
+        endpoints = self._endpoints
+        while addr in endpoints:
             addr += 1
-            if addr >= _MAX_ADDR:
-                raise OSError("no free rpmsg address left")
-        self._next_dynamic = addr + 1
+        if addr >= RPMSG_ADDR_ANY:
+            raise OSError("no free rpmsg address left")
         return addr
 
     def create_endpoint(
@@ -134,7 +138,14 @@ class RpmsgBus:
                           announced=announce and self.transport.supports_ns, priv=priv)
             self._endpoints[addr] = ep
         if ep.announced:
-            self._announce(ep, RPMSG_NS_CREATE)
+            try:
+                self._announce(ep, RPMSG_NS_CREATE, ANNOUNCE_TIMEOUT)
+            except BaseException:
+                with self._lock:
+                    if self._endpoints.get(ep.addr) is ep:
+                        del self._endpoints[ep.addr]
+                ep._mark_closed("its announcement could not be sent")
+                raise
         return ep
 
     def destroy_endpoint(self, ep: Endpoint) -> None:
@@ -148,7 +159,7 @@ class RpmsgBus:
             announce = ep.announced and self.transport.down is None and not self._closed
         if announce:
             try:
-                self._announce(ep, RPMSG_NS_DESTROY)
+                self._announce(ep, RPMSG_NS_DESTROY, ANNOUNCE_END_TIMEOUT)
             except (LinkDown, SendTimeout, EndpointClosed) as exc:
                 log.info("%s: could not announce the end of %r: %s", self.name, ep.name, exc)
         self._wake_waiters()
@@ -157,10 +168,10 @@ class RpmsgBus:
         with self._lock:
             return [ep for addr, ep in self._endpoints.items() if addr != RPMSG_NS_ADDR]
 
-    def _announce(self, ep: Endpoint, flags: int) -> None:
+    def _announce(self, ep: Endpoint, flags: int, timeout: float) -> None:
         assert ep.name is not None
         msg = NameServiceMessage(ep.name, ep.addr, flags).encode()
-        self.send_message(None, ep.addr, RPMSG_NS_ADDR, msg, 1.0)
+        self.send_message(None, ep.addr, RPMSG_NS_ADDR, msg, timeout)
 
     # -- channels and drivers --
     def channels(self) -> list[RpmsgChannel]:
@@ -347,6 +358,7 @@ class RpmsgBus:
             raise LinkDown(str(self.transport.down))
 
     def _wake_waiters(self) -> None:
+        self._wake_generation += 1
         self.transport.waiter.wake()
         with self._cond:
             self._cond.notify_all()
@@ -391,15 +403,21 @@ class RpmsgBus:
         transport = self.transport
         pending = transport.tx_available if tx else transport.rx_pending
         end = None if remaining is None else time.monotonic() + remaining
-        for _ in range(10000):
-            if pending():
-                return
+        generation = self._wake_generation
+        spins = 0
         while not pending():
-            if end is not None and time.monotonic() >= end:
-                return
+            spins += 1
+            if spins & 0x3FF:
+                continue
+            # Now and then: let other threads run, notice a dead peer, a close, the time.
+            time.sleep(0)
+            transport.waiter.poll_sources()
             if transport.down is not None or self._closed:
                 return
-            transport.waiter.poll_sources()  # notice a peer that died
+            if generation != self._wake_generation:
+                return
+            if end is not None and time.monotonic() >= end:
+                return
 
     def _sleep(self, remaining: float | None, tx: bool) -> None:
         transport = self.transport
@@ -420,8 +438,7 @@ class RpmsgBus:
             transport.disarm()
             if not signalled and pending():
                 self.safety_net_wakeups += 1
-        if not self._closed and transport.down is None:
-            transport.waiter.reset_wake()
+        transport.waiter.reset_wake()
 
     async def async_wait_until(self, ready: Callable[[], bool], timeout: float | None, *,
                                tx: bool) -> bool:
@@ -457,6 +474,7 @@ class RpmsgBus:
                     loop.remove_reader(transport.waiter.fileno())
             with self._lock:
                 transport.waiter.poll_sources()
+                transport.waiter.reset_wake()
                 transport.disarm()
 
     def _async_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:

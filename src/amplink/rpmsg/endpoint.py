@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
-from ..errors import EndpointClosed, LinkDown, ReceiveTimeout
+from ..errors import AddressError, EndpointClosed, LinkDown, ReceiveTimeout
 from .stats import EndpointStatistics
 from .wire import RPMSG_ADDR_ANY
 
@@ -76,7 +76,7 @@ class Endpoint:
 
     def _dst(self) -> int:
         if self.dst == RPMSG_ADDR_ANY:
-            raise EndpointClosed(
+            raise AddressError(
                 f"endpoint 0x{self.addr:x} has no destination yet: use sendto(), or wait "
                 "until the peer has sent to it"
             )
@@ -127,9 +127,10 @@ class Endpoint:
         """
         if self.callback is not None:
             raise RuntimeError("this endpoint delivers to its callback; it has no queue")
+        timeout = check_timeout(timeout)
         queue = self._queue
         if not queue:
-            self._bus.wait_until(self._ready, check_timeout(timeout), tx=False)
+            self._bus.wait_until(self._ready, timeout, tx=False)
             if not queue:
                 if self._closed_reason is not None:
                     raise EndpointClosed(f"endpoint 0x{self.addr:x}: {self._closed_reason}")
@@ -159,8 +160,9 @@ class Endpoint:
 
     async def arecvfrom(self, timeout: float | None = None) -> tuple[bytes, int]:
         """Await the next message without a thread: the loop watches the doorbell."""
+        timeout = check_timeout(timeout)
         if not self._queue:
-            await self._bus.async_wait_until(self._ready, check_timeout(timeout), tx=False)
+            await self._bus.async_wait_until(self._ready, timeout, tx=False)
             if not self._queue:
                 self._check_open()
                 raise ReceiveTimeout(f"no message for endpoint 0x{self.addr:x} in {timeout} s")

@@ -65,6 +65,12 @@ class _VirtioRpmsgTransport(Transport):
         #: objects (regions, sockets) closed together with the transport
         self.owned: list[Any] = []
 
+    def _watch_rings(self, *queues: Any) -> None:
+        for queue in queues:
+            queue.on_broken = lambda reason, where=queue.faults.where: self.mark_down(
+                f"{where}: the peer broke the ring protocol ({reason})")
+        self.waiter.on_hangup = self.mark_down
+
     def _kick(self) -> None:
         try:
             self.doorbell.kick()
@@ -111,6 +117,7 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
         tx_layout = ring_layout(region, entry.vrings[1])
         self.rx = DriverQueue(region, rx_layout, event_idx=self.event_idx, name="vring0")
         self.tx = DriverQueue(region, tx_layout, event_idx=self.event_idx, name="vring1")
+        self._watch_rings(self.rx, self.tx)
         nbufs = rx_layout.num + tx_layout.num
         region.check(pool_offset, nbufs * buf_size)
         self._rx_buffers = [pool_offset + i * buf_size for i in range(rx_layout.num)]
@@ -222,6 +229,7 @@ class DeviceRpmsgTransport(_VirtioRpmsgTransport):
                               event_idx=self.event_idx, name="vring0")
         self.rx = DeviceQueue(region, ring_layout(region, entry.vrings[1]), device_writes=False,
                               event_idx=self.event_idx, name="vring1")
+        self._watch_rings(self.rx, self.tx)
         self._spare: tuple[int, int, int] | None = None
         self.tx.disable_notify()
         self.rx.disable_notify()

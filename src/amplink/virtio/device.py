@@ -7,6 +7,8 @@ buffer is handed straight back (used length 0) so the driver does not lose it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..errors import AddressError
 from ..memory.region import SharedRegion
 from ..notify.fence import full_fence
@@ -63,8 +65,11 @@ class DeviceQueue:
         self._last_avail = 0
         self._used_idx = 0
         self._notify_checked_idx = 0
-        self._bad_avail_idx = -1
         self._notify_flags = 0
+        #: why the ring is unusable (the driver broke the protocol beyond repair), or None
+        self.broken: str | None = None
+        #: called once with the reason when the ring breaks
+        self.on_broken: Callable[[str], None] | None = None
 
     def avail_pending(self) -> bool:
         return self._u16[self._avail_idx] != self._last_avail
@@ -80,12 +85,14 @@ class DeviceQueue:
         avail_idx = u16[self._avail_idx]
         last = self._last_avail
         pending = (avail_idx - last) & 0xFFFF
-        if not pending:
+        if not pending or self.broken is not None:
             return None
         if pending > self.num:
-            if avail_idx != self._bad_avail_idx:
-                self._bad_avail_idx = avail_idx
-                self.faults(f"avail.idx jumped {pending} entries ahead of a ring of {self.num}")
+            # More buffers than descriptors: no working driver does this.
+            self.faults(f"avail.idx moved {pending} entries past a ring of {self.num}")
+            self.broken = f"avail.idx moved {pending} entries past a ring of {self.num}"
+            if self.on_broken is not None:
+                self.on_broken(self.broken)
             return None
         held = self._held
         for _ in range(pending):

@@ -7,6 +7,7 @@ The driver never trusts the shared copies of its own state: descriptor contents,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..memory.region import SharedRegion
@@ -57,11 +58,17 @@ class DriverQueue:
         self._free: list[int] = list(range(layout.num - 1, -1, -1))
         self._tokens: list[Any] = [None] * layout.num
         self._lengths: list[int] = [0] * layout.num
+        # per head: 0 free, 1 added but not yet published, 2 published (the device's)
+        self._state = bytearray(layout.num)
+        self._unpublished: list[int] = []
         self._next_avail = 0
         self._kick_checked_idx = 0
         self._last_used = 0
-        self._bad_used_idx = -1
         self._irq_flags = 0
+        #: why the ring is unusable (the device broke the protocol beyond repair), or None
+        self.broken: str | None = None
+        #: called once with the reason when the ring breaks
+        self.on_broken: Callable[[str], None] | None = None
 
     def reset(self) -> None:
         """Zero the whole ring in shared memory (the driver owns its initial state)."""
@@ -69,8 +76,11 @@ class DriverQueue:
         self._free = list(range(self.num - 1, -1, -1))
         self._tokens = [None] * self.num
         self._lengths = [0] * self.num
+        self._state = bytearray(self.num)
+        self._unpublished = []
         self._next_avail = self._kick_checked_idx = self._last_used = 0
         self._irq_flags = 0
+        self.broken = None
 
     # -- posting --
     @property
@@ -89,6 +99,8 @@ class DriverQueue:
                        VRING_DESC_F_WRITE if writable else 0, 0)
         self._tokens[head] = token
         self._lengths[head] = length
+        self._state[head] = 1
+        self._unpublished.append(head)
         self._u16[self._avail_ring + (self._next_avail & self._mask)] = head
         self._next_avail = (self._next_avail + 1) & 0xFFFF
 
@@ -97,6 +109,11 @@ class DriverQueue:
         new = self._next_avail
         # Ring entries were stored before; the index store comes after them (TSO keeps order).
         self._u16[self._avail_idx] = new
+        if self._unpublished:
+            state = self._state
+            for head in self._unpublished:
+                state[head] = 2
+            self._unpublished.clear()
         old = self._kick_checked_idx
         if new == old:
             return False
@@ -113,20 +130,20 @@ class DriverQueue:
     def pop_used(self) -> tuple[Any, int] | None:
         """Return ``(token, used_len)`` of the next used buffer, or None.
 
-        Entries that name no outstanding buffer are counted as faults and skipped; the
-        number examined per call is bounded by the ring size.
+        Entries that name no buffer the device holds are counted as faults and skipped;
+        the number examined per call is bounded by the ring size. A used index more than
+        a ring ahead cannot happen in a working device: the ring is marked broken.
         """
         used_idx = self._u16[self._used_idx]
         last = self._last_used
         pending = (used_idx - last) & 0xFFFF
-        if not pending:
+        if not pending or self.broken is not None:
             return None
         if pending > self.num:
-            if used_idx != self._bad_used_idx:
-                self._bad_used_idx = used_idx
-                self.faults(f"used.idx jumped {pending} entries ahead of a ring of {self.num}")
+            self._break(f"used.idx moved {pending} entries past a ring of {self.num}")
             return None
         tokens = self._tokens
+        state = self._state
         u32 = self._u32
         for _ in range(pending):
             elem = self._used_ring + 2 * (last & self._mask)
@@ -134,17 +151,24 @@ class DriverQueue:
             used_len = u32[elem + 1]
             last = (last + 1) & 0xFFFF
             self._last_used = last
-            if head >= self.num or tokens[head] is None:
-                self.faults("used.id names no outstanding buffer")
+            if head >= self.num or state[head] != 2:
+                self.faults("used.id names no buffer the device holds")
                 continue
             token = tokens[head]
             tokens[head] = None
+            state[head] = 0
             self._free.append(head)
             if used_len > self._lengths[head]:
                 self.faults("used.len exceeds the buffer's length")
                 used_len = self._lengths[head]
             return token, used_len
         return None
+
+    def _break(self, reason: str) -> None:
+        self.faults(reason)
+        self.broken = reason
+        if self.on_broken is not None:
+            self.on_broken(reason)
 
     # -- notifications from the device --
     def enable_interrupts(self) -> bool:
