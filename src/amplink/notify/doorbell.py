@@ -19,6 +19,10 @@ _KICK_BYTE = b"\x01"
 class Doorbell(ABC):
     """One side's view of a bidirectional notification channel."""
 
+    #: True if every kick makes the fd report readiness anew (epoll edge-triggered),
+    #: so a waiter never has to consume kicks with a read
+    edge_triggered: bool = False
+
     @abstractmethod
     def kick(self) -> None:
         """Notify the peer (never blocks; kicks may coalesce)."""
@@ -40,7 +44,11 @@ class EventfdDoorbell(Doorbell):
     """A pair of eventfds: ``rx_fd`` is rung by the peer, ``tx_fd`` rings the peer.
 
     The default for simulation: one ``write`` per kick, and the counter coalesces kicks.
+    Every write signals an edge-triggered epoll, so the waiter needs no ``read`` to
+    re-arm (the 64-bit counter cannot realistically overflow).
     """
+
+    edge_triggered = True
 
     def __init__(self, rx_fd: int, tx_fd: int) -> None:
         os.set_blocking(rx_fd, False)

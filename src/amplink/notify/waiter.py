@@ -23,8 +23,10 @@ class Waiter:
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._epoll.register(self._wake_fd, select.EPOLLIN)
         self._door_fd = doorbell.fileno()
+        self._door_clear = not doorbell.edge_triggered
         if self._door_fd >= 0:
-            self._epoll.register(self._door_fd, select.EPOLLIN)
+            mask = select.EPOLLIN if self._door_clear else select.EPOLLIN | select.EPOLLET
+            self._epoll.register(self._door_fd, mask)
         self._watches: dict[int, Callable[[], None]] = {}
         self.closed = False
         self.woken = False
@@ -69,6 +71,8 @@ class Waiter:
         events = self._epoll.poll(timeout)
         for fd, _mask in events:
             if fd == self._door_fd:
+                if not self._door_clear:
+                    continue
                 try:
                     self.doorbell.clear()
                 except LinkDown as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import EndpointClosed, LinkDown, MessageTooLarge, NoBufferAvailable, SendTimeout
 from .channel import RpmsgChannel, RpmsgDriver
-from .endpoint import Callback, Endpoint, check_timeout
+from .endpoint import DEFAULT_SEND_TIMEOUT, Callback, Endpoint, check_timeout
 from .stats import LinkStatistics
 from .transport import Transport
 from .wire import (
@@ -71,8 +71,10 @@ class RpmsgBus:
         self.safety_timeout = safety_timeout
         self._lock = threading.RLock()
         self._cond = threading.Condition(threading.Lock())
-        self._poller_busy = False
-        self._wake_generation = 0  # bumped whenever waiters must re-check their condition
+        self._poller: int | None = None  # the thread watching the rings, if any
+        self._followers = 0
+        self._draining = False
+        self._generation = 0  # bumped whenever waiters must re-check their condition
         self._endpoints: dict[int, Endpoint] = {}
         self._channels: list[RpmsgChannel] = []
         self._drivers: list[RpmsgDriver] = []
@@ -334,14 +336,33 @@ class RpmsgBus:
         ep._deliver(payload, src)
 
     def _drain(self) -> int:
-        """Deliver everything the transport has (lock held)."""
+        """Deliver everything the transport has (lock held).
+
+        Not re-entered: a callback that blocks in send() waits without draining, so
+        deliveries neither recurse nor overtake the message being handled.
+        """
+        if self._draining:
+            return 0
+        self._draining = True
         total = 0
-        transport = self.transport
-        while True:
-            n = transport.receive(self._deliver, 64)
-            total += n
-            if n < 64:
-                return total
+        try:
+            receive = self.transport.receive
+            while True:
+                n = receive(self._deliver, 64)
+                total += n
+                if n < 64:
+                    break
+        finally:
+            self._draining = False
+        if total:
+            self._generation += 1
+            poller = self._poller
+            if poller is not None and poller != threading.get_ident():
+                self.transport.waiter.wake()  # the sleeping thread may wait for this
+            if self._followers:
+                with self._cond:
+                    self._cond.notify_all()
+        return total
 
     def poll(self) -> int:
         """Deliver what has arrived, without waiting; return the number of messages."""
@@ -358,7 +379,7 @@ class RpmsgBus:
             raise LinkDown(str(self.transport.down))
 
     def _wake_waiters(self) -> None:
-        self._wake_generation += 1
+        self._generation += 1
         self.transport.waiter.wake()
         with self._cond:
             self._cond.notify_all()
@@ -380,46 +401,53 @@ class RpmsgBus:
                     raise EndpointClosed(f"link {self.name} is closed")
                 if transport.down is not None:
                     raise LinkDown(str(transport.down))
+                generation = self._generation
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            if self.poll_mode:
-                self._spin(remaining, tx)
-                continue
+            # One thread (the poller) watches the rings; the others wait for its news.
+            me = threading.get_ident()
             with self._cond:
-                if self._poller_busy:
-                    self._cond.wait(self.safety_timeout if remaining is None
-                                    else min(remaining, self.safety_timeout))
+                if self._poller is not None and self._poller != me:
+                    self._followers += 1
+                    try:
+                        self._cond.wait(self.safety_timeout if remaining is None
+                                        else min(remaining, self.safety_timeout))
+                    finally:
+                        self._followers -= 1
                     continue
-                self._poller_busy = True
+                outer = self._poller  # a callback of ours may wait inside our own wait
+                self._poller = me
             try:
-                self._sleep(remaining, tx)
+                if self.poll_mode:
+                    self._spin(remaining, tx, generation)
+                else:
+                    self._sleep(remaining, tx, generation)
             finally:
                 with self._cond:
-                    self._poller_busy = False
+                    self._poller = outer
                     self._cond.notify_all()
 
-    def _spin(self, remaining: float | None, tx: bool) -> None:
+    def _spin(self, remaining: float | None, tx: bool, generation: int) -> None:
         transport = self.transport
         pending = transport.tx_available if tx else transport.rx_pending
         end = None if remaining is None else time.monotonic() + remaining
-        generation = self._wake_generation
         spins = 0
         while not pending():
             spins += 1
             if spins & 0x3FF:
                 continue
-            # Now and then: let other threads run, notice a dead peer, a close, the time.
+            # Now and then: let other threads run, notice a dead peer, news, the time.
             time.sleep(0)
             transport.waiter.poll_sources()
             if transport.down is not None or self._closed:
                 return
-            if generation != self._wake_generation:
+            if generation != self._generation:
                 return
             if end is not None and time.monotonic() >= end:
                 return
 
-    def _sleep(self, remaining: float | None, tx: bool) -> None:
+    def _sleep(self, remaining: float | None, tx: bool, generation: int) -> None:
         transport = self.transport
         pending = transport.tx_available if tx else transport.rx_pending
         if self.spin:
@@ -428,6 +456,8 @@ class RpmsgBus:
                 if pending():
                     return
         with self._lock:
+            if generation != self._generation:
+                return  # another thread delivered meanwhile: re-check before sleeping
             if transport.arm(rx=not tx, tx=tx):
                 transport.disarm()
                 return
@@ -504,8 +534,12 @@ class RpmsgBus:
     def send_message(self, ep: Endpoint | None, src: int, dst: int,
                      data: bytes | bytearray | memoryview, timeout: float | None) -> None:
         """Send one message, waiting up to ``timeout`` s (0: not at all) for a buffer."""
-        self._check_send(src, dst, data)
-        timeout = check_timeout(timeout)
+        # The common case is checked inline: this is the hot path.
+        if not (type(src) is int and type(dst) is int and 0 <= src < RPMSG_ADDR_ANY
+                and 0 <= dst < RPMSG_ADDR_ANY and len(data) <= self.mtu):
+            self._check_send(src, dst, data)
+        if timeout != DEFAULT_SEND_TIMEOUT:
+            timeout = check_timeout(timeout)
         transport = self.transport
         with self._lock:
             if self._closed:
@@ -513,7 +547,9 @@ class RpmsgBus:
             if transport.down is not None:
                 raise LinkDown(str(transport.down))
             if transport.try_send(src, dst, data):
-                self._count_sent(ep)
+                self.messages_sent += 1
+                if ep is not None:
+                    ep.messages_sent += 1
                 return
         if timeout == 0:
             raise NoBufferAvailable()

@@ -86,13 +86,16 @@ class Endpoint:
     def send(self, data: bytes | bytearray | memoryview,
              timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
         """Send to the endpoint's destination, waiting up to ``timeout`` s for a buffer."""
-        self._check_open()
-        self._bus.send_message(self, self.addr, self._dst(), data, timeout)
+        if self._closed_reason is not None or self.dst == RPMSG_ADDR_ANY:
+            self._check_open()
+            self._dst()
+        self._bus.send_message(self, self.addr, self.dst, data, timeout)
 
     def sendto(self, data: bytes | bytearray | memoryview, dst: int,
                timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
         """Send to address ``dst`` from this endpoint."""
-        self._check_open()
+        if self._closed_reason is not None:
+            self._check_open()
         self._bus.send_message(self, self.addr, dst, data, timeout)
 
     def send_offchannel(self, src: int, dst: int, data: bytes | bytearray | memoryview,
@@ -127,7 +130,8 @@ class Endpoint:
         """
         if self.callback is not None:
             raise RuntimeError("this endpoint delivers to its callback; it has no queue")
-        timeout = check_timeout(timeout)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         queue = self._queue
         if not queue:
             self._bus.wait_until(self._ready, timeout, tx=False)

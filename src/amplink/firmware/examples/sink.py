@@ -1,0 +1,45 @@
+"""Sink firmware: announces "rpmsg-sink", counts what it receives, and reports on request.
+
+Every non-empty message is counted (messages and payload bytes) and dropped. An empty
+message is the control message: the firmware answers its sender with the counts since
+the last report (:data:`REPORT`, two little-endian u64: messages, bytes) and starts
+counting afresh. The host uses this to measure one-way throughput
+(:func:`amplink.perf.measure_one_way`).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from amplink.rpmsg.bus import RpmsgBus
+from amplink.rpmsg.endpoint import Endpoint
+
+SERVICE = "rpmsg-sink"
+
+#: the answer to a control message: messages and payload bytes counted since the last one
+REPORT = struct.Struct("<QQ")
+
+
+class SinkCounter:
+    """Counts messages and bytes; an empty message gets the counts as the answer."""
+
+    __slots__ = ("messages", "bytes")
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+
+    def on_message(self, ep: Endpoint, payload: bytes, src: int) -> None:
+        n = len(payload)
+        if n:
+            self.messages += 1
+            self.bytes += n
+            return
+        ep.sendto(REPORT.pack(self.messages, self.bytes), src)
+        self.messages = self.bytes = 0
+
+
+def main(link: RpmsgBus) -> None:
+    counter = SinkCounter()
+    link.create_endpoint(SERVICE, announce=True, callback=counter.on_message)
+    link.run()

@@ -1,0 +1,131 @@
+"""The ``amplink`` command, end to end in subprocesses, and the benchmark's quick mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amplink.cli import COMMANDS, build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "rpmsg_bench.py"
+SUBCOMMANDS = ["demo", "run", "ping"]
+
+
+def amplink(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "amplink.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help() -> None:
+    r = amplink("--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage: amplink" in r.stdout
+    for name in SUBCOMMANDS:
+        assert name in r.stdout
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help(command: str) -> None:
+    r = amplink(command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert f"usage: amplink {command}" in r.stdout
+    assert "-v" in r.stdout
+
+
+def test_every_registered_command_is_listed() -> None:
+    parser = build_parser()
+    assert len(COMMANDS) == len(SUBCOMMANDS)
+    for name in SUBCOMMANDS:
+        args = parser.parse_args(_minimal(name))
+        assert args.command == name and callable(args.func)
+
+
+def _minimal(name: str) -> list[str]:
+    return {"demo": ["demo"], "run": ["run", "fw"], "ping": ["ping", "fw", "-s", "x"]}[name]
+
+
+def test_no_command_is_an_error() -> None:
+    r = amplink()
+    assert r.returncode == 2
+    assert "usage: amplink" in r.stderr
+
+
+def test_verbose_before_and_after_the_command() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["-vv", "demo"]).verbose == 2
+    assert parser.parse_args(["demo", "-v"]).verbose == 1
+    assert parser.parse_args(["demo"]).verbose == 0
+
+
+def test_demo_end_to_end() -> None:
+    r = amplink("demo", "--count", "200", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    for needle in ("rpmsg-echo", "rpmsg-upper", "rpmsg-sink", "remote address 0x",
+                   "RTT  16 B: p50", "RTT 496 B: p50", "p99.9", "msg/s", "MB/s",
+                   "HELLO FROM THE HOST", "safety-net wake-ups 0", "demo: OK"):
+        assert needle in out, needle
+
+
+def test_ping_echo() -> None:
+    r = amplink("ping", "amplink.firmware.examples.echo", "--service", "rpmsg-echo",
+                "--count", "3", "--size", "32", "--interval", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("32 bytes from rpmsg-echo") == 3
+    assert "3 messages transmitted, 3 received, 0% loss" in r.stdout
+    assert "rtt min/avg/max/mdev" in r.stdout
+
+
+def test_ping_unknown_service_fails_clearly() -> None:
+    r = amplink("ping", "amplink.firmware.examples.echo", "--service", "nope", "--wait", "0.3")
+    assert r.returncode == 1
+    assert "'nope' was not announced" in r.stderr
+    assert "rpmsg-echo" in r.stderr
+
+
+def test_missing_firmware_fails_clearly() -> None:
+    r = amplink("ping", "amplink_no_such_firmware_module", "--service", "x")
+    assert r.returncode == 1
+    assert "exited before coming up" in r.stderr
+
+
+def test_run_until_the_firmware_exits(tmp_path: Path) -> None:
+    fw = tmp_path / "late.py"
+    fw.write_text(
+        "def main(link):\n"
+        "    link.run(timeout=0.3)\n"
+        "    ep = link.create_endpoint('late-service', announce=True)\n"
+        "    link.run(timeout=0.3)\n"
+        "    ep.close()\n"
+        "    link.run(timeout=0.2)\n"
+    )
+    r = amplink("run", str(fw), "--settle", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "+ late-service" in r.stdout
+    assert "- late-service" in r.stdout
+    assert "the firmware exited (status 0)" in r.stdout
+
+
+def test_bench_quick(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
+                       capture_output=True, text=True, timeout=55, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for needle in ("amplink blocking", "amplink polling", "mp.Pipe", "os.pipe", "targets:",
+                   "RTT p50  16 B", "one-way 496 B"):
+        assert needle in r.stdout, needle
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"amplink-blocking", "amplink-polling", "mp.Pipe",
+                                    "os.pipe"}
+    for peer in data["results"].values():
+        assert peer["rtt"]["16"]["p50"]["median"] > 0
+        assert peer["one_way"]["496"]["msg_per_s"]["median"] > 0
+    for peer in ("amplink-blocking", "amplink-polling"):
+        for stats in data["results"][peer]["statistics"].values():
+            assert stats["protocol_faults"] == 0
+    assert {t["name"] for t in data["targets"]} >= {"RTT p50 16 B, polling <= 4 us"}
