@@ -61,7 +61,7 @@ class RpmsgBus:
         poll_mode: bool = False,
         spin: float = 0.0,
         safety_timeout: float = DEFAULT_SAFETY_TIMEOUT,
-        max_queued: int | None = None,
+        announce_destroy_min_addr: int = 0,
     ) -> None:
         self.transport = transport
         self.name = name
@@ -69,6 +69,8 @@ class RpmsgBus:
         self.poll_mode = poll_mode
         self.spin = check_timeout(spin) or 0.0
         self.safety_timeout = safety_timeout
+        # OpenAMP announces the end of a service only for dynamic addresses (>= 1024)
+        self.announce_destroy_min_addr = announce_destroy_min_addr
         self._lock = threading.RLock()
         self._cond = threading.Condition(threading.Lock())
         self._poller: int | None = None  # the thread watching the rings, if any
@@ -158,7 +160,8 @@ class RpmsgBus:
                 return
             del self._endpoints[ep.addr]
             ep._mark_closed("closed by this side")
-            announce = ep.announced and self.transport.down is None and not self._closed
+            announce = (ep.announced and self.transport.down is None and not self._closed
+                        and ep.addr >= self.announce_destroy_min_addr)
         if announce:
             try:
                 self._announce(ep, RPMSG_NS_DESTROY, ANNOUNCE_END_TIMEOUT)
@@ -461,12 +464,16 @@ class RpmsgBus:
             if transport.arm(rx=not tx, tx=tx):
                 transport.disarm()
                 return
-        timeout = self.safety_timeout if remaining is None else min(remaining, self.safety_timeout)
+        limit = self.safety_timeout
+        polling_tx = tx and not transport.tx_kicks
+        if polling_tx:
+            limit = transport.tx_poll_interval  # no kick will come: this is the poll period
+        timeout = limit if remaining is None else min(remaining, limit)
         self.sleeps += 1
         signalled = transport.waiter.wait(timeout)
         with self._lock:
             transport.disarm()
-            if not signalled and pending():
+            if not signalled and not polling_tx and pending():
                 self.safety_net_wakeups += 1
         transport.waiter.reset_wake()
 

@@ -27,6 +27,10 @@ class Transport(ABC):
     waiter: Waiter
     #: set once the peer is gone; every later call fails with it
     down: LinkDown | None = None
+    #: False if the peer never rings when it frees a transmit buffer (OpenAMP): a
+    #: blocked send then polls every :attr:`tx_poll_interval` seconds instead of sleeping
+    tx_kicks: bool = True
+    tx_poll_interval: float = 0.001
 
     @abstractmethod
     def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
