@@ -498,8 +498,9 @@ class RpmsgBus:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return False
-            wait = self.safety_timeout if remaining is None else min(remaining,
-                                                                     self.safety_timeout)
+            limit = (transport.tx_poll_interval if tx and not transport.tx_kicks
+                     else self.safety_timeout)
+            wait = limit if remaining is None else min(remaining, limit)
             future = self._async_future(loop)
             try:
                 await asyncio.wait_for(asyncio.shield(future), wait)
