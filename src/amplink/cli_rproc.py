@@ -1,0 +1,393 @@
+"""The remote-processor commands of ``amplink``: ls, boot, stop, state, recovery, coredump,
+trace, crash.
+
+By default they act on the simulator: processors held by a supervisor process (see
+:mod:`amplink.service.supervisor`) that ``amplink boot`` starts on demand and that
+exits when ``amplink stop`` removes its last processor. With ``--sysfs ROOT`` (or
+$AMPLINK_SYSFS) they act on that remoteproc tree instead, e.g. the real
+``/sys/class/remoteproc``, through the same code
+(:class:`~amplink.platforms.linux.LinuxRemoteProc`).
+
+``cli.py`` adds these commands with :func:`register`; :func:`main` runs them alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import AmplinkError
+from .platforms.linux import (
+    CLASS_ROOT,
+    DEBUG_ROOT,
+    ControlTree,
+    LinuxRemoteProc,
+    ProcessorNotFound,
+    RprocControlError,
+    SupervisorUnavailable,
+    is_simulator_tree,
+    list_processors,
+    open_tree,
+)
+from .platforms.linux.errors import MalformedAttribute
+from .remoteproc.api import CrashReason
+from .remoteproc.coredump import CoredumpMode
+from .rpmsg.wire import RPMSG_ADDR_ANY
+from .service.supervisor import (
+    SupervisorClient,
+    connect_supervisor,
+    ensure_supervisor,
+    runtime_dir,
+)
+
+ENV_SYSFS = "AMPLINK_SYSFS"
+ENV_DEBUGFS = "AMPLINK_DEBUGFS"
+NAME_HELP = "the processor's name (see `amplink ls`) or its remoteprocN device"
+CRASH_REASONS = {
+    "mmufault": CrashReason.MMUFAULT,
+    "watchdog": CrashReason.WATCHDOG,
+    "fatal-error": CrashReason.FATAL_ERROR,
+}
+
+
+class CommandError(AmplinkError):
+    """A failure the command reports as one clear line (exit status 1)."""
+
+
+def _out(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+# -- which tree -------------------------------------------------------------------------
+@dataclass
+class _Target:
+    """The tree the command acts on; ``supervisor`` is set for a simulator's tree."""
+
+    tree: ControlTree | None  # None: the simulator is not running
+    supervisor: SupervisorClient | None
+    where: str
+
+
+def _sysfs_root(args: argparse.Namespace) -> Path | None:
+    root = args.sysfs or os.environ.get(ENV_SYSFS)
+    return Path(root) if root else None
+
+
+def _target(args: argparse.Namespace, *, start: bool = False) -> _Target:
+    root = _sysfs_root(args)
+    if root is not None:
+        debug = args.debugfs or os.environ.get(ENV_DEBUGFS)
+        if debug is None and root == CLASS_ROOT:
+            debug = str(DEBUG_ROOT)
+        tree = open_tree(root, debug_root=debug)
+        supervisor = SupervisorClient(root) if is_simulator_tree(root) else None
+        return _Target(tree, supervisor, str(root))
+    where = f"the simulator ({runtime_dir()})"
+    client = ensure_supervisor() if start else connect_supervisor()
+    return _Target(client.tree if client else None, client, where)
+
+
+def _processor(args: argparse.Namespace) -> tuple[LinuxRemoteProc, _Target]:
+    target = _target(args)
+    if target.tree is None:
+        raise CommandError(f"no processor called {args.name!r}: no simulated processor is "
+                           "running (start one with `amplink boot FIRMWARE`, or use --sysfs)")
+    return LinuxRemoteProc.find(args.name, target.tree), target
+
+
+def _field(read: Any) -> str:
+    """A value for a listing: '?' when it cannot be read (the reason is not a listing's)."""
+    try:
+        return str(read())
+    except (RprocControlError, MalformedAttribute):
+        return "?"
+
+
+# -- ls ---------------------------------------------------------------------------------
+def cmd_ls(args: argparse.Namespace) -> int:
+    """amplink ls: the processors, their settings and (simulated) channels."""
+    target = _target(args)
+    if target.tree is None:
+        _out("no simulated processors (start one with `amplink boot FIRMWARE`; for hardware: "
+             f"`amplink ls --sysfs {CLASS_ROOT}`)")
+        return 0
+    processors = list_processors(target.tree)
+    if not processors:
+        _out(f"no remote processors in {target.where}")
+        return 0
+    rows = [("NAME", "DEVICE", "STATE", "RECOVERY", "COREDUMP", "FIRMWARE")]
+    details: dict[str, list[str]] = {}
+    for name, dev in processors.items():
+        try:
+            rproc = LinuxRemoteProc(dev, target.tree)
+        except ProcessorNotFound:
+            continue  # removed while listing
+        recovery = _field(lambda r=rproc: "enabled" if r.recovery else "disabled")
+        rows.append((name, dev, _field(lambda r=rproc: r.state), recovery,
+                     _field(lambda r=rproc: r.coredump), _field(lambda r=rproc: r.firmware)))
+        if target.supervisor is not None:
+            details[name] = _channel_lines(target.supervisor, dev)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        _out("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)) +
+             "  " + row[-1])
+        for line in details.get(row[0], []):
+            _out(line)
+    return 0
+
+
+def _channel_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
+    try:
+        channels = supervisor.channels(dev)
+    except RprocControlError:
+        return []  # this processor cannot list its channels
+    lines = []
+    for channel in channels:
+        local = "-" if channel.src == RPMSG_ADDR_ANY else f"0x{channel.src:x}"
+        lines.append(f"    channel {channel.name}: remote endpoint 0x{channel.dst:x}, "
+                     f"local endpoint {local}")
+    return lines
+
+
+# -- boot, stop, state ------------------------------------------------------------------
+def _firmware_spec(firmware: str) -> str:
+    """A ``.py`` path made absolute: the supervisor runs in "/"."""
+    target, sep, func = firmware.partition(":")
+    if target.endswith(".py") or os.sep in target:
+        return os.path.abspath(target) + sep + func
+    return firmware
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    """amplink boot FIRMWARE [--name NAME]."""
+    root = _sysfs_root(args)
+    if root is not None and not is_simulator_tree(root):
+        return _boot_tree(args)
+    firmware = _firmware_spec(args.firmware)
+    try:
+        supervisor, dev, name = _add_processor(args, firmware)
+    except SupervisorUnavailable:
+        # the supervisor was exiting (its last processor had just gone) as we came
+        supervisor, dev, name = _add_processor(args, firmware)
+    rproc = LinuxRemoteProc(dev, supervisor.tree)
+    t0 = time.monotonic()
+    try:
+        rproc.boot()
+    except BaseException:
+        with contextlib.suppress(AmplinkError):
+            supervisor.remove(dev)  # a processor that never ran is not kept
+        raise
+    _out(f"{name} ({dev}): running {firmware} (up in {time.monotonic() - t0:.2f} s); "
+         f"`amplink stop {name}` stops it")
+    return 0
+
+
+def _add_processor(args: argparse.Namespace, firmware: str) -> tuple[SupervisorClient, str, str]:
+    target = _target(args, start=True)
+    if target.supervisor is None:
+        raise CommandError(f"no supervisor serves {target.where}")
+    dev, name = target.supervisor.add(firmware, args.name)
+    return target.supervisor, dev, name
+
+
+def _boot_tree(args: argparse.Namespace) -> int:
+    target = _target(args)
+    assert target.tree is not None
+    if args.name is None:
+        processors = list_processors(target.tree)
+        if len(processors) != 1:
+            raise CommandError(f"{target.where} has {len(processors)} processors "
+                               f"({', '.join(processors) or 'none'}): say which with --name")
+        args.name = next(iter(processors))
+    rproc = LinuxRemoteProc.find(args.name, target.tree)
+    if rproc.firmware != args.firmware:
+        rproc.firmware = args.firmware
+    rproc.boot()
+    _out(f"{rproc.label}: {rproc.state}, firmware {rproc.firmware}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """amplink stop NAME (a simulated processor is also removed)."""
+    rproc, target = _processor(args)
+    if target.supervisor is not None:
+        target.supervisor.remove(rproc.dev)  # stops whatever the state, crashed included
+        _out(f"{rproc.label}: stopped and removed")
+    else:
+        rproc.stop()
+        _out(f"{rproc.label}: {rproc.state}")
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """amplink state NAME."""
+    rproc, _ = _processor(args)
+    _out(rproc.state)
+    return 0
+
+
+# -- recovery, coredump, crash, trace ---------------------------------------------------
+def cmd_recovery(args: argparse.Namespace) -> int:
+    """amplink recovery NAME [enabled|disabled|recover]."""
+    rproc, _ = _processor(args)
+    if args.value == "recover":
+        rproc.recover()
+        _out(f"{rproc.label}: {rproc.state}")
+    elif args.value is not None:
+        rproc.recovery = args.value == "enabled"
+    if args.value != "recover":
+        _out("enabled" if rproc.recovery else "disabled")
+    return 0
+
+
+def cmd_coredump(args: argparse.Namespace) -> int:
+    """amplink coredump NAME [disabled|enabled|inline]."""
+    rproc, _ = _processor(args)
+    if args.value is not None:
+        rproc.coredump = CoredumpMode(args.value)
+    _out(rproc.coredump)
+    return 0
+
+
+def cmd_crash(args: argparse.Namespace) -> int:
+    """amplink crash NAME [--reason R]."""
+    rproc, _ = _processor(args)
+    rproc.crash(CRASH_REASONS[args.reason])
+    _out(f"{rproc.label}: crash reported ({args.reason}); now {rproc.state} (recovery "
+         f"{'enabled' if rproc.recovery else 'disabled'})")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    """amplink trace NAME [-f]."""
+    if args.interval <= 0:
+        raise CommandError("--interval must be positive")
+    rproc, _ = _processor(args)
+    seen = rproc.trace()
+    sys.stdout.write(seen)
+    sys.stdout.flush()
+    if not args.follow:
+        return 0
+    try:
+        while True:
+            time.sleep(args.interval)
+            try:
+                text = rproc.trace()
+            except (ProcessorNotFound, SupervisorUnavailable):
+                _out(f"\n{rproc.label} is gone")
+                return 0
+            # the buffer has no head/tail: print what was appended, or all of a rewrite
+            new = text[len(seen):] if text.startswith(seen) else text
+            if new:
+                sys.stdout.write(new)
+                sys.stdout.flush()
+            seen = text
+    except KeyboardInterrupt:
+        return 0
+
+
+# -- registration -----------------------------------------------------------------------
+def _common_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: without -v after the command, the value given before it stays
+    parent.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="log more (-v: info, -vv: debug)")
+    parent.add_argument("--sysfs", metavar="ROOT", default=None,
+                        help=f"act on this remoteproc tree, e.g. {CLASS_ROOT} (default: "
+                             f"${ENV_SYSFS}, else the simulator)")
+    parent.add_argument("--debugfs", metavar="ROOT", default=None,
+                        help=f"its debugfs directory (default: ${ENV_DEBUGFS}; {DEBUG_ROOT} "
+                             f"with --sysfs {CLASS_ROOT})")
+    return parent
+
+
+def register(sub: Any) -> None:
+    """Add ls, boot, stop, state, recovery, coredump, trace and crash to ``sub``."""
+    common = [_common_options()]
+
+    def add(name: str, func: Any, help_: str, description: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, parents=common, help=help_,
+                                                    description=description)
+        p.set_defaults(func=func)
+        return p
+
+    add("ls", cmd_ls, "list remote processors",
+        "List the remote processors with their state, recovery and coredump settings and "
+        "firmware; for simulated ones also the rpmsg channels their firmware announced.")
+    p = add("boot", cmd_boot, "boot firmware on a processor that outlives this command",
+            "Simulator: create a processor (started by a supervisor process that lives "
+            "until the last processor is stopped) and boot FIRMWARE on it. FIRMWARE is a "
+            "Python module importable by the supervisor or a .py file, optionally with "
+            ":function. With --sysfs: set the firmware of processor NAME (it must be "
+            "offline; the kernel looks for the file in /lib/firmware) and start it.")
+    p.add_argument("firmware", metavar="FIRMWARE",
+                   help="e.g. amplink.firmware.examples.echo, or fw.elf with --sysfs")
+    p.add_argument("--name", default=None,
+                   help="the processor's name (default: the first free simN; with --sysfs "
+                        "the only processor)")
+    for name, func, help_, description in (
+            ("stop", cmd_stop, "stop a processor",
+             "Stop processor NAME. A simulated one is also removed (a crashed one too); the "
+             "supervisor exits with its last processor. The kernel cannot stop a crashed "
+             "processor: recover it first."),
+            ("state", cmd_state, "print a processor's state",
+             "Print the state of processor NAME: offline, running, crashed, suspended, "
+             "attached, detached or deleted."),
+    ):
+        add(name, func, help_, description).add_argument("name", metavar="NAME", help=NAME_HELP)
+    p = add("recovery", cmd_recovery, "show or set crash recovery",
+            "Print whether processor NAME recovers from crashes; enabled/disabled set it "
+            "(enabling recovers a crashed processor); recover recovers a crashed one now.")
+    p.add_argument("name", metavar="NAME", help=NAME_HELP)
+    p.add_argument("value", nargs="?", choices=("enabled", "disabled", "recover"))
+    p = add("coredump", cmd_coredump, "show or set what a crash dumps",
+            "Print or set the coredump mode of processor NAME (not while it is crashed).")
+    p.add_argument("name", metavar="NAME", help=NAME_HELP)
+    p.add_argument("value", nargs="?", choices=[m.value for m in CoredumpMode])
+    p = add("trace", cmd_trace, "print a processor's trace buffer",
+            "Print the trace buffer of processor NAME (debugfs trace0; for simulated "
+            "processors today, the firmware's output); -f follows it until Ctrl-C or until "
+            "the processor is gone.")
+    p.add_argument("name", metavar="NAME", help=NAME_HELP)
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new text")
+    p.add_argument("--interval", type=float, default=0.5, metavar="S",
+                   help="with -f: poll every S seconds (default 0.5)")
+    p = add("crash", cmd_crash, "inject a crash",
+            "Report a crash of running processor NAME (debugfs crash: root only on real "
+            "hardware). With recovery enabled it is restarted; else it stays crashed.")
+    p.add_argument("name", metavar="NAME", help=NAME_HELP)
+    p.add_argument("--reason", choices=tuple(CRASH_REASONS), default="fatal-error",
+                   help="the crash type reported (default fatal-error)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with only these commands (the full one is :func:`amplink.cli.build_parser`)."""
+    parser = argparse.ArgumentParser(prog="amplink", description="amplink remote processors")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one of these commands; 0 on success, 1 with a one-line error on stderr."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("amplink: interrupted", file=sys.stderr)
+        return 130
+    except (AmplinkError, OSError) as exc:
+        print(f"amplink {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

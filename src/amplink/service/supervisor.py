@@ -1,0 +1,621 @@
+"""Processors that outlive one command: the simulator's supervisor process.
+
+``amplink boot`` starts a supervisor on demand (detached: its own session, cwd "/",
+stdio on a log file) which holds simulated processors and exposes them like the
+kernel's remoteproc class, in a per-user runtime directory (:func:`runtime_dir`)::
+
+    $AMPLINK_RUNTIME_DIR | $XDG_RUNTIME_DIR/amplink | /tmp/amplink-$UID
+      .control               the control socket (protocol: amplink.platforms.linux.protocol)
+      remoteprocN/           state firmware name recovery coredump (kept up to date for cat)
+      debug/remoteprocN/     crash, trace0 (like debugfs)
+      supervisor.pid         while it serves;  supervisor.log: its log
+      supervisor.lock        held (flock) for its whole life; spawn.lock: serialises starts
+
+Plain files cannot refuse a write, so every operation goes through the socket, which
+answers with the kernel's errno (see :class:`~amplink.platforms.linux.model.RemoteprocModel`);
+:class:`~amplink.platforms.linux.LinuxRemoteProc` and the CLI therefore work unchanged on
+this tree and on ``/sys/class/remoteproc``.
+
+Lifetime: once its last processor is removed, the supervisor exits as soon as no client
+is connected; if no processor ever comes, it exits after ``idle_grace`` seconds (the
+command that started it was killed). SIGTERM / SIGINT shut every processor down first.
+If the supervisor itself is killed, the firmware processes notice their host is gone
+and exit, and the next start cleans up the stale files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from ..platforms.linux import protocol
+from ..platforms.linux.attributes import DEVICE_NAME, ControlSocketTree
+from ..platforms.linux.errors import (
+    RprocControlError,
+    SupervisorError,
+    SupervisorUnavailable,
+    error_from_errno,
+)
+from ..platforms.linux.model import RemoteprocModel
+from ..remoteproc.api import RemoteProcessor
+from .sim_adapter import make_sim_processor
+
+log = logging.getLogger(__name__)
+
+ENV_RUNTIME_DIR = "AMPLINK_RUNTIME_DIR"
+PID_FILE = "supervisor.pid"
+LOCK_FILE = "supervisor.lock"
+SPAWN_LOCK = "spawn.lock"
+LOG_FILE = "supervisor.log"
+DEBUG_DIR = "debug"
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the NUL
+_PROCESSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+_MAX_FIRMWARE = 4096
+
+ProcessorFactory = Callable[[str, str], RemoteProcessor]
+
+# Started with `python -c`: spawns the supervisor in a new session and exits at once,
+# so the supervisor is nobody's child (no zombie, no signal from the caller's terminal).
+_LAUNCHER = (
+    "import subprocess, sys\n"
+    "p = subprocess.Popen(sys.argv[1:], start_new_session=True, "
+    "stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)\n"
+    "print(p.pid)\n"
+)
+
+
+@runtime_checkable
+class ReportsChannels(Protocol):
+    """Optional: a processor that can list its rpmsg channels for ``amplink ls``."""
+
+    def channels(self) -> list[tuple[str, int, int]]:
+        """(name, local address, remote address) of each channel."""
+
+
+class Channel(NamedTuple):
+    """One rpmsg channel of a simulated processor, as ``amplink ls`` shows it."""
+
+    name: str
+    src: int
+    dst: int
+
+
+# -- the runtime directory --------------------------------------------------------------
+def runtime_dir() -> Path:
+    """$AMPLINK_RUNTIME_DIR, else $XDG_RUNTIME_DIR/amplink, else /tmp/amplink-$UID."""
+    override = os.environ.get(ENV_RUNTIME_DIR)
+    if override:
+        return Path(override).absolute()
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "amplink"
+    return Path(f"/tmp/amplink-{os.getuid()}")
+
+
+def prepare_runtime_dir(path: Path | str) -> Path:
+    """Create ``path`` (mode 0700) or check that it is a directory of ours that nobody
+    else can write to; SupervisorError with what to do otherwise."""
+    path = Path(path).absolute()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise SupervisorError(f"cannot create the runtime directory {path}: {exc.strerror}; "
+                              f"set {ENV_RUNTIME_DIR} to a directory of yours") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SupervisorError(f"{path} is not a directory (a symlink?): remove it or set "
+                              f"{ENV_RUNTIME_DIR}")
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise SupervisorError(f"{path} belongs to uid {st.st_uid} or others can write to it "
+                              f"(mode {stat.S_IMODE(st.st_mode):o}): others could control your "
+                              f"processors; remove it or set {ENV_RUNTIME_DIR}")
+    if len(os.fsencode(path / protocol.CONTROL_SOCKET)) > MAX_SOCKET_PATH:
+        raise SupervisorError(f"{path} is too long for a Unix socket path: set "
+                              f"{ENV_RUNTIME_DIR} to a shorter directory")
+    return path
+
+
+@contextlib.contextmanager
+def _flock(path: Path, timeout: float) -> Iterator[int]:
+    """Hold an exclusive flock on ``path``; SupervisorError after ``timeout`` seconds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise SupervisorError(f"{path} stayed locked for {timeout} s: another "
+                                          "supervisor is starting or stopping; retry") from None
+                time.sleep(0.02)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # the state follows the command name, which is in parentheses
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def read_pid_file(root: Path) -> int | None:
+    """The pid in ``root``/supervisor.pid, if the file exists and holds one."""
+    try:
+        text = (root / PID_FILE).read_text()
+    except OSError:
+        return None
+    return int(text) if text.strip().isdigit() else None
+
+
+# -- the server -------------------------------------------------------------------------
+class _Client:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = protocol.LineReader()
+        self.dev: str | None = None  # set by dev_open: this connection is /dev/remoteprocN
+
+
+def _fail(err: int, message: str) -> RprocControlError:
+    return error_from_errno(err, message)
+
+
+class Supervisor:
+    """Holds processors made by ``factory`` and serves them on ``root``'s control socket."""
+
+    def __init__(self, root: Path, factory: ProcessorFactory = make_sim_processor, *,
+                 idle_grace: float = 10.0, tick: float = 0.25) -> None:
+        self.root = Path(root)
+        self.factory = factory
+        self.idle_grace = idle_grace
+        self.tick = tick
+        self.model: RemoteprocModel | None = None
+        self._clients: dict[int, _Client] = {}
+        self._unsubscribe: dict[str, Callable[[], None]] = {}
+        self._had_processor = False
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._ops: dict[str, Callable[[_Client, dict[str, Any]], dict[str, Any] | None]] = {
+            "hello": self._op_hello, "list": self._op_list, "read": self._op_read,
+            "write": self._op_write, "debug_read": self._op_debug_read,
+            "debug_write": self._op_debug_write, "add": self._op_add, "remove": self._op_remove,
+            "channels": self._op_channels, "dev_open": self._op_dev_open,
+            "dev_write": self._op_dev_write, "dev_set_release": self._op_dev_set_release,
+            "dev_get_release": self._op_dev_get_release,
+        }
+        assert self._ops.keys() == protocol.OPS.keys(), "the protocol table and the server differ"
+
+    def stop(self) -> None:
+        """Ask the loop to shut everything down and return (any thread, or a signal handler)."""
+        self._stopping = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"w")
+
+    def serve(self) -> None:
+        """Serve until idle or stopped; every processor is shut down before it returns."""
+        with _flock(self.root / LOCK_FILE, timeout=5.0):
+            self._clean_stale_files()
+            sock_path = self.root / protocol.CONTROL_SOCKET
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sel = selectors.DefaultSelector()
+            try:
+                listener.bind(str(sock_path))
+                os.chmod(sock_path, 0o600)
+                listener.listen(16)
+                listener.setblocking(False)
+                self.model = RemoteprocModel(self.root, self.root / DEBUG_DIR)
+                _write_file(self.root / PID_FILE, f"{os.getpid()}\n")
+                log.info("serving %s (pid %d)", self.root, os.getpid())
+                sel.register(listener, selectors.EVENT_READ, None)
+                sel.register(self._wake_r, selectors.EVENT_READ, None)
+                self._loop(sel, listener)
+            finally:
+                sock_path.unlink(missing_ok=True)  # first: no new client from now on
+                listener.close()
+                for client in list(self._clients.values()):
+                    self._close_client(sel, client)
+                self._remove_all()
+                sel.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._clean_stale_files()
+                (self.root / PID_FILE).unlink(missing_ok=True)  # last: everything is gone
+                log.info("stopped")
+
+    def _clean_stale_files(self) -> None:
+        """Remove what a killed supervisor left (the caller holds the lock)."""
+        (self.root / protocol.CONTROL_SOCKET).unlink(missing_ok=True)
+        shutil.rmtree(self.root / DEBUG_DIR, ignore_errors=True)
+        for entry in os.listdir(self.root):
+            if DEVICE_NAME.fullmatch(entry):
+                shutil.rmtree(self.root / entry, ignore_errors=True)
+
+    def _loop(self, sel: selectors.BaseSelector, listener: socket.socket) -> None:
+        started = time.monotonic()
+        assert self.model is not None
+        while not self._stopping:
+            for key, _ in sel.select(self.tick):
+                if key.fileobj is listener:
+                    self._accept(sel, listener)
+                elif key.fileobj == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                else:
+                    self._on_readable(sel, key.data)
+            # the adapter notices a dead firmware process when its state is read
+            self.model.refresh()
+            if not self.model.devices() and not self._clients and (
+                    self._had_processor or time.monotonic() - started > self.idle_grace):
+                log.info("no processor left: exiting")
+                return
+
+    def _accept(self, sel: selectors.BaseSelector, listener: socket.socket) -> None:
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        client = _Client(sock)
+        self._clients[sock.fileno()] = client
+        sel.register(sock, selectors.EVENT_READ, client)
+
+    def _close_client(self, sel: selectors.BaseSelector, client: _Client) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(client.sock)
+        self._clients.pop(client.sock.fileno(), None)
+        client.sock.close()
+        if client.dev is not None and self.model is not None:
+            dev, client.dev = client.dev, None
+            try:
+                self.model.cdev_release(dev)  # the client closed /dev/remoteprocN (or died)
+            except RprocControlError as exc:
+                log.warning("release of %s: %s", dev, exc)
+
+    def _on_readable(self, sel: selectors.BaseSelector, client: _Client) -> None:
+        try:
+            data = client.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_client(sel, client)
+            return
+        try:
+            lines = client.reader.feed(data)
+        except ValueError as exc:
+            self._send(client, {"ok": False, "errno": errno.EMSGSIZE, "error": str(exc)})
+            self._close_client(sel, client)
+            return
+        for line in lines:
+            if not self._send(client, self._handle(client, line)):
+                self._close_client(sel, client)
+                return
+
+    def _send(self, client: _Client, response: dict[str, Any]) -> bool:
+        try:
+            data = protocol.encode(response)
+        except ValueError as exc:
+            data = protocol.encode({"ok": False, "errno": errno.EMSGSIZE, "error": str(exc)})
+        try:
+            client.sock.settimeout(2.0)  # a client that does not read must not stall the others
+            client.sock.sendall(data)
+            client.sock.setblocking(False)
+            return True
+        except OSError as exc:
+            log.info("dropping a client: %s", exc)
+            return False
+
+    def _handle(self, client: _Client, line: bytes) -> dict[str, Any]:
+        op = "?"
+        try:
+            message = protocol.decode(line)
+            op = protocol.field(message, "op", str)
+            handler = self._ops.get(op)
+            if handler is None:
+                raise _fail(errno.EINVAL, f"unknown operation {op!r} (known: "
+                                          f"{', '.join(self._ops)})")
+            missing = [key for key in protocol.OPS[op] if key not in message]
+            if missing:
+                raise _fail(errno.EINVAL, f"{op} needs the fields {', '.join(missing)}")
+            return {"ok": True, **(handler(client, message) or {})}
+        except RprocControlError as exc:
+            return {"ok": False, "errno": exc.errno, "error": str(exc)}
+        except ValueError as exc:
+            return {"ok": False, "errno": errno.EINVAL, "error": f"bad {op} request: {exc}"}
+        except Exception as exc:  # a bug must cost one request, not every processor
+            log.exception("%s request failed", op)
+            return {"ok": False, "errno": errno.EIO, "error": f"{op}: internal error: {exc}"}
+
+    # -- operations ---------------------------------------------------------------------
+    @property
+    def _m(self) -> RemoteprocModel:
+        assert self.model is not None
+        return self.model
+
+    @staticmethod
+    def _dev(message: dict[str, Any]) -> str:
+        dev = protocol.field(message, "dev", str)
+        if not DEVICE_NAME.fullmatch(dev):
+            raise _fail(errno.ENOENT, f"{dev!r} is not a remoteprocN device name")
+        return dev
+
+    def _op_hello(self, _c: _Client, _m: dict[str, Any]) -> dict[str, Any]:
+        return {"protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid()}
+
+    def _op_list(self, _c: _Client, _m: dict[str, Any]) -> dict[str, Any]:
+        return {"devices": self._m.devices()}
+
+    def _op_read(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
+        return {"value": self._m.show(self._dev(m), protocol.field(m, "attr", str))}
+
+    def _op_write(self, _c: _Client, m: dict[str, Any]) -> None:
+        self._m.store(self._dev(m), protocol.field(m, "attr", str),
+                      protocol.field(m, "value", str))
+
+    def _op_debug_read(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
+        return {"value": self._m.debug_show(self._dev(m), protocol.field(m, "attr", str))}
+
+    def _op_debug_write(self, _c: _Client, m: dict[str, Any]) -> None:
+        self._m.debug_store(self._dev(m), protocol.field(m, "attr", str),
+                            protocol.field(m, "value", str))
+
+    def _op_add(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
+        firmware = protocol.field(m, "firmware", str)
+        if not firmware or len(firmware) > _MAX_FIRMWARE or "\n" in firmware or "\0" in firmware:
+            raise _fail(errno.EINVAL, f"a firmware name is one non-empty line, "
+                                      f"got {firmware[:80]!r}")
+        name = protocol.field(m, "name", str, optional=True)
+        if name is None:
+            index = 0
+            while self._m.find(f"sim{index}") is not None:
+                index += 1
+            name = f"sim{index}"
+        elif not _PROCESSOR_NAME.fullmatch(name):
+            raise _fail(errno.EINVAL, f"processor name {name!r}: use 1-32 letters, digits, "
+                                      "'_', '.' or '-'")
+        if self._m.find(name) is not None:
+            raise _fail(errno.EEXIST, f"a processor called {name!r} exists already: stop it "
+                                      f"first (`amplink stop {name}`) or choose another --name")
+        rproc = self.factory(name, firmware)
+        dev = self._m.add(rproc)
+        self._had_processor = True
+        self._unsubscribe[dev] = rproc.subscribe(lambda _event: self._wake())
+        log.info("%s: added %s with firmware %s", dev, name, firmware)
+        return {"dev": dev, "name": name}
+
+    def _op_remove(self, _c: _Client, m: dict[str, Any]) -> None:
+        self._remove(self._dev(m))
+
+    def _remove(self, dev: str) -> None:
+        unsubscribe = self._unsubscribe.pop(dev, None)
+        if unsubscribe is not None:
+            unsubscribe()
+        self._m.remove(dev)
+        log.info("%s: removed", dev)
+
+    def _remove_all(self) -> None:
+        if self.model is None:
+            return
+        for dev in self.model.devices():
+            try:
+                self._remove(dev)
+            except Exception:  # shutting down: stop the others whatever one of them does
+                log.exception("%s: shutdown failed", dev)
+
+    def _op_channels(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
+        rproc = self._m.processor(self._dev(m))
+        if not isinstance(rproc, ReportsChannels):
+            raise _fail(errno.EOPNOTSUPP, f"{rproc.name} cannot list its channels")
+        return {"channels": [{"name": n, "src": s, "dst": d} for n, s, d in rproc.channels()]}
+
+    def _op_dev_open(self, c: _Client, m: dict[str, Any]) -> None:
+        dev = self._dev(m)
+        if c.dev is not None:
+            raise _fail(errno.EBUSY, f"this connection is /dev/{c.dev} already")
+        self._m.processor(dev)  # ENOENT if there is no such processor
+        c.dev = dev
+
+    def _device_of(self, c: _Client) -> str:
+        if c.dev is None:
+            raise _fail(errno.EBADF, "no device open on this connection: send dev_open first")
+        return c.dev
+
+    def _op_dev_write(self, c: _Client, m: dict[str, Any]) -> None:
+        self._m.cdev_write(self._device_of(c), protocol.field(m, "value", str))
+
+    def _op_dev_set_release(self, c: _Client, m: dict[str, Any]) -> None:
+        self._m.cdev_set_release(self._device_of(c), protocol.field(m, "value", int) != 0)
+
+    def _op_dev_get_release(self, c: _Client, _m: dict[str, Any]) -> dict[str, Any]:
+        return {"value": int(self._m.cdev_get_release(self._device_of(c)))}
+
+
+def _write_file(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# -- the client side --------------------------------------------------------------------
+class SupervisorClient:
+    """The supervisor-only operations (add, remove, channels); attributes go through
+    :attr:`tree` like any remoteproc tree."""
+
+    def __init__(self, root: Path, *, timeout: float = 30.0) -> None:
+        self.root = Path(root)
+        self.tree = ControlSocketTree(self.root, timeout=timeout)
+
+    def hello(self) -> int:
+        """The supervisor's pid (checks that it speaks this protocol)."""
+        response = self.tree.request({"op": "hello"}, "supervisor")
+        try:
+            version = protocol.field(response, "protocol", int)
+            pid = protocol.field(response, "pid", int)
+        except ValueError as exc:
+            raise SupervisorError(f"{self.root}: malformed hello: {exc}") from None
+        if version != protocol.PROTOCOL_VERSION:
+            raise SupervisorError(f"the supervisor at {self.root} speaks protocol {version}, "
+                                  f"not {protocol.PROTOCOL_VERSION}: stop its processors and "
+                                  "let it exit")
+        return pid
+
+    def add(self, firmware: str, name: str | None = None) -> tuple[str, str]:
+        """Create an offline processor; returns (device, name)."""
+        response = self.tree.request({"op": "add", "name": name, "firmware": firmware},
+                                     name or "add")
+        try:
+            dev = protocol.field(response, "dev", str)
+            got = protocol.field(response, "name", str)
+        except ValueError as exc:
+            raise SupervisorError(f"{self.root}: malformed answer to add: {exc}") from None
+        if not DEVICE_NAME.fullmatch(dev) or not _PROCESSOR_NAME.fullmatch(got):
+            raise SupervisorError(f"{self.root}: add answered {dev!r}, {got!r}")
+        return dev, got
+
+    def remove(self, dev: str) -> None:
+        """Shut ``dev`` down (whatever its state) and remove it; the last one ends the
+        supervisor."""
+        self.tree.request({"op": "remove", "dev": dev}, dev)
+
+    def channels(self, dev: str) -> list[Channel]:
+        """The rpmsg channels of ``dev``."""
+        response = self.tree.request({"op": "channels", "dev": dev}, dev)
+        try:
+            items = protocol.field(response, "channels", list)
+            channels = [Channel(protocol.field(c, "name", str), protocol.field(c, "src", int),
+                                protocol.field(c, "dst", int)) for c in items]
+            if any(not 0 <= v <= 0xFFFFFFFF for c in channels for v in (c.src, c.dst)):
+                raise ValueError("an rpmsg address outside 32 bits")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SupervisorError(f"{dev}: malformed channel list: {exc}") from None
+        return channels
+
+
+def connect_supervisor(root: Path | str | None = None, *, timeout: float = 30.0
+                       ) -> SupervisorClient | None:
+    """A client of the running supervisor of ``root`` (default :func:`runtime_dir`), or None."""
+    root = Path(root) if root is not None else runtime_dir()
+    if not (root / protocol.CONTROL_SOCKET).exists():
+        return None
+    client = SupervisorClient(root, timeout=timeout)
+    try:
+        client.hello()
+    except SupervisorUnavailable:
+        return None  # a stale socket, or a supervisor on its way out
+    return client
+
+
+def ensure_supervisor(root: Path | str | None = None, *, timeout: float = 10.0,
+                      request_timeout: float = 30.0) -> SupervisorClient:
+    """The running supervisor of ``root``, started (detached) if there is none."""
+    root = prepare_runtime_dir(root if root is not None else runtime_dir())
+    with _flock(root / SPAWN_LOCK, timeout):
+        client = connect_supervisor(root, timeout=request_timeout)
+        if client is not None:
+            return client
+        pid = _spawn(root, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            client = connect_supervisor(root, timeout=request_timeout)
+            if client is not None:
+                return client
+            if not process_alive(pid) or time.monotonic() >= deadline:
+                reason = "exited" if not process_alive(pid) else f"did not answer in {timeout} s"
+                raise SupervisorError(f"the supervisor (pid {pid}) {reason}; its log "
+                                      f"{root / LOG_FILE} ends: {_log_tail(root)}")
+            time.sleep(0.02)
+
+
+def _spawn(root: Path, timeout: float) -> int:
+    env = dict(os.environ)
+    # the supervisor runs in "/": keep relative import paths working
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    argv = [sys.executable, "-c", _LAUNCHER,
+            sys.executable, "-m", "amplink.service", "--root", str(root)]
+    with open(root / LOG_FILE, "ab") as logf:
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=logf, cwd="/", env=env, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise SupervisorError(f"starting the supervisor took over {timeout} s") from None
+    text = done.stdout.decode(errors="replace").strip()
+    if done.returncode != 0 or not text.isdigit():
+        raise SupervisorError(f"could not start the supervisor (status {done.returncode}); "
+                              f"{root / LOG_FILE} ends: {_log_tail(root)}")
+    return int(text)
+
+
+def _log_tail(root: Path, lines: int = 5) -> str:
+    try:
+        text = (root / LOG_FILE).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return " | ".join(text.strip().splitlines()[-lines:]) or "(empty)"
+
+
+# -- python -m amplink.service ----------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Run a supervisor in the foreground (``amplink boot`` starts it detached)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m amplink.service",
+        description="Hold simulated remote processors and serve them like "
+                    "/sys/class/remoteproc in a runtime directory.")
+    parser.add_argument("--root", type=Path, default=None,
+                        help=f"the runtime directory (default: ${ENV_RUNTIME_DIR}, "
+                             "$XDG_RUNTIME_DIR/amplink or /tmp/amplink-$UID)")
+    parser.add_argument("--idle-grace", type=float, default=10.0, metavar="S",
+                        help="exit after S seconds if no processor is ever added (default 10)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s amplink-supervisor[%(process)d] "
+                        "%(levelname)s %(name)s: %(message)s")
+    try:
+        root = prepare_runtime_dir(args.root if args.root is not None else runtime_dir())
+        supervisor = Supervisor(root, idle_grace=args.idle_grace)
+    except SupervisorError as exc:
+        log.error("%s", exc)
+        return 1
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Python runs the handler in the loop's thread; stop() wakes the loop's select()
+        signal.signal(signum, lambda *_: supervisor.stop())
+    try:
+        supervisor.serve()
+    except SupervisorError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
