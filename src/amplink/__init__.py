@@ -1,7 +1,7 @@
 """amplink: asymmetric multiprocessing for Python.
 
-rpmsg over virtio rings in shared memory (both roles), simulated remote processors,
-and the building blocks under them.
+rpmsg over virtio rings in shared memory (both roles), simulated remote processors with
+the remoteproc lifecycle, and the building blocks under them.
 """
 
 from .errors import (
@@ -17,8 +17,13 @@ from .errors import (
     SendTimeout,
 )
 from .memory import RegionAllocator, SharedRegion
-from .platforms.sim import SimProcessor
+from .platforms.sim import SimProcessor, SimRemoteProc
 from .platforms.sim_layout import LinkConfig
+from .remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
+from .remoteproc.core import RemoteProc
+from .remoteproc.coredump import CoredumpMode
+from .remoteproc.errors import NotBooted, RprocBusy
+from .remoteproc.states import InvalidTransition, RprocState
 from .rpmsg.bus import RpmsgBus
 from .rpmsg.channel import RpmsgChannel, RpmsgDriver
 from .rpmsg.endpoint import Endpoint
@@ -28,9 +33,11 @@ from .rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_NS_ADDR
 __version__ = "0.1.0"
 
 __all__ = [
-    "RPMSG_ADDR_ANY", "RPMSG_NS_ADDR", "AddressError", "AmplinkError", "Endpoint",
-    "EndpointClosed", "EndpointStatistics", "FirmwareError", "LinkConfig", "LinkDown",
-    "LinkStatistics", "MessageTooLarge", "NoBufferAvailable", "ReceiveTimeout",
-    "RegionAllocator", "RemoteProtocolError", "RpmsgBus", "RpmsgChannel", "RpmsgDriver",
-    "SendTimeout", "SharedRegion", "SimProcessor",
+    "RPMSG_ADDR_ANY", "RPMSG_NS_ADDR", "AddressError", "AmplinkError", "CoredumpMode",
+    "CrashReason", "Endpoint", "EndpointClosed", "EndpointStatistics", "FirmwareError",
+    "InvalidTransition", "LinkConfig", "LinkDown", "LinkStatistics", "MessageTooLarge",
+    "NoBufferAvailable", "NotBooted", "ReceiveTimeout", "RegionAllocator", "RemoteProc",
+    "RemoteProcessor", "RemoteProtocolError", "RpmsgBus", "RpmsgChannel", "RpmsgDriver",
+    "RprocBusy", "RprocEvent", "RprocState", "SendTimeout", "SharedRegion", "SimProcessor",
+    "SimRemoteProc",
 ]

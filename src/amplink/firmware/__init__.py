@@ -8,13 +8,26 @@ link from what the host passed (see :mod:`amplink.platforms.sim_layout`)::
         ep = link.create_endpoint("rpmsg-echo", announce=True)
         for payload, src in iter(ep.recvfrom, None):
             ep.sendto(payload, src)
+
+A module may declare its resource table (used by ``SimRemoteProc``; without one it
+gets a single rpmsg vdev)::
+
+    RESOURCE_TABLE = ResourceTable([
+        Carveout(FW_RSC_ADDR_ANY, FW_RSC_ADDR_ANY, 0x10000, name="data"),
+        Trace(FW_RSC_ADDR_ANY, 1024, name="trace0"),
+        VdevEntry(VIRTIO_ID_RPMSG, dfeatures=1, vrings=[...two VringEntry...]),
+    ])
+
+Once connected, the firmware reaches its processor through :func:`trace` (write the
+RSC_TRACE log), :func:`carveout` (its memory by name), :func:`feed_watchdog` and
+:func:`serve` (keep the host's watchdog fed) and :func:`report_fatal`.
 """
 
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NoReturn
 
 from ..errors import RemoteProtocolError
 from ..memory.region import SharedRegion
@@ -25,63 +38,68 @@ from ..remoteproc.rsc_table import ResourceTable
 from ..rpmsg.bus import RpmsgBus
 from ..transports.virtio import DeviceRpmsgTransport, wait_for_driver_ok
 from ..virtio.vdev import VIRTIO_ID_RPMSG, VdevControl, VdevEntry
+from .device import Device, TraceWriter, env_int
 
-__all__ = ["connect"]
+__all__ = [
+    "Device", "TraceWriter", "carveout", "connect", "device", "feed_watchdog", "report_fatal",
+    "serve", "trace",
+]
 
 DRIVER_OK_TIMEOUT = 20.0
 
-
-def _env_int(env: Mapping[str, str], key: str) -> int:
-    try:
-        return int(env[key], 0)
-    except KeyError:
-        raise RuntimeError(
-            f"{key} is not set: firmware must be started by an amplink host "
-            "(e.g. `amplink run FIRMWARE`)"
-        ) from None
+_device: Device | None = None
 
 
-def _find_rpmsg_vdev(table: ResourceTable, table_offset: int) -> tuple[VdevEntry, int]:
-    for index, entry in table.items(VdevEntry):
-        if entry.id == VIRTIO_ID_RPMSG:
-            return entry, table_offset + table.body_offset(index)
-    raise RemoteProtocolError("the resource table has no rpmsg vdev")
+def _find_rpmsg_vdev(table: ResourceTable, table_offset: int, index: int
+                     ) -> tuple[VdevEntry, int]:
+    found = [(entry, table_offset + table.body_offset(i))
+             for i, entry in table.items(VdevEntry) if entry.id == VIRTIO_ID_RPMSG]
+    if index >= len(found):
+        raise RemoteProtocolError(f"the resource table has no rpmsg vdev {index} "
+                                  f"({len(found)} in all)")
+    return found[index]
 
 
-def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = None) -> RpmsgBus:
-    """Attach to the host as the virtio device and return the firmware's rpmsg link.
-
-    Waits for the host's DRIVER_OK, then tells the host the firmware is up.
-    """
-    env = os.environ if env is None else env
-    size = _env_int(env, L.ENV_SHM_SIZE)
-    region = SharedRegion.from_fd(_env_int(env, L.ENV_SHM_FD), size,
-                                  da_base=_env_int(env, L.ENV_DA_BASE))
-    lifeline = socket.socket(fileno=_env_int(env, L.ENV_LIFELINE_FD))
-    if poll_mode is None:
-        poll_mode = env.get(L.ENV_POLL) == "1"
-    doorbell: Doorbell
-    rx_fd, tx_fd = _env_int(env, L.ENV_KICK_RX_FD), _env_int(env, L.ENV_KICK_TX_FD)
+def _doorbell(env: Mapping[str, str], vdev: int, poll_mode: bool) -> Doorbell:
+    rx_key, tx_key = L.ENV_VDEV_KICK_RX_FD.format(index=vdev), L.ENV_VDEV_KICK_TX_FD.format(
+        index=vdev)
+    if vdev == 0 and rx_key not in env:  # a host that only sets the first pair's names
+        rx_key, tx_key = L.ENV_KICK_RX_FD, L.ENV_KICK_TX_FD
+    rx_fd, tx_fd = env_int(env, rx_key), env_int(env, tx_key)
     if poll_mode:
         for fd in (rx_fd, tx_fd):
             try:
                 os.close(fd)
             except OSError:
                 pass
-        doorbell = PollingDoorbell()
-    else:
-        doorbell = EventfdDoorbell(rx_fd, tx_fd)
+        return PollingDoorbell()
+    return EventfdDoorbell(rx_fd, tx_fd)
+
+
+def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = None,
+            vdev: int = 0) -> RpmsgBus:
+    """Attach to the host as the virtio device of rpmsg vdev ``vdev``; return the link.
+
+    Waits for the host's DRIVER_OK, then tells the host the firmware is up.
+    """
+    global _device
+    env = os.environ if env is None else env
+    size = env_int(env, L.ENV_SHM_SIZE)
+    region = SharedRegion.from_fd(env_int(env, L.ENV_SHM_FD), size,
+                                  da_base=env_int(env, L.ENV_DA_BASE))
+    dev = Device.attach(env, region)
+    if poll_mode is None:
+        poll_mode = env.get(L.ENV_POLL) == "1"
+    doorbell = _doorbell(env, vdev, poll_mode)
     waiter = Waiter(doorbell)
-    table_offset = _env_int(env, L.ENV_RSC_TABLE)
-    table_size = min(_env_int(env, L.ENV_RSC_SIZE), size - table_offset)
-    table = ResourceTable.parse(region.read(table_offset, table_size))
-    entry, body = _find_rpmsg_vdev(table, table_offset)
-    vdev = VdevControl(region, body)
-    wait_for_driver_ok(vdev, waiter, DRIVER_OK_TIMEOUT)
-    transport = DeviceRpmsgTransport(region, vdev, entry, doorbell, waiter,
-                                     buf_size=_env_int(env, L.ENV_BUF_SIZE))
-    transport.owned += [lifeline, region]
+    entry, body = _find_rpmsg_vdev(dev.table, dev.table_offset, vdev)
+    control = VdevControl(region, body)
+    wait_for_driver_ok(control, waiter, DRIVER_OK_TIMEOUT)
+    transport = DeviceRpmsgTransport(region, control, entry, doorbell, waiter,
+                                     buf_size=env_int(env, L.ENV_BUF_SIZE))
+    transport.owned.append(dev)  # closes the lifeline and the memory with the link
     bus = RpmsgBus(transport, name=env.get(L.ENV_NAME, "firmware"), poll_mode=poll_mode)
+    lifeline = dev.lifeline
 
     def host_gone() -> None:
         try:
@@ -96,5 +114,43 @@ def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = No
 
     lifeline.setblocking(False)
     waiter.watch(lifeline.fileno(), host_gone)
-    lifeline.send(b"R")
+    _device = dev
+    dev.send(L.LIFELINE_READY)
     return bus
+
+
+def device() -> Device:
+    """This firmware's view of its processor (after :func:`connect`)."""
+    if _device is None:
+        raise RuntimeError("the firmware is not connected: call amplink.firmware.connect() "
+                           "(python -m amplink.firmware does it before main)")
+    return _device
+
+
+def trace(text: str) -> None:
+    """Append ``text`` to the first RSC_TRACE buffer (the host reads it with rproc.trace())."""
+    device().trace().write(text)
+
+
+def carveout(name: str) -> memoryview:
+    """A writable view of the carveout called ``name`` in the resource table."""
+    return device().carveout(name)
+
+
+def feed_watchdog() -> None:
+    """Tell the host this firmware is alive (rate-limited; a no-op without a watchdog)."""
+    device().feed_watchdog()
+
+
+def report_fatal(reason: str) -> NoReturn:
+    """Report a fatal error to the host and halt until the host stops this processor."""
+    device().report_fatal(reason)
+
+
+def serve(link: RpmsgBus, until: Callable[[], bool] | None = None) -> None:
+    """Like ``link.run(until)``, but feeding the host's watchdog while it dispatches."""
+    dev = device()
+    done = until or (lambda: False)
+    while not done():
+        dev.feed_watchdog()
+        link.run(done, timeout=dev.feed_interval)

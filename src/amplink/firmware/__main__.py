@@ -3,10 +3,15 @@
 SPEC is a module name or a ``.py`` path, optionally followed by ``:function``
 (default ``main``). The function gets the device-role link (and ARGS, if it takes
 a second parameter). Link down (the host went away) ends the firmware normally.
+
+``python -m amplink.firmware --resource-table SPEC`` writes the module's
+``RESOURCE_TABLE`` (a ResourceTable or bytes) to stdout, or nothing if it declares none:
+the host reads the table this way without importing firmware code itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -16,20 +21,26 @@ import sys
 from types import ModuleType
 
 from ..errors import EndpointClosed, LinkDown
+from ..platforms import sim_layout as L
+from ..remoteproc.rsc_table import ResourceTable
 from . import connect
 
 
-def load_entry(spec: str):
-    target, _, func = spec.partition(":")
-    module: ModuleType
+def load_module(target: str) -> ModuleType:
+    """Import the firmware module named by a module name or a ``.py`` path."""
     if target.endswith(".py") or os.sep in target:
         mod_spec = importlib.util.spec_from_file_location("amplink_firmware_main", target)
         if mod_spec is None or mod_spec.loader is None:
             raise SystemExit(f"amplink.firmware: cannot load {target!r}")
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
+        return module
+    return importlib.import_module(target)
+
+
+def load_entry(spec: str):
+    target, _, func = spec.partition(":")
+    module = load_module(target)
     entry = getattr(module, func or "main", None)
     if not callable(entry):
         raise SystemExit(f"amplink.firmware: {target!r} has no function {func or 'main'!r}")
@@ -43,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     logging.basicConfig(level=os.environ.get("AMPLINK_LOG", "WARNING"),
                         format="firmware %(levelname)s %(name)s: %(message)s")
+    if argv[0] == "--resource-table":
+        if len(argv) != 2:
+            print("usage: python -m amplink.firmware --resource-table SPEC", file=sys.stderr)
+            return 2
+        return write_resource_table(argv[1])
     entry = load_entry(argv[0])
     link = connect()
     try:
@@ -54,6 +70,34 @@ def main(argv: list[str] | None = None) -> int:
         pass  # the host went away or closed the channel: a normal end for firmware
     finally:
         link.close()
+    return 0
+
+
+def write_resource_table(spec: str) -> int:
+    """Write the RESOURCE_TABLE of firmware ``spec`` to stdout (nothing if it has none)."""
+    target = spec.partition(":")[0]
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the table alone
+        try:
+            module = load_module(target)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (target == exc.name
+                                        or target.startswith(exc.name + ".")):
+                raise  # a module the firmware imports is missing: the firmware is broken
+            print(f"amplink.firmware: no module named {target!r}", file=sys.stderr)
+            return L.TABLE_READER_NO_MODULE
+    table = getattr(module, "RESOURCE_TABLE", None)
+    if isinstance(table, ResourceTable):
+        raw = table.build()
+    elif isinstance(table, (bytes, bytearray)):
+        raw = bytes(table)
+    elif table is None:
+        raw = b""
+    else:
+        print(f"amplink.firmware: RESOURCE_TABLE of {spec!r} is a {type(table).__name__}, "
+              "not a ResourceTable or bytes", file=sys.stderr)
+        return 2
+    sys.stdout.buffer.write(raw)
+    sys.stdout.buffer.flush()
     return 0
 
 

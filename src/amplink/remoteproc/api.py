@@ -33,7 +33,7 @@ class CrashReason(enum.StrEnum):
 class RprocEvent:
     """Delivered to subscribers: a state change, a crash, a recovery, a coredump."""
 
-    kind: str  # "state", "crash", "recovered", "coredump"
+    kind: str  # "state", "crash", "recovered", "coredump", "error" (a failed recovery/dump)
     state: RprocState
     detail: str = ""
 

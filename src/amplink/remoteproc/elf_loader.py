@@ -139,6 +139,11 @@ class FirmwareImage:
         except _PYELFTOOLS_ERRORS as exc:
             raise FirmwareError(f"ELF image: malformed: {exc}") from None
 
+    @property
+    def segment_headers(self) -> list[tuple[int, int]]:
+        """For each of :attr:`segments`: its program header's index and file offset."""
+        return list(self._segment_phdrs)
+
     # -- resource table --------------------------------------------------------------------
     @property
     def resource_table_offset(self) -> int | None:

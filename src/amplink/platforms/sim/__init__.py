@@ -1,0 +1,18 @@
+"""Simulated remote processors: firmware (Python or native) running as child processes.
+
+* :class:`SimProcessor`: a firmware child and one rpmsg link, started and stopped.
+* :class:`SimRemoteProc`: the remoteproc lifecycle (resource tables, power references,
+  crash detection and recovery, coredumps, trace) for the same children.
+
+The fd and environment convention both follow is described in :mod:`..sim_layout`.
+"""
+
+from .images import NativeImage, PythonImage, SimImage
+from .process import FirmwareStartError
+from .processor import DEFAULT_BOOT_TIMEOUT, SimProcessor
+from .rproc import SimOps, SimRemoteProc
+
+__all__ = [
+    "DEFAULT_BOOT_TIMEOUT", "FirmwareStartError", "NativeImage", "PythonImage", "SimImage",
+    "SimOps", "SimProcessor", "SimRemoteProc",
+]

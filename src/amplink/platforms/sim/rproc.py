@@ -1,0 +1,179 @@
+"""Simulated remote processors under the remoteproc lifecycle.
+
+:class:`SimRemoteProc` is the engine (:class:`~amplink.remoteproc.core.RemoteProc`) with
+:class:`SimOps`: the processor's memory is one memfd (device addresses from
+``da_base``), starting it spawns the firmware child by the convention of
+:mod:`..sim_layout`, kicks are eventfds, and crashes are watched by a
+:class:`.monitor.CrashMonitor`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+
+from ...memory.region import SharedRegion
+from ...notify.doorbell import Doorbell
+from ...remoteproc.core import RemoteProc
+from ...remoteproc.coredump import CoredumpMode
+from ...remoteproc.devmem import DeviceMemory
+from ...remoteproc.ops import CrashReport, PlatformOps, StartInfo
+from ...remoteproc.resources import VdevResource
+from ..sim_layout import LinkConfig
+from .images import NativeImage, PythonImage, SimImage, is_native
+from .monitor import CrashMonitor
+from .process import FirmwareProcess, Output
+
+#: the simulated processor's memory: sparse, so only what is used costs anything
+DEFAULT_MEMORY_SIZE = 4 << 20
+#: its first device address; away from where executables are mapped, below 4 GiB
+DEFAULT_DA_BASE = 0x8000_0000
+DEFAULT_BOOT_TIMEOUT = 20.0
+DEFAULT_STOP_TIMEOUT = 5.0
+
+
+class SimOps(PlatformOps):
+    """The simulator's platform operations (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        native: bool | None = None,
+        args: Sequence[str] = (),
+        config: LinkConfig | None = None,
+        poll_mode: bool = False,
+        memory_size: int = DEFAULT_MEMORY_SIZE,
+        da_base: int = DEFAULT_DA_BASE,
+        watchdog: float | None = None,
+        boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        stdout: Output = None,
+        stderr: Output = None,
+    ) -> None:
+        if watchdog is not None and not watchdog > 0:
+            raise ValueError(f"watchdog must be a period in seconds > 0 or None, got {watchdog}")
+        self.name = name
+        self.native = native
+        self.args = list(args)
+        self.config = config or LinkConfig()
+        self.poll_mode = poll_mode
+        self.memory_size = memory_size
+        self.da_base = da_base
+        self.watchdog = watchdog
+        self.boot_timeout = boot_timeout
+        self.stop_timeout = stop_timeout
+        self.stdout = stdout
+        self.stderr = stderr
+        #: the current run's firmware process
+        self.process: FirmwareProcess | None = None
+        #: exit status of the last firmware process that was stopped
+        self.last_exit_status: int | None = None
+        self._image: SimImage | None = None
+        self._rpmsg_order: list[int] = []
+        self._monitor: CrashMonitor | None = None
+
+    def load_image(self, firmware: str) -> SimImage:
+        native = is_native(firmware) if self.native is None else self.native
+        if native:
+            return NativeImage.from_path(firmware, self.config)
+        return PythonImage.from_spec(firmware, self.config, timeout=self.boot_timeout)
+
+    def allocate_memory(self) -> DeviceMemory:
+        return DeviceMemory(SharedRegion.memfd(self.memory_size, f"amplink-{self.name}",
+                                               da_base=self.da_base))
+
+    def start(self, info: StartInfo) -> None:
+        assert isinstance(info.image, SimImage), info.image
+        table = info.resources.table_location
+        region = info.memory.pool
+        # The child learns the table's place as an offset in the one memory it gets.
+        assert table is None or table.region is region, "the sim's table lives in its memory"
+        self._image = info.image
+        self._rpmsg_order = [v.index for v in info.resources.vdevs if v.is_rpmsg]
+        self.process = FirmwareProcess.spawn(
+            info.image.argv(self.args), name=self.name, region=region,
+            table_offset=0 if table is None else table.offset,
+            table_size=0 if table is None else table.length,
+            buf_size=self.config.buf_size, poll_mode=self.poll_mode,
+            vdevs=len(self._rpmsg_order), watchdog=self.watchdog,
+            stdout=self.stdout, stderr=self.stderr,
+        )
+
+    def doorbell(self, vdev: VdevResource) -> Doorbell:
+        assert self.process is not None
+        return self.process.take_doorbell(self._rpmsg_order.index(vdev.index))
+
+    def wait_started(self) -> None:
+        assert self.process is not None and self._image is not None
+        self.process.wait_ready(self.boot_timeout, repr(self._image.name))
+
+    def watch(self, report: CrashReport) -> None:
+        assert self.process is not None
+        self._monitor = CrashMonitor(self.process, report, watchdog=self.watchdog)
+        self._monitor.start()
+
+    def stop(self, *, crashed: bool) -> None:
+        if self._monitor is not None:
+            self._monitor.stop()
+            self._monitor = None
+        if self.process is not None:
+            self.last_exit_status = self.process.stop(0.0 if crashed else self.stop_timeout)
+            self.process = None
+
+
+class SimRemoteProc(RemoteProc):
+    """A simulated remote processor with the remoteproc lifecycle.
+
+    ``firmware`` is Python firmware (a module name or ``.py`` path, optionally
+    ``:function``) or a native executable (detected by its ELF magic unless ``native``
+    says so). ``watchdog`` is the heartbeat period in seconds the firmware must keep
+    (None: no watchdog); ``config`` sizes the default resource table and the rpmsg
+    buffers. See :class:`~amplink.remoteproc.core.RemoteProc` for the lifecycle::
+
+        rproc = SimRemoteProc("amplink.firmware.examples.echo")
+        with rproc.acquire():
+            ep = rproc.link.open_channel("rpmsg-echo", timeout=5)
+    """
+
+    def __init__(
+        self,
+        firmware: str,
+        *,
+        name: str = "sim0",
+        native: bool | None = None,
+        args: Sequence[str] = (),
+        config: LinkConfig | None = None,
+        poll_mode: bool = False,
+        memory_size: int = DEFAULT_MEMORY_SIZE,
+        da_base: int = DEFAULT_DA_BASE,
+        watchdog: float | None = None,
+        recovery: bool = True,
+        coredump: CoredumpMode = CoredumpMode.DISABLED,
+        coredump_dir: str | os.PathLike[str] | None = None,
+        boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        stdout: Output = None,
+        stderr: Output = None,
+    ) -> None:
+        config = config or LinkConfig()
+        self.ops = SimOps(
+            name=name, native=native, args=args, config=config, poll_mode=poll_mode,
+            memory_size=memory_size, da_base=da_base, watchdog=watchdog,
+            boot_timeout=boot_timeout, stop_timeout=stop_timeout, stdout=stdout, stderr=stderr,
+        )
+        super().__init__(self.ops, firmware, name=name, recovery=recovery, coredump=coredump,
+                         coredump_dir=coredump_dir, buf_size=config.buf_size)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The current firmware process (None unless a run is active)."""
+        child = self.ops.process
+        return None if child is None else child.popen
+
+    @property
+    def pid(self) -> int | None:
+        """The current firmware process's pid (None unless a run is active)."""
+        child = self.ops.process
+        return None if child is None else child.pid

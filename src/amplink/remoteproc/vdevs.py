@@ -1,0 +1,141 @@
+"""The host side of a processor's rpmsg vdevs: one rpmsg link per vdev.
+
+Registering a vdev builds the virtio driver (:class:`DriverRpmsgTransport`, which
+resets the vrings, posts the receive buffers and only then sets DRIVER_OK) and an
+:class:`RpmsgBus` over it. Removing it takes every channel away: drivers' ``remove``
+callbacks run, endpoints report closed, the bus and its doorbell are closed.
+
+A recovery reuses the vrings' memory for the next run, so a removed link must never
+touch it again, even from a thread that was waiting in the bus and wakes up late:
+the transport goes inert when it is closed (:class:`RprocDriverTransport`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ..errors import EndpointClosed, LinkDown
+from ..notify.doorbell import Doorbell
+from ..notify.waiter import Waiter
+from ..rpmsg.bus import RpmsgBus
+from ..transports.virtio import DriverRpmsgTransport
+from .resources import ProcessedResources, VdevResource
+
+log = logging.getLogger(__name__)
+
+
+def _no_messages(deliver: object, budget: int) -> int:
+    return 0
+
+
+def _no_buffer(src: int, dst: int, payload: object) -> bool:
+    return False
+
+
+def _look_again(*, rx: bool = False, tx: bool = False) -> bool:
+    return True  # "work is pending": the caller re-checks, sees the link closed, raises
+
+
+def _nothing() -> None:
+    return None
+
+
+def _yes() -> bool:
+    return True
+
+
+class RprocDriverTransport(DriverRpmsgTransport):
+    """The host's virtio driver of a processor's vdev; inert once closed.
+
+    Closing rebinds the ring accessors on the instance, so the message path pays nothing
+    for the guard while the link is up.
+    """
+
+    def close(self) -> None:
+        super().close()
+        self.receive = _no_messages  # type: ignore[method-assign]
+        self.try_send = _no_buffer  # type: ignore[method-assign]
+        self.arm = _look_again  # type: ignore[method-assign]
+        self.disarm = _nothing  # type: ignore[method-assign]
+        self.rx_pending = self.tx_available = _yes  # type: ignore[method-assign]
+
+
+def register_vdev(
+    resources: ProcessedResources,
+    vdev: VdevResource,
+    doorbell: Doorbell,
+    *,
+    name: str,
+    buf_size: int,
+    poll_mode: bool,
+) -> RpmsgBus:
+    """Build the host's rpmsg link for ``vdev`` (owns ``doorbell`` from here on)."""
+    assert vdev.buffers is not None, "only rpmsg vdevs have a link"
+    waiter = None
+    try:
+        waiter = Waiter(doorbell)
+        transport = RprocDriverTransport(
+            vdev.buffers.region, resources.vdev_control(vdev), vdev.entry, vdev.buffers.offset,
+            doorbell, waiter, buf_size=buf_size,
+        )
+    except BaseException:
+        if waiter is not None:
+            waiter.close()
+        doorbell.close()
+        raise
+    try:
+        return RpmsgBus(transport, name=name, poll_mode=poll_mode)
+    except BaseException:
+        transport.close()
+        raise
+
+
+def register_vdevs(
+    resources: ProcessedResources,
+    doorbell_for: Callable[[VdevResource], Doorbell],
+    *,
+    name: str,
+    buf_size: int,
+    poll_mode: bool,
+) -> list[RpmsgBus]:
+    """Links for every rpmsg vdev, in table order (all or none)."""
+    links: list[RpmsgBus] = []
+    try:
+        for vdev in resources.vdevs:
+            if not vdev.is_rpmsg:
+                log.warning("%s: vdev %d has virtio id %d: no driver for it, left alone", name,
+                            vdev.index, vdev.entry.id)
+                continue
+            link_name = name if not links else f"{name}.vdev{vdev.index}"
+            links.append(register_vdev(resources, vdev, doorbell_for(vdev), name=link_name,
+                                       buf_size=buf_size, poll_mode=poll_mode))
+    except BaseException:
+        remove_vdevs(links, "registration failed")
+        raise
+    return links
+
+
+def remove_vdevs(links: list[RpmsgBus], reason: str, *, crashed: bool = False) -> None:
+    """Remove the links: channels unbound (drivers' remove runs), endpoints closed, bus closed.
+
+    ``crashed``: the peer is gone, so blocked callers get LinkDown(``reason``) first and no
+    end-of-service announcement is attempted.
+    """
+    for bus in links:
+        if crashed:
+            bus.mark_down(reason)
+        for channel in bus.channels():
+            if channel.driver is not None:
+                try:
+                    bus.unregister_driver(channel.driver)
+                except Exception:  # noqa: BLE001 - the link must still be closed
+                    log.exception("%s: unbinding channel %r failed", bus.name, channel.name)
+            channel.removed = True
+        bus.close()
+        # A barrier: poll() takes the bus lock, so a thread still draining the old rings
+        # has finished; every later one finds the transport inert.
+        try:
+            bus.poll()
+        except (EndpointClosed, LinkDown):
+            pass
