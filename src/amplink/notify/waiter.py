@@ -68,7 +68,14 @@ class Waiter:
         Doorbell kicks are consumed here; watch callbacks run here; a wake-up is left
         pending so that every sleeping thread sees it (the caller resets it).
         """
-        events = self._epoll.poll(timeout)
+        if self.closed:
+            return True
+        try:
+            events = self._epoll.poll(timeout)
+        except (ValueError, OSError):
+            if self.closed:  # closed by another thread meanwhile: the link is gone
+                return True
+            raise
         for fd, _mask in events:
             if fd == self._door_fd:
                 if not self._door_clear:

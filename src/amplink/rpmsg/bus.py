@@ -397,11 +397,13 @@ class RpmsgBus:
         lock = self._lock
         while True:
             with lock:
-                self._drain()
+                if self._closed:
+                    if ready():
+                        return True
+                    raise EndpointClosed(f"link {self.name} is closed")
+                self._drain()  # also after link down: what the peer sent before still counts
                 if ready():
                     return True
-                if self._closed:
-                    raise EndpointClosed(f"link {self.name} is closed")
                 if transport.down is not None:
                     raise LinkDown(str(transport.down))
                 generation = self._generation
@@ -459,7 +461,7 @@ class RpmsgBus:
                 if pending():
                     return
         with self._lock:
-            if generation != self._generation:
+            if generation != self._generation or self._closed:
                 return  # another thread delivered meanwhile: re-check before sleeping
             if transport.arm(rx=not tx, tx=tx):
                 transport.disarm()
@@ -472,6 +474,8 @@ class RpmsgBus:
         self.sleeps += 1
         signalled = transport.waiter.wait(timeout)
         with self._lock:
+            if self._closed:
+                return
             transport.disarm()
             if not signalled and not polling_tx and pending():
                 self.safety_net_wakeups += 1
@@ -485,11 +489,13 @@ class RpmsgBus:
         transport = self.transport
         while True:
             with self._lock:
+                if self._closed:
+                    if ready():
+                        return True
+                    raise EndpointClosed(f"link {self.name} is closed")
                 self._drain()
                 if ready():
                     return True
-                if self._closed:
-                    raise EndpointClosed(f"link {self.name} is closed")
                 if transport.down is not None:
                     raise LinkDown(str(transport.down))
                 if transport.arm(rx=not tx, tx=tx):
@@ -511,6 +517,8 @@ class RpmsgBus:
                 if not self._async_futures:
                     loop.remove_reader(transport.waiter.fileno())
             with self._lock:
+                if self._closed:
+                    continue
                 transport.waiter.poll_sources()
                 transport.waiter.reset_wake()
                 transport.disarm()
@@ -606,19 +614,26 @@ class RpmsgBus:
                 transport=dict(self.transport.statistics()),
             )
 
-    def close(self) -> None:
-        """Close every endpoint (announcing them gone while the link is up) and the transport."""
+    def close(self, reason: str | None = None) -> None:
+        """Close every endpoint and the transport.
+
+        Without ``reason`` (an orderly close) announced endpoints are announced gone
+        while the link is up; with one (e.g. "the processor crashed") endpoints report it.
+        Once this returns, no thread touches the rings any more.
+        """
         if self._closed:
             return
-        for ep in self.endpoints():
-            ep.close()
+        if reason is None:
+            for ep in self.endpoints():
+                ep.close()
         with self._lock:
             self._closed = True
             for ep in self._endpoints.values():
-                ep._mark_closed("link closed")
+                ep._mark_closed(reason or "link closed")
             self._endpoints.clear()
         self._wake_waiters()
-        self.transport.close()
+        with self._lock:  # no drain is running, and none starts: every path checks _closed
+            self.transport.close()
 
     def mark_down(self, reason: str) -> None:
         """The peer is gone: fail every blocked and later call with LinkDown."""
