@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import LinkDown, RemoteProtocolError
 from ..memory.region import SharedRegion
@@ -28,6 +28,9 @@ from ..virtio.vdev import (
     VdevEntry,
     VringEntry,
 )
+
+#: how the driver sets up the vdev: Linux's status sequence or OpenAMP's
+Handshake = Literal["linux", "openamp"]
 
 #: features amplink's rpmsg implements
 SUPPORTED_FEATURES = (1 << VIRTIO_RPMSG_F_NS) | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -108,9 +111,19 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
 
     def __init__(self, region: SharedRegion, vdev: VdevControl, entry: VdevEntry,
                  pool_offset: int, doorbell: Doorbell, waiter: Waiter, *,
-                 buf_size: int = 512, features: int = SUPPORTED_FEATURES) -> None:
+                 buf_size: int = 512, features: int = SUPPORTED_FEATURES,
+                 tx_offset: int | None = None, handshake: Handshake = "linux") -> None:
+        """Negotiate, zero both rings, post the RX buffers and set DRIVER_OK.
+
+        The RX buffers lie at ``pool_offset``, the TX buffers right after them or at
+        ``tx_offset``. ``handshake`` "linux" writes the status 0 -> 1 -> 3, the
+        features, then 7; "openamp" writes the features and kicks, then (after the
+        rings) only DRIVER_OK (0x04), as OpenAMP's driver does.
+        """
         if len(entry.vrings) != 2:
             raise ValueError(f"rpmsg needs two vrings, the vdev has {len(entry.vrings)}")
+        if handshake not in ("linux", "openamp"):
+            raise ValueError(f"handshake must be 'linux' or 'openamp', got {handshake!r}")
         accepted = entry.dfeatures & features & 0xFFFFFFFF
         super().__init__(region, vdev, doorbell, waiter, accepted, buf_size)
         rx_layout = ring_layout(region, entry.vrings[0])
@@ -118,18 +131,23 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
         self.rx = DriverQueue(region, rx_layout, event_idx=self.event_idx, name="vring0")
         self.tx = DriverQueue(region, tx_layout, event_idx=self.event_idx, name="vring1")
         self._watch_rings(self.rx, self.tx)
-        nbufs = rx_layout.num + tx_layout.num
-        region.check(pool_offset, nbufs * buf_size)
+        if tx_offset is None:
+            tx_offset = pool_offset + rx_layout.num * buf_size
+        region.check(pool_offset, rx_layout.num * buf_size)
+        region.check(tx_offset, tx_layout.num * buf_size)
         self._rx_buffers = [pool_offset + i * buf_size for i in range(rx_layout.num)]
         # popped from the end: lowest addresses first, as OpenAMP hands them out
-        self._fresh_tx = [pool_offset + (rx_layout.num + i) * buf_size
-                          for i in range(tx_layout.num)][::-1]
+        self._fresh_tx = [tx_offset + i * buf_size for i in range(tx_layout.num)][::-1]
         self._da_base = region.da_base
-        # Linux's order: status 0 -> ACKNOWLEDGE -> DRIVER, features, rings, DRIVER_OK.
-        vdev.status = 0
-        vdev.add_status(VIRTIO_CONFIG_S_ACKNOWLEDGE)
-        vdev.add_status(VIRTIO_CONFIG_S_DRIVER)
-        vdev.gfeatures = accepted
+        if handshake == "openamp":
+            vdev.gfeatures = accepted
+            self._kick()
+        else:
+            # Linux's order: status 0 -> ACKNOWLEDGE -> DRIVER, features, rings, DRIVER_OK.
+            vdev.status = 0
+            vdev.add_status(VIRTIO_CONFIG_S_ACKNOWLEDGE)
+            vdev.add_status(VIRTIO_CONFIG_S_DRIVER)
+            vdev.gfeatures = accepted
         self.rx.reset()
         self.tx.reset()
         self.tx.disable_interrupts()
@@ -137,7 +155,10 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
             self.rx.add(self._da_base + offset, buf_size, offset, writable=True)
         self.rx.publish()
         self.rx.disable_interrupts()
-        vdev.add_status(VIRTIO_CONFIG_S_DRIVER_OK)
+        if handshake == "openamp":
+            vdev.status = VIRTIO_CONFIG_S_DRIVER_OK
+        else:
+            vdev.add_status(VIRTIO_CONFIG_S_DRIVER_OK)
         self._kick()
 
     def _queues(self) -> tuple[Any, Any]:
