@@ -13,7 +13,9 @@ from amplink.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "rpmsg_bench.py"
-SUBCOMMANDS = ["demo", "run", "ping"]
+SUBCOMMANDS = ["demo", "run", "ping", "openamp"]
+#: the remote-processor commands, all added by one registration function (cli_rproc)
+RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash"]
 
 
 def amplink(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -25,7 +27,7 @@ def test_help() -> None:
     r = amplink("--help")
     assert r.returncode == 0, r.stderr
     assert "usage: amplink" in r.stdout
-    for name in SUBCOMMANDS:
+    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS:
         assert name in r.stdout
 
 
@@ -39,14 +41,18 @@ def test_subcommand_help(command: str) -> None:
 
 def test_every_registered_command_is_listed() -> None:
     parser = build_parser()
-    assert len(COMMANDS) == len(SUBCOMMANDS)
-    for name in SUBCOMMANDS:
+    assert len(COMMANDS) == len(SUBCOMMANDS) + 1
+    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS:
         args = parser.parse_args(_minimal(name))
         assert args.command == name and callable(args.func)
 
 
 def _minimal(name: str) -> list[str]:
-    return {"demo": ["demo"], "run": ["run", "fw"], "ping": ["ping", "fw", "-s", "x"]}[name]
+    return {"demo": ["demo"], "run": ["run", "fw"], "ping": ["ping", "fw", "-s", "x"],
+            "openamp": ["openamp", "host", "--client"], "ls": ["ls"], "boot": ["boot", "fw"],
+            "stop": ["stop", "p"], "state": ["state", "p"],
+            "recovery": ["recovery", "p", "enabled"], "coredump": ["coredump", "p", "inline"],
+            "trace": ["trace", "p"], "crash": ["crash", "p"]}[name]
 
 
 def test_no_command_is_an_error() -> None:

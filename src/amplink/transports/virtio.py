@@ -45,7 +45,14 @@ def ring_layout(region: SharedRegion, vring: VringEntry) -> VringLayout:
         offset = region.da_to_offset(vring.da, vring_size(vring.num, vring.align))
     except ValueError as exc:
         raise RemoteProtocolError(f"vring at da 0x{vring.da:x}: {exc}") from None
-    return VringLayout(offset, vring.num, vring.align)
+    layout = VringLayout(offset, vring.num, vring.align)
+    # The queues address fields through u16/u32 views: a misaligned ring would make
+    # them read neighbouring fields (virtio requires 16-byte descriptor tables anyway).
+    if layout.desc % 16 or layout.used % 4:
+        raise RemoteProtocolError(
+            f"vring at da 0x{vring.da:x} (align {vring.align}) is not 16-byte aligned with a "
+            "4-byte aligned used ring")
+    return layout
 
 
 class _VirtioRpmsgTransport(Transport):
