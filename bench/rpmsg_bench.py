@@ -82,6 +82,7 @@ class Params:
     rtt_warmup: int
     one_way_count: int
     one_way_warmup: int
+    spin: float = 0.0  # amplink's spin before sleeping (blocking mode), seconds
 
 
 FULL = Params(runs=5, sizes=(16, 496), rtt_count=10_000, rtt_warmup=1000,
@@ -138,8 +139,8 @@ class Session(Protocol):
 class AmplinkSession:
     """A SimProcessor running the echo or the sink example firmware."""
 
-    def __init__(self, firmware: str, service: str, poll: bool) -> None:
-        self.proc = SimProcessor(firmware, name="bench", poll_mode=poll)
+    def __init__(self, firmware: str, service: str, poll: bool, spin: float) -> None:
+        self.proc = SimProcessor(firmware, name="bench", poll_mode=poll, spin=spin)
         self.proc.start()
         try:
             self.ep = self.proc.link.open_channel(service, timeout=10.0)
@@ -336,11 +337,11 @@ class OsPipeSession:
             self.child.join()
 
 
-def open_session(peer: str, sink: bool) -> Session:
+def open_session(peer: str, sink: bool, spin: float) -> Session:
     if peer in AMPLINK_PEERS:
         firmware, service = (SINK_FIRMWARE, "rpmsg-sink") if sink else (ECHO_FIRMWARE,
                                                                         "rpmsg-echo")
-        return AmplinkSession(firmware, service, poll=peer == "amplink-polling")
+        return AmplinkSession(firmware, service, poll=peer == "amplink-polling", spin=spin)
     if peer == "mp.Pipe":
         return MpPipeSession(sink)
     if peer == "os.pipe":
@@ -349,8 +350,8 @@ def open_session(peer: str, sink: bool) -> Session:
 
 
 @contextmanager
-def session(peer: str, sink: bool) -> Iterator[Session]:
-    s = open_session(peer, sink)
+def session(peer: str, sink: bool, spin: float) -> Iterator[Session]:
+    s = open_session(peer, sink, spin)
     try:
         yield s
     finally:
@@ -373,7 +374,7 @@ def quiet_gc() -> Iterator[None]:
 # -- measuring ----------------------------------------------------------------------------------
 def measure_peer(peer: str, params: Params, pin: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"rtt": {}, "one_way": {}, "statistics": {}, "pinned_rtt": False}
-    with session(peer, sink=False) as s:
+    with session(peer, sink=False, spin=params.spin) as s:
         with pinned(s.pid, pin) as ok:
             result["pinned_rtt"] = ok
             runs: dict[int, list[dict[str, Any]]] = {size: [] for size in params.sizes}
@@ -393,7 +394,7 @@ def measure_peer(peer: str, params: Params, pin: bool) -> dict[str, Any]:
             "p50": asdict_summary(Summary.of(r["p50"] for r in size_runs)),
             "p99": asdict_summary(Summary.of(r["p99"] for r in size_runs)),
         }
-    with session(peer, sink=True) as s:
+    with session(peer, sink=True, spin=params.spin) as s:
         ow: dict[int, list[OneWayResult]] = {size: [] for size in params.sizes}
         for _run in range(params.runs):
             for size in params.sizes:
@@ -573,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fewer runs and messages (well under 30 s)")
     parser.add_argument("--json", metavar="PATH", help="write every number to PATH as JSON")
     parser.add_argument("--runs", type=int, help="repetitions per cell (default 5, quick 3)")
+    parser.add_argument("--spin-us", type=float, default=0.0,
+                        help="amplink blocking mode: spin this long before each sleep")
     parser.add_argument("--peers", default=",".join(PEERS),
                         help=f"comma-separated subset of {','.join(PEERS)}")
     parser.add_argument("--no-pin", action="store_true",
@@ -583,6 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.runs < 1:
             parser.error("--runs must be at least 1")
         params = Params(**{**asdict(params), "runs": args.runs})
+    if args.spin_us:
+        params = Params(**{**asdict(params), "spin": args.spin_us / 1e6})
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = [p for p in peers if p not in PEERS]
     if unknown:

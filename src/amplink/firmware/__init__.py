@@ -98,7 +98,9 @@ def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = No
     transport = DeviceRpmsgTransport(region, control, entry, doorbell, waiter,
                                      buf_size=env_int(env, L.ENV_BUF_SIZE))
     transport.owned.append(dev)  # closes the lifeline and the memory with the link
-    bus = RpmsgBus(transport, name=env.get(L.ENV_NAME, "firmware"), poll_mode=poll_mode)
+    spin = int(env.get(L.ENV_SPIN_US, "0") or 0) / 1e6
+    bus = RpmsgBus(transport, name=env.get(L.ENV_NAME, "firmware"), poll_mode=poll_mode,
+                   spin=min(max(spin, 0.0), 0.01))
     lifeline = dev.lifeline
 
     def host_gone() -> None:

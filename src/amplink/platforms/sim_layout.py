@@ -66,6 +66,7 @@ ENV_KICK_TX_FD = "AMPLINK_KICK_TX_FD"  # eventfd the firmware writes to kick the
 ENV_LIFELINE_FD = "AMPLINK_LIFELINE_FD"  # socket: write one byte when up; EOF = host gone
 ENV_BUF_SIZE = "AMPLINK_BUF_SIZE"      # rpmsg buffer size (512)
 ENV_POLL = "AMPLINK_POLL"              # "1": the firmware should poll instead of sleeping
+ENV_SPIN_US = "AMPLINK_SPIN_US"        # spin this many microseconds before each sleep
 ENV_NAME = "AMPLINK_NAME"              # the processor's name
 ENV_WATCHDOG_MS = "AMPLINK_WATCHDOG_MS"  # heartbeat period the host expects (absent/0: none)
 ENV_VDEV_KICK_RX_FD = "AMPLINK_VDEV{index}_KICK_RX_FD"  # per rpmsg vdev (format with index)

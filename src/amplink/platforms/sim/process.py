@@ -91,6 +91,7 @@ class FirmwareProcess:
         table_size: int,
         buf_size: int,
         poll_mode: bool = False,
+        spin: float = 0.0,
         vdevs: int = 1,
         watchdog: float | None = None,
         stdout: Output = None,
@@ -109,7 +110,7 @@ class FirmwareProcess:
                 L.ENV_DA_BASE: str(region.da_base), L.ENV_RSC_TABLE: str(table_offset),
                 L.ENV_RSC_SIZE: str(table_size), L.ENV_LIFELINE_FD: str(child_end.fileno()),
                 L.ENV_BUF_SIZE: str(buf_size), L.ENV_POLL: "1" if poll_mode else "0",
-                L.ENV_NAME: name,
+                L.ENV_NAME: name, L.ENV_SPIN_US: str(round(spin * 1e6)),
                 L.ENV_WATCHDOG_MS: str(round(watchdog * 1000) if watchdog else 0),
             })
             for i, (host_rx, fw_rx) in enumerate(pairs):

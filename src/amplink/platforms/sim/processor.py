@@ -32,7 +32,8 @@ class SimProcessor:
     ``firmware`` is a Python module name or ``.py`` path (optionally ``:function``,
     default ``main``), run by :mod:`amplink.firmware`; or, with ``native=True``, an
     executable following the convention of :mod:`..sim_layout`. After :meth:`start`,
-    :attr:`link` is the host's rpmsg bus.
+    :attr:`link` is the host's rpmsg bus. ``poll_mode`` makes both sides spin on the
+    rings; ``spin`` (seconds) lets both sides spin that long before each sleep.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class SimProcessor:
         name: str = "sim0",
         config: LinkConfig | None = None,
         poll_mode: bool = False,
+        spin: float = 0.0,
         native: bool = False,
         args: Sequence[str] = (),
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
@@ -52,6 +54,7 @@ class SimProcessor:
         self.name = name
         self.config = config or LinkConfig()
         self.poll_mode = poll_mode
+        self.spin = spin
         self.native = native
         self.args = list(args)
         self.boot_timeout = boot_timeout
@@ -87,7 +90,8 @@ class SimProcessor:
             self._child = child = FirmwareProcess.spawn(
                 argv, name=self.name, region=region, table_offset=L.RSC_TABLE_OFFSET,
                 table_size=L.RSC_TABLE_SPACE, buf_size=self.config.buf_size,
-                poll_mode=self.poll_mode, stdout=self._stdout, stderr=self._stderr,
+                poll_mode=self.poll_mode, spin=self.spin, stdout=self._stdout,
+                stderr=self._stderr,
             )
             self.process = child.popen
             doorbell = child.take_doorbell(0)
@@ -107,7 +111,8 @@ class SimProcessor:
                 doorbell.close()
                 raise
             child.wait_ready(self.boot_timeout, repr(self.firmware))
-            self._link = RpmsgBus(self._transport, name=self.name, poll_mode=self.poll_mode)
+            self._link = RpmsgBus(self._transport, name=self.name, poll_mode=self.poll_mode,
+                                  spin=self.spin)
             waiter.watch(child.lifeline.fileno(), self._on_lifeline)
         except BaseException:
             self.stop()
