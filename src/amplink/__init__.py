@@ -1,7 +1,8 @@
 """amplink: asymmetric multiprocessing for Python.
 
 rpmsg over virtio rings in shared memory (both roles), simulated remote processors with
-the remoteproc lifecycle, and the building blocks under them.
+the remoteproc lifecycle, Linux's remoteproc processors (or a simulator's tree of them)
+through the same API, and the building blocks under them.
 """
 
 from .errors import (
@@ -17,6 +18,7 @@ from .errors import (
     SendTimeout,
 )
 from .memory import RegionAllocator, SharedRegion
+from .platforms.linux import LinuxRemoteProc, list_processors
 from .platforms.sim import SimProcessor, SimRemoteProc
 from .platforms.sim_layout import LinkConfig
 from .remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
@@ -35,9 +37,9 @@ __version__ = "0.1.0"
 __all__ = [
     "RPMSG_ADDR_ANY", "RPMSG_NS_ADDR", "AddressError", "AmplinkError", "CoredumpMode",
     "CrashReason", "Endpoint", "EndpointClosed", "EndpointStatistics", "FirmwareError",
-    "InvalidTransition", "LinkConfig", "LinkDown", "LinkStatistics", "MessageTooLarge",
-    "NoBufferAvailable", "NotBooted", "ReceiveTimeout", "RegionAllocator", "RemoteProc",
-    "RemoteProcessor", "RemoteProtocolError", "RpmsgBus", "RpmsgChannel", "RpmsgDriver",
-    "RprocBusy", "RprocEvent", "RprocState", "SendTimeout", "SharedRegion", "SimProcessor",
-    "SimRemoteProc",
+    "InvalidTransition", "LinkConfig", "LinkDown", "LinkStatistics", "LinuxRemoteProc",
+    "MessageTooLarge", "NoBufferAvailable", "NotBooted", "ReceiveTimeout", "RegionAllocator",
+    "RemoteProc", "RemoteProcessor", "RemoteProtocolError", "RpmsgBus", "RpmsgChannel",
+    "RpmsgDriver", "RprocBusy", "RprocEvent", "RprocState", "SendTimeout", "SharedRegion",
+    "SimProcessor", "SimRemoteProc", "list_processors",
 ]

@@ -347,13 +347,14 @@ def register(sub: Any) -> None:
     p.add_argument("name", metavar="NAME", help=NAME_HELP)
     p.add_argument("value", nargs="?", choices=("enabled", "disabled", "recover"))
     p = add("coredump", cmd_coredump, "show or set what a crash dumps",
-            "Print or set the coredump mode of processor NAME (not while it is crashed).")
+            "Print or set the coredump mode of processor NAME (not while it is crashed). "
+            "Simulated processors write their dumps to coredumps/ in the runtime directory.")
     p.add_argument("name", metavar="NAME", help=NAME_HELP)
     p.add_argument("value", nargs="?", choices=[m.value for m in CoredumpMode])
     p = add("trace", cmd_trace, "print a processor's trace buffer",
-            "Print the trace buffer of processor NAME (debugfs trace0; for simulated "
-            "processors today, the firmware's output); -f follows it until Ctrl-C or until "
-            "the processor is gone.")
+            "Print the trace buffer of processor NAME (debugfs trace0: the RSC_TRACE buffer "
+            "of its resource table, empty if the firmware has none); -f follows it until "
+            "Ctrl-C or until the processor is gone.")
     p.add_argument("name", metavar="NAME", help=NAME_HELP)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new text")
     p.add_argument("--interval", type=float, default=0.5, metavar="S",

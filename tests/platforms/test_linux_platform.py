@@ -15,8 +15,8 @@ from amplink.platforms.linux import (
     InvalidControlValue,
     LinuxRemoteProc,
     NotBooted,
-    ProcessorBusy,
     ProcessorNotFound,
+    RprocBusy,
     list_processors,
 )
 from amplink.remoteproc.api import CrashReason, RprocEvent
@@ -57,7 +57,7 @@ def test_firmware_changes_only_while_offline(rig: Rig, rproc: LinuxRemoteProc) -
     rproc.firmware = rig.other_firmware
     assert rproc.firmware == rig.other_firmware
     rproc.boot()
-    with pytest.raises(ProcessorBusy, match="stop it first") as info:
+    with pytest.raises(RprocBusy, match="stop it first") as info:
         rproc.firmware = rig.firmware
     assert info.value.errno == errno.EBUSY and isinstance(info.value, (OSError, AmplinkError))
     assert rproc.firmware == rig.other_firmware
@@ -87,7 +87,7 @@ def test_boot_and_shutdown_count_users(rproc: LinuxRemoteProc) -> None:
     assert rproc.state is RprocState.OFFLINE and rproc.users == 0
     with pytest.raises(NotBooted) as info:
         rproc.shutdown()
-    assert isinstance(info.value, RuntimeError)
+    assert isinstance(info.value, RuntimeError) and info.value.errno == errno.EINVAL
 
 
 def test_acquire_is_boot_then_shutdown(rproc: LinuxRemoteProc) -> None:
@@ -100,7 +100,7 @@ def test_a_second_owner_gets_ebusy_and_stop_works_for_anyone(rig: Rig,
                                                              rproc: LinuxRemoteProc) -> None:
     rproc.boot()
     other = LinuxRemoteProc(rig.dev, rig.tree)
-    with pytest.raises(ProcessorBusy, match="started elsewhere"):
+    with pytest.raises(RprocBusy, match="started elsewhere"):
         other.boot()
     assert other.users == 0
     other.stop()
@@ -113,7 +113,7 @@ def test_state_writes_follow_the_kernel(rig: Rig, rproc: LinuxRemoteProc) -> Non
     tree, dev = rig.tree, rig.dev
     tree.write(dev, "state", "start\n")
     assert rproc.state is RprocState.RUNNING
-    with pytest.raises(ProcessorBusy):
+    with pytest.raises(RprocBusy):
         tree.write(dev, "state", "start")
     for bad in ("bogus", "detach", "start now"):
         with pytest.raises(InvalidControlValue):
@@ -139,7 +139,7 @@ def test_crash_without_recovery_stays_crashed(rproc: LinuxRemoteProc) -> None:
     assert rproc.recovery is False
     rproc.crash()
     assert wait_for(lambda: rproc.state is RprocState.CRASHED, TIMEOUT)
-    with pytest.raises(ProcessorBusy, match="recover it first"):
+    with pytest.raises(RprocBusy, match="recover it first"):
         rproc.coredump = CoredumpMode.ENABLED
     with pytest.raises(InvalidControlValue, match="recover it first"):
         rproc.stop()

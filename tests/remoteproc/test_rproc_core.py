@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import threading
 from pathlib import Path
@@ -97,8 +98,9 @@ def test_two_users_share_one_run() -> None:
     echo(rproc)
     rproc.shutdown()
     assert rproc.state is RprocState.OFFLINE and ops.calls.count("stop(crashed=False)") == 1
-    with pytest.raises(NotBooted, match="no users"):
+    with pytest.raises(NotBooted, match="no users") as info:
         rproc.shutdown()
+    assert isinstance(info.value, RuntimeError) and info.value.errno == errno.EINVAL
     with rproc.acquire():
         assert rproc.state is RprocState.RUNNING
     assert rproc.state is RprocState.OFFLINE
@@ -201,8 +203,9 @@ def test_recovery_disabled_stays_crashed_until_recover() -> None:
         assert events.wait("crash")
         with pytest.raises(LinkDown):
             link.poll()
-        with pytest.raises(RprocBusy):
+        with pytest.raises(RprocBusy) as busy:
             rproc.coredump = CoredumpMode.ENABLED
+        assert isinstance(busy.value, OSError) and busy.value.errno == errno.EBUSY
         with pytest.raises(RprocBusy):
             rproc.firmware = "other"
         assert not events.wait("recovered", timeout=0.2)

@@ -58,7 +58,8 @@ def test_boot_ls_state_crash_recover_stop(runtime: Path, cli: Cli) -> None:
 
     firmware = children_of(supervisor)
     assert cli.ok("crash", "sim0").startswith("sim0 (remoteproc0): crash reported")
-    assert cli.ok("state", "sim0") == "running\n"  # recovery is enabled: restarted
+    # recovery is enabled: restarted, in the background (like the kernel's crash handler)
+    assert wait_for(lambda: cli.ok("state", "sim0") == "running\n", TIMEOUT)
     assert wait_for(lambda: children_of(supervisor) - firmware, TIMEOUT)
 
     assert cli.ok("recovery", "sim0", "disabled") == "disabled\n"
@@ -80,12 +81,14 @@ def test_boot_ls_state_crash_recover_stop(runtime: Path, cli: Cli) -> None:
     assert status == 1 and "no simulated processor is running" in err
 
 
-def test_boot_errors_leave_nothing_behind(runtime: Path, cli: Cli) -> None:
+def test_boot_errors_leave_nothing_behind(runtime: Path, cli: Cli, tmp_path: Path) -> None:
     cli.ok("boot", ECHO, "--name", "two")
     status, _, err = cli("boot", ECHO, "--name", "two")
     assert status == 1 and "exists already" in err
     status, _, err = cli("boot", MISSING_MODULE)
-    assert status == 1 and "no such Python module" in err
+    assert status == 1 and "no such module" in err
+    status, _, err = cli("boot", str(tmp_path / "missing.py"))
+    assert status == 1 and f"{tmp_path / 'missing.py'}: No such file" in err
     status, _, err = cli("boot", ECHO, "--name", "bad name")
     assert status == 1 and "letters, digits" in err
     assert [line.split()[0] for line in cli.ok("ls").splitlines()[1:]
@@ -99,7 +102,10 @@ def test_boot_errors_leave_nothing_behind(runtime: Path, cli: Cli) -> None:
 
 def test_trace_and_follow(runtime: Path, cli: Cli, capsys: pytest.CaptureFixture[str]) -> None:
     cli.ok("boot", TRACE_FIRMWARE, "--name", "tracer")
+    # the firmware's RSC_TRACE buffer (its output goes to the supervisor's log)
     assert wait_for(lambda: TRACE_LINE in cli.ok("trace", "tracer"), TIMEOUT)
+    trace0 = runtime / "debug" / "remoteproc0" / "trace0"  # for cat
+    assert wait_for(lambda: trace0.exists() and TRACE_LINE in trace0.read_text(), TIMEOUT)
     statuses: list[int] = []
     follower = threading.Thread(target=lambda: statuses.append(cli_rproc.main(
         ["trace", "tracer", "-f", "--interval", "0.05"])))
@@ -110,6 +116,18 @@ def test_trace_and_follow(runtime: Path, cli: Cli, capsys: pytest.CaptureFixture
         cli_rproc.main(["stop", "tracer"])  # the follower then sees it gone
         follower.join(TIMEOUT)
     assert statuses == [0]
+
+
+def test_coredumps_go_to_the_runtime_directory(runtime: Path, cli: Cli) -> None:
+    cli.ok("boot", ECHO, "--name", "dumper")
+    assert cli.ok("coredump", "dumper", "enabled") == "enabled\n"
+    cli.ok("crash", "dumper")
+    dumps = runtime / "coredumps"
+    # written by the recovery (recovery is enabled), kept after the processor is gone
+    assert wait_for(lambda: dumps.is_dir() and any(dumps.glob("dumper-crash1-*.core")), TIMEOUT)
+    assert wait_for(lambda: cli.ok("state", "dumper") == "running\n", TIMEOUT)
+    cli.ok("stop", "dumper")
+    assert [p.read_bytes()[:4] for p in dumps.glob("dumper-crash1-*.core")] == [b"\x7fELF"]
 
 
 def test_every_command_has_help(cli: Cli, capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,6 +28,7 @@ memory that ``trace()`` reads against its release.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -147,8 +148,8 @@ class RemoteProc(RemoteProcessor):
             raise ValueError("the firmware name must not be empty")
         with self._op_lock:
             if self._state is not _S.OFFLINE:
-                raise RprocBusy(f"{self.name} is {self._state}: firmware can only change "
-                                "while offline")
+                raise RprocBusy(errno.EBUSY, f"{self.name} is {self._state}: firmware can "
+                                "only change while offline")
             self._firmware = value
 
     @property
@@ -168,7 +169,7 @@ class RemoteProc(RemoteProcessor):
         mode = CoredumpMode(mode)
         with self._state_lock:
             if self._state is _S.CRASHED:
-                raise RprocBusy(f"{self.name} is crashed: coredump cannot change now")
+                raise RprocBusy(errno.EBUSY, f"{self.name} is crashed: coredump cannot change now")
             self._coredump = mode
 
     # -- what users look at ----------------------------------------------------------------
@@ -355,7 +356,8 @@ class RemoteProc(RemoteProcessor):
     def shutdown(self) -> None:
         with self._op_lock:
             if self._power == 0:
-                raise NotBooted(f"{self.name}: shutdown() without a matching boot(): no users")
+                raise NotBooted(errno.EINVAL,
+                                f"{self.name}: shutdown() without a matching boot(): no users")
             self._power -= 1
             if self._power:
                 return

@@ -1,7 +1,6 @@
 """Services around remote processors: the simulator's supervisor (processors that
 outlive one command), see :mod:`.supervisor`."""
 
-from .sim_adapter import make_sim_processor
 from .supervisor import (
     Channel,
     ReportsChannels,
@@ -9,6 +8,7 @@ from .supervisor import (
     SupervisorClient,
     connect_supervisor,
     ensure_supervisor,
+    make_sim_processor,
     runtime_dir,
 )
 

@@ -7,12 +7,16 @@ kernel's remoteproc class, in a per-user runtime directory (:func:`runtime_dir`)
     $AMPLINK_RUNTIME_DIR | $XDG_RUNTIME_DIR/amplink | /tmp/amplink-$UID
       .control               the control socket (protocol: amplink.platforms.linux.protocol)
       remoteprocN/           state firmware name recovery coredump (kept up to date for cat)
-      debug/remoteprocN/     crash, trace0 (like debugfs)
+      debug/remoteprocN/     crash, trace0 (like debugfs; trace0: the firmware's RSC_TRACE)
+      coredumps/             NAME-crashN-TIME.core when coredump is enabled (kept)
       supervisor.pid         while it serves;  supervisor.log: its log
       supervisor.lock        held (flock) for its whole life; spawn.lock: serialises starts
 
-Plain files cannot refuse a write, so every operation goes through the socket, which
-answers with the kernel's errno (see :class:`~amplink.platforms.linux.model.RemoteprocModel`);
+The processors are :class:`~amplink.platforms.sim.SimRemoteProc` (the remoteproc
+lifecycle: crash recovery, coredumps, the RSC_TRACE buffer; see :func:`make_sim_processor`);
+their firmware's output goes to the supervisor's log. Plain files cannot refuse a write,
+so every operation goes through the socket, which answers with the kernel's errno (see
+:class:`~amplink.platforms.linux.model.RemoteprocModel`);
 :class:`~amplink.platforms.linux.LinuxRemoteProc` and the CLI therefore work unchanged on
 this tree and on ``/sys/class/remoteproc``.
 
@@ -29,6 +33,7 @@ import argparse
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -53,8 +58,8 @@ from ..platforms.linux.errors import (
     error_from_errno,
 )
 from ..platforms.linux.model import RemoteprocModel
+from ..platforms.sim import SimRemoteProc
 from ..remoteproc.api import RemoteProcessor
-from .sim_adapter import make_sim_processor
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +69,13 @@ LOCK_FILE = "supervisor.lock"
 SPAWN_LOCK = "spawn.lock"
 LOG_FILE = "supervisor.log"
 DEBUG_DIR = "debug"
+COREDUMP_DIR = "coredumps"
+STDERR_FD = 2  # the fd itself: sys.stderr may be replaced (and have no fd) in-process
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the NUL
 _PROCESSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _MAX_FIRMWARE = 4096
 
+#: makes the processor called ``name`` (first argument) with ``firmware`` (second)
 ProcessorFactory = Callable[[str, str], RemoteProcessor]
 
 # Started with `python -c`: spawns the supervisor in a new session and exits at once,
@@ -94,6 +102,13 @@ class Channel(NamedTuple):
     name: str
     src: int
     dst: int
+
+
+def make_sim_processor(name: str, firmware: str, *, coredump_dir: Path) -> SimRemoteProc:
+    """The supervisor's processors: simulated, with the remoteproc lifecycle (a missing
+    firmware fails the boot with ENOENT). Crash dumps go to ``coredump_dir``; the
+    firmware's stdout and stderr to the supervisor's stderr (its log)."""
+    return SimRemoteProc(firmware, name=name, coredump_dir=coredump_dir, stdout=STDERR_FD)
 
 
 # -- the runtime directory --------------------------------------------------------------
@@ -189,11 +204,16 @@ def _fail(err: int, message: str) -> RprocControlError:
 
 
 class Supervisor:
-    """Holds processors made by ``factory`` and serves them on ``root``'s control socket."""
+    """Holds processors made by ``factory`` and serves them on ``root``'s control socket.
 
-    def __init__(self, root: Path, factory: ProcessorFactory = make_sim_processor, *,
+    The default factory is :func:`make_sim_processor`, dumping into ``root``/coredumps.
+    """
+
+    def __init__(self, root: Path, factory: ProcessorFactory | None = None, *,
                  idle_grace: float = 10.0, tick: float = 0.25) -> None:
         self.root = Path(root)
+        if factory is None:
+            factory = functools.partial(make_sim_processor, coredump_dir=self.root / COREDUMP_DIR)
         self.factory = factory
         self.idle_grace = idle_grace
         self.tick = tick
@@ -273,7 +293,7 @@ class Supervisor:
                         os.read(self._wake_r, 4096)
                 else:
                     self._on_readable(sel, key.data)
-            # the adapter notices a dead firmware process when its state is read
+            # the files follow what changed on its own: a crash, a recovery, the trace
             self.model.refresh()
             if not self.model.devices() and not self._clients and (
                     self._had_processor or time.monotonic() - started > self.idle_grace):

@@ -24,9 +24,9 @@ from .errors import (
     MalformedAttribute,
     NotBooted,
     NotSupported,
-    ProcessorBusy,
     ProcessorExists,
     ProcessorNotFound,
+    RprocBusy,
     RprocControlError,
     SupervisorError,
     SupervisorUnavailable,
@@ -37,8 +37,8 @@ from .rproc import LinuxRemoteProc, list_processors
 __all__ = [
     "CLASS_ROOT", "DEBUG_ROOT", "DEV_ROOT", "FIRMWARE_DIR", "ControlPermissionError",
     "ControlSocketTree", "ControlTree", "FileOps", "FirmwareNotFound", "InvalidControlValue",
-    "LinuxRemoteProc", "MalformedAttribute", "NotBooted", "NotSupported", "ProcessorBusy",
-    "ProcessorExists", "ProcessorNotFound", "RemoteprocModel", "RprocControlError",
-    "RprocDevice", "SupervisorError", "SupervisorUnavailable", "SysfsAttributes",
-    "is_simulator_tree", "list_processors", "open_tree",
+    "LinuxRemoteProc", "MalformedAttribute", "NotBooted", "NotSupported", "ProcessorExists",
+    "ProcessorNotFound", "RemoteprocModel", "RprocBusy", "RprocControlError", "RprocDevice",
+    "SupervisorError", "SupervisorUnavailable", "SysfsAttributes", "is_simulator_tree",
+    "list_processors", "open_tree",
 ]

@@ -6,7 +6,10 @@ below; each derives from :class:`~amplink.errors.AmplinkError`, from :class:`OSE
 (``.errno`` is the kernel's answer) and from the built-in that matches it, so
 ``except ValueError`` catches a rejected string and ``except FileNotFoundError`` a
 missing processor. :class:`~amplink.platforms.linux.rproc.LinuxRemoteProc` re-raises
-them with a message that says what to do.
+them with a message that says what to do. The base class, EBUSY
+(:class:`~amplink.remoteproc.errors.RprocBusy`) and
+:class:`~amplink.remoteproc.errors.NotBooted` are those of the lifecycle engine
+(:mod:`amplink.remoteproc.errors`), shared by every platform.
 """
 
 from __future__ import annotations
@@ -15,20 +18,14 @@ import errno
 import os
 
 from ...errors import AmplinkError
+from ...remoteproc.errors import NotBooted, RprocBusy, RprocControlError
 
-
-class RprocControlError(AmplinkError, OSError):
-    """A control file refused an operation; ``errno`` is the kernel's (or supervisor's) answer."""
-
-    def __init__(self, err: int, message: str) -> None:
-        super().__init__(err, message)
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-class ProcessorBusy(RprocControlError):
-    """EBUSY: not now, in this state (e.g. firmware change while not offline, a second start)."""
+__all__ = [
+    "ControlPermissionError", "FirmwareNotFound", "InvalidControlValue", "MalformedAttribute",
+    "NotBooted", "NotSupported", "ProcessorExists", "ProcessorNotFound", "RprocBusy",
+    "RprocControlError", "SupervisorError", "SupervisorUnavailable", "error_from_errno",
+    "error_from_oserror",
+]
 
 
 class InvalidControlValue(RprocControlError, ValueError):
@@ -59,10 +56,6 @@ class MalformedAttribute(AmplinkError, ValueError):
     """A control file holds a value the kernel does not document (e.g. state "invalid")."""
 
 
-class NotBooted(AmplinkError, RuntimeError):
-    """shutdown() without a matching boot() on this object."""
-
-
 class SupervisorError(AmplinkError, ConnectionError):
     """The simulator's supervisor is unreachable or broke its protocol."""
 
@@ -72,7 +65,7 @@ class SupervisorUnavailable(SupervisorError):
 
 
 _BY_ERRNO: dict[int, type[RprocControlError]] = {
-    errno.EBUSY: ProcessorBusy,
+    errno.EBUSY: RprocBusy,
     errno.EINVAL: InvalidControlValue,
     errno.ERANGE: InvalidControlValue,
     errno.ENOENT: ProcessorNotFound,

@@ -88,6 +88,8 @@ def _kernel_error(exc: BaseException, what: str) -> RprocControlError:
     if isinstance(exc, OSError) and exc.errno:
         err = exc.errno
         reason = exc.strerror or reason  # without the "[Errno N]" prefix
+        if exc.filename is not None:  # e.g. a firmware file that does not exist
+            reason = f"{exc.filename}: {reason}"
     elif isinstance(exc, TimeoutError):
         err = errno.ETIMEDOUT
     elif isinstance(exc, ValueError):

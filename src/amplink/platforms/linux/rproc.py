@@ -12,7 +12,8 @@ and fails with EBUSY while the processor is running or attached, whoever started
   writes "stop". Two objects (or two programs) on one processor share no count.
 * If the processor is already running when an object's first boot() comes (another
   program, ``amplink boot`` or the kernel's auto_boot took the reference), boot()
-  raises :class:`~.errors.ProcessorBusy`: the kernel cannot share that reference.
+  raises :class:`~amplink.remoteproc.errors.RprocBusy`: the kernel cannot share that
+  reference.
 * By default the processor outlives the object and the process (that is how
   ``amplink boot`` leaves it running); :meth:`~LinuxRemoteProc.stop` drops the
   reference whoever took it.
@@ -41,8 +42,8 @@ from .errors import (
     MalformedAttribute,
     NotBooted,
     NotSupported,
-    ProcessorBusy,
     ProcessorNotFound,
+    RprocBusy,
     RprocControlError,
 )
 
@@ -166,10 +167,10 @@ class LinuxRemoteProc(RemoteProcessor):
                                       f"non-empty line, got {value!r}")
         try:
             self.tree.write(self.dev, "firmware", value)
-        except ProcessorBusy:
-            raise ProcessorBusy(errno.EBUSY, f"{self.label}: the firmware can only be changed "
+        except RprocBusy:
+            raise RprocBusy(errno.EBUSY, f"{self.label}: the firmware can only be changed "
                                 f"while offline (it is {self._state_or()}): stop it first "
-                                f"(`amplink stop {self.name}`)") from None
+                            f"(`amplink stop {self.name}`)") from None
 
     @property
     def recovery(self) -> bool:
@@ -196,10 +197,10 @@ class LinuxRemoteProc(RemoteProcessor):
         mode = CoredumpMode(mode)
         try:
             self._write_config("coredump", mode.value)
-        except ProcessorBusy:
-            raise ProcessorBusy(errno.EBUSY, f"{self.label}: the coredump setting cannot change "
+        except RprocBusy:
+            raise RprocBusy(errno.EBUSY, f"{self.label}: the coredump setting cannot change "
                                 "while the processor is crashed: recover it first "
-                                f"(`amplink recovery {self.name} recover`)") from None
+                            f"(`amplink recovery {self.name} recover`)") from None
 
     def _read_config(self, attr: str) -> str:
         """sysfs since Linux 5.13, debugfs before."""
@@ -251,8 +252,8 @@ class LinuxRemoteProc(RemoteProcessor):
                 self._start_held()
             else:
                 self.tree.write(self.dev, "state", "start")
-        except ProcessorBusy:
-            raise ProcessorBusy(
+        except RprocBusy:
+            raise RprocBusy(
                 errno.EBUSY, f"{self.label} is already {self._state_or()}: it was "
                 "started elsewhere (another program, `amplink boot` or the kernel's auto_boot) "
                 "and the kernel cannot share that reference; use it without boot(), or stop it "
@@ -299,8 +300,8 @@ class LinuxRemoteProc(RemoteProcessor):
         """
         with self._lock:
             if self._users == 0:
-                raise NotBooted(f"{self.label}: shutdown() without boot() on this object; "
-                                "stop() stops a processor started elsewhere")
+                raise NotBooted(errno.EINVAL, f"{self.label}: shutdown() without boot() on "
+                                "this object; stop() stops a processor started elsewhere")
             self._users -= 1
             if self._users:
                 return
