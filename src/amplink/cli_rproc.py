@@ -365,30 +365,3 @@ def register(sub: Any) -> None:
     p.add_argument("name", metavar="NAME", help=NAME_HELP)
     p.add_argument("--reason", choices=tuple(CRASH_REASONS), default="fatal-error",
                    help="the crash type reported (default fatal-error)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A parser with only these commands (the full one is :func:`amplink.cli.build_parser`)."""
-    parser = argparse.ArgumentParser(prog="amplink", description="amplink remote processors")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one of these commands; 0 on success, 1 with a one-line error on stderr."""
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print("amplink: interrupted", file=sys.stderr)
-        return 130
-    except (AmplinkError, OSError) as exc:
-        print(f"amplink {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

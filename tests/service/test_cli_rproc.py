@@ -16,6 +16,7 @@ from rig_kit import ECHO, MISSING_MODULE, TRACE_FIRMWARE, children_of, process_a
 from trace_firmware import TRACE_LINE
 
 from amplink import cli_rproc
+from amplink.cli import main as amplink_main
 from amplink.service.supervisor import PID_FILE, read_pid_file
 
 TIMEOUT = 10.0
@@ -28,7 +29,7 @@ class Cli:
         self.capsys = capsys
 
     def __call__(self, *argv: str) -> tuple[int, str, str]:
-        status = cli_rproc.main(list(argv))
+        status = amplink_main(list(argv))
         out, err = self.capsys.readouterr()
         return status, out, err
 
@@ -107,13 +108,13 @@ def test_trace_and_follow(runtime: Path, cli: Cli, capsys: pytest.CaptureFixture
     trace0 = runtime / "debug" / "remoteproc0" / "trace0"  # for cat
     assert wait_for(lambda: trace0.exists() and TRACE_LINE in trace0.read_text(), TIMEOUT)
     statuses: list[int] = []
-    follower = threading.Thread(target=lambda: statuses.append(cli_rproc.main(
+    follower = threading.Thread(target=lambda: statuses.append(amplink_main(
         ["trace", "tracer", "-f", "--interval", "0.05"])))
     follower.start()
     try:
         assert wait_for(lambda: TRACE_LINE in capsys.readouterr().out, TIMEOUT)
     finally:
-        cli_rproc.main(["stop", "tracer"])  # the follower then sees it gone
+        amplink_main(["stop", "tracer"])  # the follower then sees it gone
         follower.join(TIMEOUT)
     assert statuses == [0]
 
@@ -133,7 +134,7 @@ def test_coredumps_go_to_the_runtime_directory(runtime: Path, cli: Cli) -> None:
 def test_every_command_has_help(cli: Cli, capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash"):
         with pytest.raises(SystemExit) as info:
-            cli_rproc.main([command, "--help"])
+            amplink_main([command, "--help"])
         assert info.value.code == 0
         out = capsys.readouterr().out
         assert f"usage: amplink {command}" in out and "--sysfs ROOT" in out
@@ -163,7 +164,7 @@ def test_sysfs_option_drives_a_kernel_tree(tmp_path: Path, cli: Cli,
 
 def test_a_killed_cli_leaves_a_working_supervisor(runtime: Path, cli: Cli) -> None:
     command = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from amplink.cli_rproc import main; "
+        [sys.executable, "-c", "import sys; from amplink.cli import main; "
          "sys.exit(main(sys.argv[1:]))", "boot", ECHO],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
