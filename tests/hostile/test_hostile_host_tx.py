@@ -78,7 +78,7 @@ def test_used_id_duplicated_replacing_an_entry(link):
 
 
 @pytest.mark.parametrize("bad_head", [8, 0xFFFFFFFF])
-def test_extra_bogus_used_entry_breaks_tx_clearly(link, bad_head):
+def test_extra_bogus_used_entry_breaks_sending_clearly(link, bad_head):
     """One extra used entry when the host's N unread ones are already there makes N + 1,
     which an honest device can never produce: not a silent stall but a clear LinkDown."""
     _exhaust_fresh(link)
@@ -88,6 +88,7 @@ def test_extra_bogus_used_entry_breaks_tx_clearly(link, bad_head):
         link.check_host_tx_capacity(timeout=0.2)
     assert time.monotonic() - t0 < 2.0
     assert fault_total(link.host) >= 1
+    link.check_host_rx_capacity()  # the receiving queue is intact
 
 
 def test_used_idx_jump_fails_cleanly(link):
@@ -102,3 +103,4 @@ def test_used_idx_jump_fails_cleanly(link):
     assert time.monotonic() - t0 < 0.1 * (link.n + 1) + 2.0
     assert fault_total(link.host) >= 1
     assert not link.host.is_up
+    link.check_host_rx_capacity()  # the receiving queue is intact

@@ -404,8 +404,9 @@ class RpmsgBus:
                 self._drain()  # also after link down: what the peer sent before still counts
                 if ready():
                     return True
-                if transport.down is not None:
-                    raise LinkDown(str(transport.down))
+                broken = transport.broken(tx=tx)
+                if broken is not None:
+                    raise LinkDown(str(broken))
                 generation = self._generation
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -445,7 +446,7 @@ class RpmsgBus:
             # Now and then: let other threads run, notice a dead peer, news, the time.
             time.sleep(0)
             transport.waiter.poll_sources()
-            if transport.down is not None or self._closed:
+            if transport.broken(tx=tx) is not None or self._closed:
                 return
             if generation != self._generation:
                 return
@@ -496,8 +497,9 @@ class RpmsgBus:
                 self._drain()
                 if ready():
                     return True
-                if transport.down is not None:
-                    raise LinkDown(str(transport.down))
+                broken = transport.broken(tx=tx)
+                if broken is not None:
+                    raise LinkDown(str(broken))
                 if transport.arm(rx=not tx, tx=tx):
                     transport.disarm()
                     continue
@@ -600,11 +602,15 @@ class RpmsgBus:
     # -- state and lifetime --
     @property
     def is_up(self) -> bool:
-        return not self._closed and self.transport.down is None
+        """True while the link is open and both directions work."""
+        t = self.transport
+        return not self._closed and t.down is None and t.rx_broken is None and t.tx_broken is None
 
     def statistics(self) -> LinkStatistics:
         with self._lock:
-            state = "closed" if self._closed else ("down" if self.transport.down else "up")
+            t = self.transport
+            state = ("closed" if self._closed else "down" if t.down else
+                     "receive broken" if t.rx_broken else "send broken" if t.tx_broken else "up")
             return LinkStatistics(
                 name=self.name, state=state, mtu=self.mtu,
                 messages_sent=self.messages_sent, messages_received=self.messages_received,

@@ -27,6 +27,10 @@ class Transport(ABC):
     waiter: Waiter
     #: set once the peer is gone; every later call fails with it
     down: LinkDown | None = None
+    #: set when the peer broke the receiving / sending direction beyond repair; calls
+    #: in that direction fail with it while the other direction goes on
+    rx_broken: LinkDown | None = None
+    tx_broken: LinkDown | None = None
     #: False if the peer never rings when it frees a transmit buffer (OpenAMP): a
     #: blocked send then polls every :attr:`tx_poll_interval` seconds instead of sleeping
     tx_kicks: bool = True
@@ -64,6 +68,10 @@ class Transport(ABC):
         if self.down is None:
             self.down = LinkDown(reason)
         self.waiter.wake()
+
+    def broken(self, *, tx: bool) -> LinkDown | None:
+        """Why calls in one direction cannot succeed (peer gone or that direction broken)."""
+        return self.down or (self.tx_broken if tx else self.rx_broken)
 
     def statistics(self) -> Mapping[str, Any]:
         """Transport-specific counters (merged into the link's statistics)."""

@@ -75,10 +75,18 @@ class _VirtioRpmsgTransport(Transport):
         #: objects (regions, sockets) closed together with the transport
         self.owned: list[Any] = []
 
-    def _watch_rings(self, *queues: Any) -> None:
-        for queue in queues:
-            queue.on_broken = lambda reason, where=queue.faults.where: self.mark_down(
-                f"{where}: the peer broke the ring protocol ({reason})")
+    def _watch_rings(self, rx_queue: Any, tx_queue: Any) -> None:
+        """A ring the peer broke fails its own direction only; the other one goes on."""
+        def broke(tx: bool, where: str, reason: str) -> None:
+            error = LinkDown(f"{where}: the peer broke the ring protocol ({reason})")
+            if tx:
+                self.tx_broken = error
+            else:
+                self.rx_broken = error
+            self.waiter.wake()
+
+        rx_queue.on_broken = lambda reason: broke(False, rx_queue.faults.where, reason)
+        tx_queue.on_broken = lambda reason: broke(True, tx_queue.faults.where, reason)
         self.waiter.on_hangup = self.mark_down
 
     def _kick(self) -> None:
