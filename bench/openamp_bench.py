@@ -21,47 +21,41 @@ or p99). This is a benchmark, not a test: ``python3 bench/openamp_bench.py [--qu
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-try:
-    import amplink  # noqa: F401
-except ImportError:  # run from a checkout without installing: use its src/
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+# the benchmarks' shared helpers (bench/ is sys.path[0]); first: it finds amplink
+from benchkit import (
+    HOST_CORE,
+    PEER_CORE,
+    Params,
+    add_common_options,
+    chosen_params,
+    describe_run,
+    measure_all,
+    pinned,
+    quiet_gc,
+    summarized,
+    table,
+    write_json,
+)
 
-# the sibling benchmark's pinning, GC and table helpers (bench/ is sys.path[0])
-from rpmsg_bench import HOST_CORE, PEER_CORE, can_pin, pinned, progress, quiet_gc, table  # noqa: E402
-
-from amplink.perf import Summary, measure_round_trip, percentiles  # noqa: E402
-from amplink.platforms.openamp import (  # noqa: E402
+from amplink.perf import Summary, measure_round_trip, percentiles
+from amplink.platforms.openamp import (
     DEMO_SERVICE,
     EchoRun,
     OpenAmpConfig,
     OpenAmpLink,
 )
-from amplink.platforms.openamp.echo import DEMO_MAX_SIZE  # noqa: E402
+from amplink.platforms.openamp.echo import DEMO_MAX_SIZE
 
 MODES = ("blocking", "polling")
 PEER_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class Params:
-    runs: int
-    sizes: tuple[int, ...]
-    rtt_count: int
-    rtt_warmup: int
-
 
 FULL = Params(runs=5, sizes=(16, 496), rtt_count=10_000, rtt_warmup=1000)
 QUICK = Params(runs=3, sizes=(16, 496), rtt_count=1000, rtt_warmup=200)
@@ -128,17 +122,13 @@ def measure_mode(mode: str, params: Params, pin: bool) -> dict[str, Any]:
         with suppress(FileNotFoundError):
             os.unlink(config.shm_path)
     for size_key, size_runs in runs.items():
-        result["rtt"][size_key] = {"runs": size_runs,
-                                   "p50": Summary.of(r["p50"] for r in size_runs).as_dict(),
-                                   "p99": Summary.of(r["p99"] for r in size_runs).as_dict()}
-    result["sweep"] = {"runs": sweeps, "p50": Summary.of(r["p50"] for r in sweeps).as_dict(),
-                       "p99": Summary.of(r["p99"] for r in sweeps).as_dict()}
+        result["rtt"][size_key] = summarized(size_runs)
+    result["sweep"] = summarized(sweeps)
     return result
 
 
 def _cell(d: dict[str, float]) -> str:
-    s = Summary(int(d["n"]), d["median"], d["q1"], d["q3"], d["min"], d["max"])
-    return s.format(1e6, digits=1)
+    return Summary.from_dict(d).format(1e6, digits=1)
 
 
 def report(data: dict[str, Any], params: Params) -> str:
@@ -148,10 +138,7 @@ def report(data: dict[str, Any], params: Params) -> str:
         f"amplink over OpenAMP's Linux profile ({meta['mode']}): {params.runs} runs per cell; "
         f"each run: the echo demo sweep ({DEMO_MAX_SIZE} messages) and {params.rtt_count} "
         "round trips per size",
-        f"python {meta['python']}, {meta['machine']}, {meta['cpus']} CPUs; host/remote pinned "
-        f"to cores {HOST_CORE}/{PEER_CORE}: {meta['pinned']}; took {meta['seconds']:.1f} s; "
-        f"1-min load average before {meta['load_average_before'][0]:.2f}, after "
-        f"{meta['load_average_after'][0]:.2f}",
+        describe_run(meta, "host/remote", "pinned"),
         "cells: median of the runs [interquartile range of the runs], microseconds",
         "",
     ]
@@ -177,48 +164,21 @@ def main(argv: list[str] | None = None) -> int:
         description="Echo round trips over OpenAMP's Linux-userspace profile (shared memory "
                     "+ Unix-socket kicks), amplink host vs amplink remote, blocking and "
                     "polling.")
-    parser.add_argument("--quick", action="store_true", help="fewer runs and round trips")
-    parser.add_argument("--runs", type=int, help="repetitions per cell (default 5, quick 3)")
+    add_common_options(
+        parser, quick_help="fewer runs and round trips",
+        pin_help=f"do not pin host and remote to cores {HOST_CORE} and {PEER_CORE}")
     parser.add_argument("--modes", default=",".join(MODES),
                         help=f"comma-separated subset of {','.join(MODES)}")
-    parser.add_argument("--no-pin", action="store_true",
-                        help=f"do not pin host and remote to cores {HOST_CORE} and {PEER_CORE}")
-    parser.add_argument("--json", metavar="PATH", help="write every number to PATH as JSON")
     args = parser.parse_args(argv)
-    params = QUICK if args.quick else FULL
-    if args.runs is not None:
-        if args.runs < 1:
-            parser.error("--runs must be at least 1")
-        params = Params(**{**asdict(params), "runs": args.runs})
+    params = chosen_params(parser, args, QUICK, FULL)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
         parser.error(f"--modes: choose from {', '.join(MODES)}")
-    pin = can_pin() and not args.no_pin
-    load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    results: dict[str, Any] = {}
-    for mode in MODES:
-        if mode in modes:
-            progress(f"measuring amplink {mode} ...")
-            t = time.perf_counter()
-            results[mode] = measure_mode(mode, params, pin)
-            progress(f"  done in {time.perf_counter() - t:.1f} s")
-    data: dict[str, Any] = {
-        "meta": {
-            "mode": "quick" if args.quick else "full", "params": asdict(params),
-            "python": platform.python_version(), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "pinned": pin and all(r["pinned"] for r in results.values()),
-            "seconds": time.perf_counter() - t0, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        },
-        "results": results,
-    }
+    data = measure_all(args, params, {m: f"amplink {m}" for m in MODES if m in modes},
+                       measure_mode, pinned_key="pinned")
     print(report(data, params))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.write("\n")
-        progress(f"raw numbers written to {args.json}")
+        write_json(args.json, data)
     return 0
 
 

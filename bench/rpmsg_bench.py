@@ -25,29 +25,33 @@ This is a benchmark, not a test: ``python3 bench/rpmsg_bench.py [--quick] [--jso
 from __future__ import annotations
 
 import argparse
-import gc
-import json
 import multiprocessing
 import os
-import platform
 import struct
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, Protocol
 
-try:
-    import amplink  # noqa: F401
-except ImportError:  # run from a checkout without installing: use its src/
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+# the benchmarks' shared helpers (bench/ is sys.path[0]); first: it finds amplink
+import benchkit
+from benchkit import (
+    add_common_options,
+    chosen_params,
+    describe_run,
+    measure_all,
+    pinned,
+    quiet_gc,
+    summarized,
+    table,
+    write_json,
+)
 
-from amplink import SimProcessor  # noqa: E402
-from amplink.firmware.examples.sink import REPORT as SINK_REPORT  # noqa: E402
-from amplink.perf import (  # noqa: E402
+from amplink import SimProcessor
+from amplink.firmware.examples.sink import REPORT as SINK_REPORT
+from amplink.perf import (
     OneWayResult,
     Summary,
     make_payloads,
@@ -61,7 +65,6 @@ from amplink.perf import (  # noqa: E402
 ECHO_FIRMWARE = "amplink.firmware.examples.echo"
 SINK_FIRMWARE = "amplink.firmware.examples.sink"
 OS_PIPE_HEADER = struct.Struct("<QQ")  # count, size of the next one-way run
-HOST_CORE, PEER_CORE = 0, 1
 
 PEERS = ("amplink-blocking", "amplink-polling", "mp.Pipe", "os.pipe")
 AMPLINK_PEERS = PEERS[:2]
@@ -75,11 +78,7 @@ TARGET_RTT_RATIO = 1.2           # blocking RTT / os.pipe RTT, 16 B
 
 
 @dataclass(frozen=True)
-class Params:
-    runs: int
-    sizes: tuple[int, ...]
-    rtt_count: int
-    rtt_warmup: int
+class Params(benchkit.Params):
     one_way_count: int
     one_way_warmup: int
     spin: float = 0.0  # amplink's spin before sleeping (blocking mode), seconds
@@ -89,41 +88,6 @@ FULL = Params(runs=5, sizes=(16, 496), rtt_count=10_000, rtt_warmup=1000,
               one_way_count=50_000, one_way_warmup=5000)
 QUICK = Params(runs=3, sizes=(16, 496), rtt_count=1000, rtt_warmup=200,
                one_way_count=5000, one_way_warmup=1000)
-
-
-def progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# -- core pinning -------------------------------------------------------------------------------
-def can_pin() -> bool:
-    if not hasattr(os, "sched_setaffinity"):
-        return False
-    try:
-        return {HOST_CORE, PEER_CORE} <= os.sched_getaffinity(0)
-    except OSError:
-        return False
-
-
-@contextmanager
-def pinned(peer_pid: int, enabled: bool) -> Iterator[bool]:
-    """Pin this thread to HOST_CORE and every thread of ``peer_pid`` to PEER_CORE."""
-    if not enabled:
-        yield False
-        return
-    saved = os.sched_getaffinity(0)
-    ok = True
-    try:
-        os.sched_setaffinity(0, {HOST_CORE})
-        for tid in os.listdir(f"/proc/{peer_pid}/task"):
-            os.sched_setaffinity(int(tid), {PEER_CORE})
-    except OSError as exc:
-        progress(f"  (could not pin: {exc})")
-        ok = False
-    try:
-        yield ok
-    finally:
-        os.sched_setaffinity(0, saved)
 
 
 # -- peers --------------------------------------------------------------------------------------
@@ -358,19 +322,6 @@ def session(peer: str, sink: bool, spin: float) -> Iterator[Session]:
         s.close()
 
 
-@contextmanager
-def quiet_gc() -> Iterator[None]:
-    """No garbage collection inside a timed run (the same for every peer)."""
-    gc.collect()
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 # -- measuring ----------------------------------------------------------------------------------
 def measure_peer(peer: str, params: Params, pin: bool) -> dict[str, Any]:
     result: dict[str, Any] = {"rtt": {}, "one_way": {}, "statistics": {}, "pinned_rtt": False}
@@ -389,11 +340,7 @@ def measure_peer(peer: str, params: Params, pin: bool) -> dict[str, Any]:
                     })
         result["statistics"]["rtt"] = s.statistics()
     for size, size_runs in runs.items():
-        result["rtt"][str(size)] = {
-            "runs": size_runs,
-            "p50": asdict_summary(Summary.of(r["p50"] for r in size_runs)),
-            "p99": asdict_summary(Summary.of(r["p99"] for r in size_runs)),
-        }
+        result["rtt"][str(size)] = summarized(size_runs)
     with session(peer, sink=True, spin=params.spin) as s:
         ow: dict[int, list[OneWayResult]] = {size: [] for size in params.sizes}
         for _run in range(params.runs):
@@ -403,21 +350,11 @@ def measure_peer(peer: str, params: Params, pin: bool) -> dict[str, Any]:
                                               params.one_way_warmup))
         result["statistics"]["one_way"] = s.statistics()
     for size, results in ow.items():
-        result["one_way"][str(size)] = {
-            "runs": [{**asdict(r), "msg_per_s": r.messages_per_second,
-                      "mb_per_s": r.megabytes_per_second} for r in results],
-            "msg_per_s": asdict_summary(Summary.of(r.messages_per_second for r in results)),
-            "mb_per_s": asdict_summary(Summary.of(r.megabytes_per_second for r in results)),
-        }
+        result["one_way"][str(size)] = summarized(
+            [{**asdict(r), "msg_per_s": r.messages_per_second,
+              "mb_per_s": r.megabytes_per_second} for r in results],
+            ("msg_per_s", "mb_per_s"))
     return result
-
-
-def asdict_summary(s: Summary) -> dict[str, float]:
-    return s.as_dict()
-
-
-def summary(d: dict[str, float]) -> Summary:
-    return Summary(int(d["n"]), d["median"], d["q1"], d["q3"], d["min"], d["max"])
 
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -446,7 +383,7 @@ def rows(params: Params) -> list[Row]:
 
 def cell(results: dict[str, Any], peer: str, row: Row) -> Summary | None:
     try:
-        return summary(results[peer][row.kind][str(row.size)][row.key])
+        return Summary.from_dict(results[peer][row.kind][str(row.size)][row.key])
     except KeyError:
         return None
 
@@ -497,18 +434,6 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def table(lines: list[list[str]]) -> list[str]:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for n, line in enumerate(lines):
-        cells = [line[0].ljust(widths[0])] + [c.rjust(w)
-                                             for c, w in zip(line[1:], widths[1:], strict=True)]
-        out.append("  ".join(cells).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return out
-
-
 def report(data: dict[str, Any], params: Params) -> str:
     results = data["results"]
     meta = data["meta"]
@@ -517,10 +442,7 @@ def report(data: dict[str, Any], params: Params) -> str:
         f"amplink rpmsg benchmark ({meta['mode']}): {params.runs} runs per cell; RTT "
         f"{params.rtt_count} round trips per run, one-way {params.one_way_count} messages "
         "per run",
-        f"python {meta['python']}, {meta['machine']}, {meta['cpus']} CPUs; RTT host/peer "
-        f"pinned to cores {HOST_CORE}/{PEER_CORE}: {meta['pinned_rtt']}; "
-        f"took {meta['seconds']:.1f} s; 1-min load average before "
-        f"{meta['load_average_before'][0]:.2f}, after {meta['load_average_after'][0]:.2f}",
+        describe_run(meta, "RTT host/peer", "pinned_rtt"),
         "cells: median of the runs [interquartile range of the runs]",
         "",
     ]
@@ -570,58 +492,29 @@ def main(argv: list[str] | None = None) -> int:
         description="Benchmark rpmsg to a simulated processor (blocking and polling mode) "
                     "against multiprocessing.Pipe and os.pipe: round-trip latency and "
                     "one-way throughput, 16 B and 496 B.")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer runs and messages (well under 30 s)")
-    parser.add_argument("--json", metavar="PATH", help="write every number to PATH as JSON")
-    parser.add_argument("--runs", type=int, help="repetitions per cell (default 5, quick 3)")
+    add_common_options(
+        parser, quick_help="fewer runs and messages (well under 30 s)",
+        pin_help="do not pin host and peer to cores 0 and 1 for the RTT runs")
     parser.add_argument("--spin-us", type=float, default=0.0,
                         help="amplink blocking mode: spin this long before each sleep")
     parser.add_argument("--peers", default=",".join(PEERS),
                         help=f"comma-separated subset of {','.join(PEERS)}")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not pin host and peer to cores 0 and 1 for the RTT runs")
     args = parser.parse_args(argv)
-    params = QUICK if args.quick else FULL
-    if args.runs is not None:
-        if args.runs < 1:
-            parser.error("--runs must be at least 1")
-        params = Params(**{**asdict(params), "runs": args.runs})
+    params = chosen_params(parser, args, QUICK, FULL)
     if args.spin_us:
-        params = Params(**{**asdict(params), "spin": args.spin_us / 1e6})
+        params = replace(params, spin=args.spin_us / 1e6)
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         parser.error(f"unknown peers {unknown}; choose from {', '.join(PEERS)}")
-    pin = can_pin() and not args.no_pin
-    load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    results: dict[str, Any] = {}
-    for peer in PEERS:
-        if peer in peers:
-            progress(f"measuring {TITLES[peer]} ...")
-            t = time.perf_counter()
-            results[peer] = measure_peer(peer, params, pin)
-            progress(f"  done in {time.perf_counter() - t:.1f} s")
-    data: dict[str, Any] = {
-        "meta": {
-            "mode": "quick" if args.quick else "full", "params": asdict(params),
-            "python": platform.python_version(), "machine": platform.platform(),
-            "cpus": os.cpu_count(), "pinned_rtt": pin and all(
-                r["pinned_rtt"] for r in results.values()),
-            "seconds": time.perf_counter() - t0,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        },
-        "results": results,
-    }
+    data = measure_all(args, params, {p: TITLES[p] for p in PEERS if p in peers},
+                       measure_peer, pinned_key="pinned_rtt")
+    results = data["results"]
     data["ratios"] = ratios(results, params)
     data["targets"] = targets(results)
     print(report(data, params))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.write("\n")
-        progress(f"raw numbers written to {args.json}")
+        write_json(args.json, data)
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -278,3 +278,8 @@ class Summary:
     def as_dict(self) -> dict[str, float]:
         return {"n": self.n, "median": self.median, "q1": self.q1, "q3": self.q3,
                 "min": self.minimum, "max": self.maximum}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, float]) -> Summary:
+        """The summary :meth:`as_dict` gave (e.g. read back from JSON)."""
+        return cls(int(d["n"]), d["median"], d["q1"], d["q3"], d["min"], d["max"])

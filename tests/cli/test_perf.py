@@ -37,6 +37,7 @@ def test_summary() -> None:
     assert (s.n, s.median, s.q1, s.q3, s.minimum, s.maximum) == (5, 3.0, 2.0, 4.0, 1.0, 5.0)
     assert s.iqr == 2.0
     assert s.format(1e6, "us") == "3,000,000.0 us [2,000,000.0-4,000,000.0]"
+    assert Summary.from_dict(s.as_dict()) == s
 
 
 def test_payloads_are_distinct_and_sized() -> None:

@@ -1,38 +1,16 @@
-"""Helpers of the SimRemoteProc tests: events, echo round trips, leak snapshots."""
+"""Helpers of the SimRemoteProc tests: echo round trips, leak snapshots."""
 
 from __future__ import annotations
 
 import gc
 import threading
 
-from sim_kit import child_pids, open_fds, shm_entries, wait_for
+from common_kit import wait_for
+from sim_kit import child_pids, open_fds, shm_entries
 
-from amplink.remoteproc.api import RprocEvent
 from amplink.remoteproc.core import RemoteProc
 
 TIMEOUT = 10.0
-
-
-class Events:
-    """Collects a processor's events; waits for a number of one kind."""
-
-    def __init__(self, rproc: RemoteProc) -> None:
-        self.items: list[RprocEvent] = []
-        self._cond = threading.Condition()
-        rproc.subscribe(self._add)
-
-    def _add(self, event: RprocEvent) -> None:
-        with self._cond:
-            self.items.append(event)
-            self._cond.notify_all()
-
-    def of(self, kind: str) -> list[RprocEvent]:
-        with self._cond:
-            return [e for e in self.items if e.kind == kind]
-
-    def wait(self, kind: str, count: int = 1, timeout: float = TIMEOUT) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: len(self.of(kind)) >= count, timeout)
 
 
 def echo(rproc: RemoteProc, payloads: list[bytes] | None = None,

@@ -33,16 +33,6 @@ def stop_quietly(proc: SimProcessor, timeout: float = 3.0) -> None:
             child.wait(5.0)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
 class Outcome:
     """Runs ``fn`` in a thread; records its result or exception and when it ended."""
 

@@ -8,8 +8,8 @@ import subprocess
 from importlib import resources
 
 import pytest
-from rproc_sim_kit import Events, echo
-from sim_kit import wait_for
+from common_kit import Events, wait_for
+from rproc_sim_kit import echo
 
 from amplink import FirmwareError, LinkConfig, SharedRegion, SimProcessor, SimRemoteProc
 from amplink.platforms.sim import NativeImage

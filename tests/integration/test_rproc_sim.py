@@ -9,9 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from common_kit import Events, wait_for
 from elftools.elf.elffile import ELFFile
-from rproc_sim_kit import TIMEOUT, Events, assert_no_leaks, echo, snapshot
-from sim_kit import ECHO, child_pids, fixture_firmware, open_fds, process_gone, wait_for
+from rproc_sim_kit import TIMEOUT, assert_no_leaks, echo, snapshot
+from sim_kit import ECHO, child_pids, fixture_firmware, open_fds, process_gone
 
 from amplink import EndpointClosed, FirmwareError, LinkDown, SimRemoteProc
 from amplink.firmware.device import FATAL_EXIT_STATUS

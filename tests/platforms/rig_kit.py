@@ -1,13 +1,12 @@
-"""Helpers of the platform and service tests: waiting with a deadline, process accounting."""
+"""Helpers of the platform and service tests: rigs, process accounting (and wait_for)."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common_kit import wait_for
 from fake_sysfs import FakeRemoteprocKernel
 
 from amplink.platforms.linux import ControlTree
@@ -35,17 +34,6 @@ class Rig:
     missing_firmware: str  # boot fails with ENOENT
     trace_text: str  # appears in the trace while running
     kernel: FakeRemoteprocKernel | None = None
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until true (True) or ``timeout`` seconds passed (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def children_of(pid: int) -> set[int]:

@@ -8,12 +8,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from common_kit import Events
 from elftools.elf.elffile import ELFFile
 from rproc_firmware import Firmware
 from rproc_kit import ANY, POOL_DA, SERVICE, FakeImage, FakeOps, rpmsg_vdev
 
 from amplink.errors import FirmwareError, LinkDown
-from amplink.remoteproc.api import CrashReason, RprocEvent
+from amplink.remoteproc.api import CrashReason
 from amplink.remoteproc.core import RemoteProc
 from amplink.remoteproc.coredump import CoredumpMode
 from amplink.remoteproc.elf_loader import FirmwareImage
@@ -26,30 +27,6 @@ from amplink.rpmsg.channel import RpmsgDriver
 TIMEOUT = 5.0
 TABLE = ResourceTable([Carveout(ANY, ANY, 0x2000, name="data"), Trace(ANY, 128, name="t0"),
                        VendorResource(130, b"\0" * 4), rpmsg_vdev()])
-
-
-class Events:
-    """Collects events; waits for one of a kind."""
-
-    def __init__(self, rproc: RemoteProc) -> None:
-        self.items: list[RprocEvent] = []
-        self._cond = threading.Condition()
-        rproc.subscribe(self._add)
-
-    def _add(self, event: RprocEvent) -> None:
-        with self._cond:
-            self.items.append(event)
-            self._cond.notify_all()
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.items]
-
-    def of_kind(self, kind: str) -> list[RprocEvent]:
-        return [e for e in self.items if e.kind == kind]
-
-    def wait(self, kind: str, count: int = 1, timeout: float = TIMEOUT) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.kinds().count(kind) >= count, timeout)
 
 
 def make(table: ResourceTable | bytes | None = TABLE, **options) -> tuple[RemoteProc, FakeOps]:
@@ -65,7 +42,7 @@ def echo(rproc: RemoteProc, payload: bytes = b"ping") -> None:
 
 def test_boot_order_and_shutdown() -> None:
     rproc, ops = make()
-    events = Events(rproc)
+    events = Events(rproc, TIMEOUT)
     rproc.boot()
     try:
         # vdevs are registered only after the start, and the remote waited for DRIVER_OK
@@ -125,7 +102,7 @@ def test_stop_removes_channels_and_runs_driver_remove() -> None:
 
 def test_crash_recovery_reuses_memory_and_rebinds_drivers(tmp_path: Path) -> None:
     rproc, ops = make(coredump=CoredumpMode.INLINE, coredump_dir=tmp_path)
-    events = Events(rproc)
+    events = Events(rproc, TIMEOUT)
     probes: list[object] = []
     driver = RpmsgDriver([SERVICE], probe=probes.append)
     rproc.register_driver(driver)
@@ -158,12 +135,12 @@ def test_crash_recovery_reuses_memory_and_rebinds_drivers(tmp_path: Path) -> Non
 
 def test_failed_recovery_stays_crashed_until_recover() -> None:
     rproc, ops = make()
-    events = Events(rproc)
+    events = Events(rproc, TIMEOUT)
     with rproc.acquire():
         ops.fail_start = RuntimeError("brown-out")
         ops.report()
         assert events.wait("error")
-        assert events.of_kind("error")[0].detail == "recovery failed: brown-out"
+        assert events.of("error")[0].detail == "recovery failed: brown-out"
         assert rproc.state is RprocState.CRASHED and not rproc.links
         ops.fail_start = None
         rproc.recover()
@@ -194,7 +171,7 @@ def test_a_crash_wakes_a_thread_blocked_in_recv() -> None:
 
 def test_recovery_disabled_stays_crashed_until_recover() -> None:
     rproc, ops = make(recovery=False)
-    events = Events(rproc)
+    events = Events(rproc, TIMEOUT)
     rproc.boot()
     try:
         link = rproc.link
@@ -236,7 +213,7 @@ def test_crash_then_shutdown_without_recovery() -> None:
 
 def test_enabled_coredump_is_written_in_the_background(tmp_path: Path) -> None:
     rproc, ops = make(coredump=CoredumpMode.ENABLED, coredump_dir=tmp_path)
-    events = Events(rproc)
+    events = Events(rproc, TIMEOUT)
     with rproc.acquire():
         ops.report()
         assert events.wait("coredump") and events.wait("recovered")

@@ -10,9 +10,9 @@ The fd and environment convention both follow is described in :mod:`..sim_layout
 from .images import NativeImage, PythonImage, SimImage
 from .process import FirmwareStartError
 from .processor import DEFAULT_BOOT_TIMEOUT, SimProcessor
-from .rproc import SimOps, SimRemoteProc
+from .rproc import SimOps, SimOptions, SimRemoteProc
 
 __all__ = [
     "DEFAULT_BOOT_TIMEOUT", "FirmwareStartError", "NativeImage", "PythonImage", "SimImage",
-    "SimOps", "SimProcessor", "SimRemoteProc",
+    "SimOps", "SimOptions", "SimProcessor", "SimRemoteProc",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from ...memory.region import SharedRegion
 from ...notify.doorbell import Doorbell
@@ -33,39 +34,35 @@ DEFAULT_BOOT_TIMEOUT = 20.0
 DEFAULT_STOP_TIMEOUT = 5.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class SimOptions:
+    """How a simulated processor runs (see :class:`SimRemoteProc` for their meaning)."""
+
+    name: str
+    native: bool | None = None
+    args: tuple[str, ...] = ()
+    config: LinkConfig = field(default_factory=LinkConfig)
+    poll_mode: bool = False
+    memory_size: int = DEFAULT_MEMORY_SIZE
+    da_base: int = DEFAULT_DA_BASE
+    watchdog: float | None = None
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    stdout: Output = None
+    stderr: Output = None
+
+    def __post_init__(self) -> None:
+        if self.watchdog is not None and not self.watchdog > 0:
+            raise ValueError(
+                f"watchdog must be a period in seconds > 0 or None, got {self.watchdog}")
+
+
 class SimOps(PlatformOps):
     """The simulator's platform operations (see the module docstring)."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        native: bool | None = None,
-        args: Sequence[str] = (),
-        config: LinkConfig | None = None,
-        poll_mode: bool = False,
-        memory_size: int = DEFAULT_MEMORY_SIZE,
-        da_base: int = DEFAULT_DA_BASE,
-        watchdog: float | None = None,
-        boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
-        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
-        stdout: Output = None,
-        stderr: Output = None,
-    ) -> None:
-        if watchdog is not None and not watchdog > 0:
-            raise ValueError(f"watchdog must be a period in seconds > 0 or None, got {watchdog}")
-        self.name = name
-        self.native = native
-        self.args = list(args)
-        self.config = config or LinkConfig()
-        self.poll_mode = poll_mode
-        self.memory_size = memory_size
-        self.da_base = da_base
-        self.watchdog = watchdog
-        self.boot_timeout = boot_timeout
-        self.stop_timeout = stop_timeout
-        self.stdout = stdout
-        self.stderr = stderr
+    def __init__(self, options: SimOptions) -> None:
+        self.options = options
+        self.poll_mode = options.poll_mode
         #: the current run's firmware process
         self.process: FirmwareProcess | None = None
         #: exit status of the last firmware process that was stopped
@@ -75,14 +72,16 @@ class SimOps(PlatformOps):
         self._monitor: CrashMonitor | None = None
 
     def load_image(self, firmware: str) -> SimImage:
-        native = is_native(firmware) if self.native is None else self.native
+        o = self.options
+        native = is_native(firmware) if o.native is None else o.native
         if native:
-            return NativeImage.from_path(firmware, self.config)
-        return PythonImage.from_spec(firmware, self.config, timeout=self.boot_timeout)
+            return NativeImage.from_path(firmware, o.config)
+        return PythonImage.from_spec(firmware, o.config, timeout=o.boot_timeout)
 
     def allocate_memory(self) -> DeviceMemory:
-        return DeviceMemory(SharedRegion.memfd(self.memory_size, f"amplink-{self.name}",
-                                               da_base=self.da_base))
+        o = self.options
+        return DeviceMemory(SharedRegion.memfd(o.memory_size, f"amplink-{o.name}",
+                                               da_base=o.da_base))
 
     def start(self, info: StartInfo) -> None:
         assert isinstance(info.image, SimImage), info.image
@@ -92,13 +91,14 @@ class SimOps(PlatformOps):
         assert table is None or table.region is region, "the sim's table lives in its memory"
         self._image = info.image
         self._rpmsg_order = [v.index for v in info.resources.vdevs if v.is_rpmsg]
+        o = self.options
         self.process = FirmwareProcess.spawn(
-            info.image.argv(self.args), name=self.name, region=region,
+            info.image.argv(o.args), name=o.name, region=region,
             table_offset=0 if table is None else table.offset,
             table_size=0 if table is None else table.length,
-            buf_size=self.config.buf_size, poll_mode=self.poll_mode,
-            vdevs=len(self._rpmsg_order), watchdog=self.watchdog,
-            stdout=self.stdout, stderr=self.stderr,
+            buf_size=o.config.buf_size, poll_mode=o.poll_mode,
+            vdevs=len(self._rpmsg_order), watchdog=o.watchdog,
+            stdout=o.stdout, stderr=o.stderr,
         )
 
     def doorbell(self, vdev: VdevResource) -> Doorbell:
@@ -107,11 +107,11 @@ class SimOps(PlatformOps):
 
     def wait_started(self) -> None:
         assert self.process is not None and self._image is not None
-        self.process.wait_ready(self.boot_timeout, repr(self._image.name))
+        self.process.wait_ready(self.options.boot_timeout, repr(self._image.name))
 
     def watch(self, report: CrashReport) -> None:
         assert self.process is not None
-        self._monitor = CrashMonitor(self.process, report, watchdog=self.watchdog)
+        self._monitor = CrashMonitor(self.process, report, watchdog=self.options.watchdog)
         self._monitor.start()
 
     def stop(self, *, crashed: bool) -> None:
@@ -119,7 +119,8 @@ class SimOps(PlatformOps):
             self._monitor.stop()
             self._monitor = None
         if self.process is not None:
-            self.last_exit_status = self.process.stop(0.0 if crashed else self.stop_timeout)
+            self.last_exit_status = self.process.stop(
+                0.0 if crashed else self.options.stop_timeout)
             self.process = None
 
 
@@ -157,14 +158,14 @@ class SimRemoteProc(RemoteProc):
         stdout: Output = None,
         stderr: Output = None,
     ) -> None:
-        config = config or LinkConfig()
-        self.ops = SimOps(
-            name=name, native=native, args=args, config=config, poll_mode=poll_mode,
-            memory_size=memory_size, da_base=da_base, watchdog=watchdog,
+        options = SimOptions(
+            name=name, native=native, args=tuple(args), config=config or LinkConfig(),
+            poll_mode=poll_mode, memory_size=memory_size, da_base=da_base, watchdog=watchdog,
             boot_timeout=boot_timeout, stop_timeout=stop_timeout, stdout=stdout, stderr=stderr,
         )
+        self.ops = SimOps(options)
         super().__init__(self.ops, firmware, name=name, recovery=recovery, coredump=coredump,
-                         coredump_dir=coredump_dir, buf_size=config.buf_size)
+                         coredump_dir=coredump_dir, buf_size=options.config.buf_size)
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:
