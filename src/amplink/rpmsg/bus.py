@@ -211,17 +211,10 @@ class RpmsgBus:
     def open_channel(self, name: str, *, timeout: float | None = 10.0,
                      callback: Callback | None = None) -> Endpoint:
         """Wait for channel ``name`` and return a new local endpoint bound to it."""
-        check_name(name)
-        found: list[RpmsgChannel] = []
-
-        def ready() -> bool:
-            found[:] = [c for c in self._channels if c.name == name and not c.removed]
-            return bool(found)
-
-        if not self.wait_until(ready, check_timeout(timeout), tx=False):
-            raise TimeoutError(f"channel {name!r} was not announced within {timeout} s")
-        channel = found[0]
-        ep = self.create_endpoint(name, addr=channel.src, dst=channel.dst, callback=callback)
+        channel = self.wait_channel(name, timeout)
+        # a second opener gets an address of its own
+        addr = channel.src if channel.endpoint is None else RPMSG_ADDR_ANY
+        ep = self.create_endpoint(name, addr=addr, dst=channel.dst, callback=callback)
         with self._lock:
             if channel.removed:
                 ep._mark_closed(f"channel {name!r} was removed by the peer")
