@@ -6,6 +6,7 @@ device-address window: the peer sees offset ``o`` at device address ``da_base + 
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -63,10 +64,16 @@ class SharedRegion:
     # -- constructors --
     @classmethod
     def memfd(cls, size: int, name: str = "amplink", *, da_base: int = 0) -> Self:
-        """An anonymous shared region (the default for simulation); share it by its fd."""
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        """An anonymous shared region (the default for simulation); share it by its fd.
+
+        Its size is sealed: a peer that gets the fd cannot shrink it under our mapping
+        (which would turn our next access into SIGBUS) nor grow it.
+        """
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, _checked_size(size))
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
             return cls(fd, size, kind="memfd", name=name, da_base=da_base)
         except BaseException:
             os.close(fd)
@@ -84,6 +91,10 @@ class SharedRegion:
         da_base: int = 0,
     ) -> Self:
         """A named POSIX shared memory object (``/dev/shm/NAME``, as ``shm_open`` does).
+
+        Unlike a memfd it cannot be sealed: a peer that truncates the object makes the
+        next access past the new end a SIGBUS. Use it only with peers you run yourself
+        (OpenAMP's profile needs it).
 
         The object is extended to ``size`` if it is smaller; it is never shrunk.
         """

@@ -38,6 +38,11 @@ DEFAULT_SAFETY_TIMEOUT = 0.05
 ANNOUNCE_TIMEOUT = 1.0
 #: the end-of-service announcement is best effort: closing must not hang on a stuck peer
 ANNOUNCE_END_TIMEOUT = 0.2
+#: buffers taken from the transport per call, and calls per drain
+_DRAIN_BATCH = 64
+_DRAIN_BATCHES = 16
+#: announced channels kept from the peer; more are refused (and counted)
+MAX_REMOTE_CHANNELS = 1024
 
 
 def _check_addr(addr: int, what: str) -> int:
@@ -282,21 +287,29 @@ class RpmsgBus:
         try:
             msg = NameServiceMessage.decode(payload)
         except RemoteProtocolError as exc:
-            self.ns_errors += 1
-            log.warning("%s: bad name-service message from 0x%x: %s", self.name, src, exc)
+            self._ns_error("bad name-service message from 0x%x: %s", src, exc)
             return
-        if msg.flags == RPMSG_NS_CREATE:
-            self._remote_create(msg)
-        else:
+        if msg.is_destroy:
             self._remote_destroy(msg)
+        else:
+            self._remote_create(msg)
         self._wake_waiters()
+
+    def _ns_error(self, fmt: str, *args: object) -> None:
+        """Count a bad announcement; only the first is logged as a warning (peers flood)."""
+        self.ns_errors += 1
+        level = logging.WARNING if self.ns_errors == 1 else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "%s: " + fmt, self.name, *args)
 
     def _remote_create(self, msg: NameServiceMessage) -> None:
         if any(c.name == msg.name and c.dst == msg.addr and not c.removed
                for c in self._channels):
-            self.ns_errors += 1
-            log.warning("%s: duplicate announcement of %r at 0x%x refused", self.name,
-                        msg.name, msg.addr)
+            self._ns_error("duplicate announcement of %r at 0x%x refused", msg.name, msg.addr)
+            return
+        if len(self._channels) >= MAX_REMOTE_CHANNELS:
+            self._ns_error("announcement of %r refused: %d channels already", msg.name,
+                           len(self._channels))
             return
         channel = RpmsgChannel(msg.name, msg.addr)
         self._channels.append(channel)
@@ -316,8 +329,7 @@ class RpmsgBus:
                 self._channels.remove(channel)
                 self._unbind(channel, f"channel {msg.name!r} was removed by the peer")
                 return
-        self.ns_errors += 1
-        log.warning("%s: destroy of unknown channel %r at 0x%x", self.name, msg.name, msg.addr)
+        self._ns_error("destroy of unknown channel %r at 0x%x", msg.name, msg.addr)
 
     # -- receiving --
     def _deliver_message(self, src: int, dst: int, payload: bytes) -> None:
@@ -340,16 +352,17 @@ class RpmsgBus:
         if self._draining:
             return 0
         self._draining = True
-        total = 0
+        before = self.messages_received
         try:
             receive = self.transport.receive
-            while True:
-                n = receive(self._deliver, 64)
-                total += n
-                if n < 64:
+            # Bounded, so that waiters re-check their condition and timeout even while a
+            # peer floods; whatever is left is taken on the next pass.
+            for _ in range(_DRAIN_BATCHES):
+                if receive(self._deliver, _DRAIN_BATCH) < _DRAIN_BATCH:
                     break
         finally:
             self._draining = False
+        total = self.messages_received - before
         if total:
             self._generation += 1
             poller = self._poller
@@ -590,7 +603,14 @@ class RpmsgBus:
         self.wait_until(until or (lambda: False), timeout, tx=False)
 
     def log_callback_error(self, ep: Endpoint) -> None:
-        log.exception("%s: callback of endpoint 0x%x raised", self.name, ep.addr)
+        if ep.callback_errors == 1 or log.isEnabledFor(logging.DEBUG):
+            log.exception("%s: callback of endpoint 0x%x raised (further ones are counted)",
+                          self.name, ep.addr)
+
+    def log_overflow(self, ep: Endpoint) -> None:
+        if ep.dropped_overflow == 1 or log.isEnabledFor(logging.DEBUG):
+            log.warning("%s: endpoint 0x%x holds %d unread messages: dropping new ones "
+                        "(counted in statistics)", self.name, ep.addr, ep.max_queued)
 
     # -- state and lifetime --
     @property

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
-from ..errors import AddressError, EndpointClosed, LinkDown, ReceiveTimeout
+from ..errors import AddressError, EndpointClosed, ReceiveTimeout
 from .stats import EndpointStatistics
 from .wire import RPMSG_ADDR_ANY
 
@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 #: Linux's and OpenAMP's default wait for a free transmit buffer, in seconds
 DEFAULT_SEND_TIMEOUT = 15.0
+#: messages an endpoint queues for recv() before it drops (and counts) new ones
+DEFAULT_MAX_QUEUED = 65536
 
 Callback = Callable[["Endpoint", bytes, int], None]
 
@@ -60,6 +62,9 @@ class Endpoint:
         self.messages_sent = 0
         self.messages_received = 0
         self.callback_errors = 0
+        self.dropped_overflow = 0
+        #: messages kept for recv(); beyond, new ones are dropped and counted
+        self.max_queued = DEFAULT_MAX_QUEUED
 
     # -- state --
     @property
@@ -192,13 +197,16 @@ class Endpoint:
             self.dst = src  # the peer's first message tells where to answer
         callback = self.callback
         if callback is None:
+            if len(self._queue) >= self.max_queued:
+                self.dropped_overflow += 1  # nobody reads: a counted drop, not a leak
+                self._bus.log_overflow(self)
+                return
             self._queue.append((payload, src))
             return
         try:
             callback(self, payload, src)
-        except (LinkDown, EndpointClosed):
-            raise
-        except Exception:  # noqa: BLE001 - a user callback's bug must not break the link
+        except Exception:  # noqa: BLE001 - neither a callback's bug nor its failed reply
+            # may escape into the thread that happens to drain, or lose the ring buffer
             self.callback_errors += 1
             self._bus.log_callback_error(self)
 
@@ -221,7 +229,8 @@ class Endpoint:
         return EndpointStatistics(
             name=self.name, addr=self.addr, dst=self.dst,
             messages_sent=self.messages_sent, messages_received=self.messages_received,
-            queued=len(self._queue), callback_errors=self.callback_errors, closed=self.closed,
+            queued=len(self._queue), callback_errors=self.callback_errors,
+            dropped_overflow=self.dropped_overflow, closed=self.closed,
         )
 
     def __repr__(self) -> str:

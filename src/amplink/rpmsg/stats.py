@@ -18,6 +18,7 @@ class EndpointStatistics:
     messages_received: int
     queued: int
     callback_errors: int
+    dropped_overflow: int
     closed: bool
 
 

@@ -42,7 +42,11 @@ class Transport(ABC):
 
     @abstractmethod
     def receive(self, deliver: Deliver, budget: int) -> int:
-        """Hand up to ``budget`` received messages to ``deliver``; return how many."""
+        """Take up to ``budget`` received buffers, handing the valid messages to ``deliver``.
+
+        Returns the number of buffers taken (malformed ones included), so that a peer
+        flooding garbage cannot hold the caller.
+        """
 
     @abstractmethod
     def rx_pending(self) -> bool:

@@ -201,25 +201,30 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
         mm = self._mm
         buf_size = self.buf_size
         da_base = self._da_base
-        count = 0
-        while count < budget:
-            used = rx.pop_used()
-            if used is None:
-                break
-            offset, used_len = used
-            src, dst, _res, length, _flags = _unpack_header(mm, offset)
-            # Linux lets used_len < 16 wrap; the header's len is bounded by both limits.
-            if used_len < RPMSG_HDR_SIZE or length > min(used_len, buf_size) - RPMSG_HDR_SIZE:
-                self.malformed_rx += 1
-                rx.faults("rpmsg header length exceeds the used length or buffer")
-            else:
-                count += 1
-                start = offset + RPMSG_HDR_SIZE
-                deliver(src, dst, mm[start:start + length])
-            rx.add(da_base + offset, buf_size, offset, writable=True)
-        if rx.publish():
-            self._kick()
-        return count
+        taken = 0  # malformed buffers count too: a flooding peer cannot keep us here
+        try:
+            while taken < budget:
+                used = rx.pop_used()
+                if used is None:
+                    break
+                taken += 1
+                offset, used_len = used
+                try:
+                    src, dst, _res, length, _flags = _unpack_header(mm, offset)
+                    # Linux lets used_len < 16 wrap; len is bounded by both limits.
+                    if (used_len < RPMSG_HDR_SIZE
+                            or length > min(used_len, buf_size) - RPMSG_HDR_SIZE):
+                        self.malformed_rx += 1
+                        rx.faults("rpmsg header length exceeds the used length or buffer")
+                    else:
+                        start = offset + RPMSG_HDR_SIZE
+                        deliver(src, dst, mm[start:start + length])
+                finally:  # the buffer goes back whatever delivery did
+                    rx.add(da_base + offset, buf_size, offset, writable=True)
+        finally:
+            if rx.publish():
+                self._kick()
+        return taken
 
     def rx_pending(self) -> bool:
         return self.rx.used_pending()
@@ -310,28 +315,33 @@ class DeviceRpmsgTransport(_VirtioRpmsgTransport):
     def receive(self, deliver: Deliver, budget: int) -> int:
         rx = self.rx
         mm = self._mm
-        count = 0
-        while count < budget:
-            buf = rx.pop_avail()
-            if buf is None:
-                break
-            head, offset, length = buf
-            if length < RPMSG_HDR_SIZE:
-                self.malformed_rx += 1
-                rx.faults("TX buffer shorter than an rpmsg header")
-            else:
-                src, dst, _res, plen, _flags = _unpack_header(mm, offset)
-                if plen > length - RPMSG_HDR_SIZE:
-                    self.malformed_rx += 1
-                    rx.faults("rpmsg header length exceeds the buffer")
-                else:
-                    count += 1
-                    start = offset + RPMSG_HDR_SIZE
-                    deliver(src, dst, mm[start:start + plen])
-            rx.push_used(head, length)
-        if rx.notify_needed():
-            self._kick()
-        return count
+        limit = self.buf_size - RPMSG_HDR_SIZE  # the MTU holds whatever the driver posts
+        taken = 0  # malformed buffers count too: a flooding peer cannot keep us here
+        try:
+            while taken < budget:
+                buf = rx.pop_avail()
+                if buf is None:
+                    break
+                taken += 1
+                head, offset, length = buf
+                try:
+                    if length < RPMSG_HDR_SIZE:
+                        self.malformed_rx += 1
+                        rx.faults("TX buffer shorter than an rpmsg header")
+                    else:
+                        src, dst, _res, plen, _flags = _unpack_header(mm, offset)
+                        if plen > min(length - RPMSG_HDR_SIZE, limit):
+                            self.malformed_rx += 1
+                            rx.faults("rpmsg header length exceeds the buffer or the MTU")
+                        else:
+                            start = offset + RPMSG_HDR_SIZE
+                            deliver(src, dst, mm[start:start + plen])
+                finally:  # the buffer goes back whatever delivery did
+                    rx.push_used(head, length)
+        finally:
+            if rx.notify_needed():
+                self._kick()
+        return taken
 
     def rx_pending(self) -> bool:
         return self.rx.avail_pending()
