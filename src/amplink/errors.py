@@ -38,6 +38,10 @@ class EndpointClosed(AmplinkError, OSError):
     """The endpoint (or link) was closed by this side; create a new one to go on."""
 
 
+class PeerTimeout(AmplinkError, TimeoutError):
+    """The peer did not do its part in time (connect, set DRIVER_OK, announce a channel)."""
+
+
 class LinkDown(AmplinkError, ConnectionError):
     """The peer is gone: it exited, crashed, or broke the shared-memory protocol for good."""
 

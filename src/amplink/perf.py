@@ -9,6 +9,7 @@ callables so that the benchmarks time other transports (pipes) with the same loo
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from .firmware.examples.sink import SERVICE as SINK_SERVICE
 
 __all__ = [
     "PERCENTILES", "SINK_SERVICE", "OneWayResult", "PayloadMismatch", "Summary",
-    "format_duration", "format_percentiles", "make_payloads", "measure_one_way",
+    "format_percentiles", "make_payloads", "measure_one_way",
     "measure_round_trip", "percentile", "percentiles", "time_one_way", "time_round_trips",
 ]
 
@@ -136,10 +137,6 @@ class OneWayResult:
         """Payload throughput in MB/s (10**6 bytes)."""
         return self.bytes_per_second / 1e6
 
-    def format(self) -> str:
-        return (f"{self.messages} x {self.size} B in {format_duration(self.seconds)}: "
-                f"{self.messages_per_second:,.0f} msg/s, {self.megabytes_per_second:.2f} MB/s")
-
 
 def time_one_way(
     send: Callable[[bytes], object],
@@ -200,38 +197,26 @@ def measure_one_way(
 
 
 # -- statistics ---------------------------------------------------------------------------------
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) of sorted values, linearly interpolated."""
-    if not sorted_values:
-        raise ValueError("no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"q must be in 0..100, got {q}")
-    pos = (len(sorted_values) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    frac = pos - lo
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100, in steps of 0.1), linearly interpolated."""
+    return percentiles(values, (q,))[f"p{q:g}"]
 
 
 def percentiles(values: Iterable[float],
                 qs: Sequence[float] = PERCENTILES) -> dict[str, float]:
     """``{"p50": ..., "p90": ..., "p99": ..., "p99.9": ..., "max": ...}`` of ``values``."""
-    ordered = sorted(values)
-    result = {f"p{q:g}": percentile(ordered, q) for q in qs}
-    result["max"] = ordered[-1]
+    data = list(values)
+    if not data:
+        raise ValueError("no values")
+    for q in qs:
+        if not 0 < q < 100 or abs(q * 10 - round(q * 10)) > 1e-9:
+            raise ValueError(f"percentiles are taken in 0.1 steps strictly inside 0..100: {q}")
+    # the standard library's "inclusive" method is the usual linear interpolation
+    cuts = (statistics.quantiles(data, n=1000, method="inclusive") if len(data) > 1
+            else data * 999)
+    result = {f"p{q:g}": cuts[round(q * 10) - 1] for q in qs}
+    result["max"] = max(data)
     return result
-
-
-def format_duration(seconds: float) -> str:
-    """A duration with a unit that suits it (ns, us, ms or s)."""
-    a = abs(seconds)
-    if a < 1e-6:
-        return f"{seconds * 1e9:.0f} ns"
-    if a < 1e-3:
-        return f"{seconds * 1e6:.1f} us"
-    if a < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.3f} s"
 
 
 def format_percentiles(values: Iterable[float], scale: float = 1e6, unit: str = "us",
@@ -254,20 +239,16 @@ class Summary:
 
     @classmethod
     def of(cls, values: Iterable[float]) -> Summary:
-        ordered = sorted(values)
-        if not ordered:
+        data = list(values)
+        if not data:
             raise ValueError("no values")
-        return cls(len(ordered), percentile(ordered, 50), percentile(ordered, 25),
-                   percentile(ordered, 75), ordered[0], ordered[-1])
+        q1, median, q3 = (statistics.quantiles(data, n=4, method="inclusive") if len(data) > 1
+                          else data * 3)
+        return cls(len(data), median, q1, q3, min(data), max(data))
 
     @property
     def iqr(self) -> float:
         return self.q3 - self.q1
-
-    @property
-    def relative_spread(self) -> float:
-        """IQR / median (0 for a single value)."""
-        return self.iqr / self.median if self.median else 0.0
 
     def format(self, scale: float = 1.0, unit: str = "", digits: int = 1) -> str:
         """``12.3 us [11.9-13.0]``: median and interquartile range, times ``scale``."""

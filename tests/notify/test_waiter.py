@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from amplink.notify import EventfdDoorbell, PollingDoorbell, SocketDoorbell, Waiter, full_fence
+from amplink.memory import full_fence
+from amplink.notify import EventfdDoorbell, PollingDoorbell, SocketDoorbell, Waiter
 
 
 @pytest.fixture

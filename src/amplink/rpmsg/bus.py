@@ -14,7 +14,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import EndpointClosed, LinkDown, MessageTooLarge, NoBufferAvailable, SendTimeout
+from ..errors import (
+    AddressError,
+    EndpointClosed,
+    LinkDown,
+    MessageTooLarge,
+    NoBufferAvailable,
+    PeerTimeout,
+    SendTimeout,
+)
 from .channel import RpmsgChannel, RpmsgDriver
 from .endpoint import DEFAULT_SEND_TIMEOUT, Callback, Endpoint, check_timeout
 from .stats import LinkStatistics
@@ -87,14 +95,12 @@ class RpmsgBus:
         self._drivers: list[RpmsgDriver] = []
         self._closed = False
         self._async_futures: set[asyncio.Future[None]] = set()
-        self._async_loop: asyncio.AbstractEventLoop | None = None
         self.messages_sent = 0
         self.messages_received = 0
         self.dropped_unknown_dst = 0
         self.ns_errors = 0
         self.safety_net_wakeups = 0
         self.sleeps = 0
-        self._deliver = self._deliver_message
         transport.disarm()
         if transport.supports_ns:
             self._endpoints[RPMSG_NS_ADDR] = Endpoint(
@@ -110,7 +116,7 @@ class RpmsgBus:
         while addr in endpoints:
             addr += 1
         if addr >= RPMSG_ADDR_ANY:
-            raise OSError("no free rpmsg address left")
+            raise AddressError("no free rpmsg address left: close endpoints you no longer use")
         return addr
 
     def create_endpoint(
@@ -239,7 +245,8 @@ class RpmsgBus:
             return bool(found)
 
         if not self.wait_until(ready, check_timeout(timeout), tx=False):
-            raise TimeoutError(f"channel {name!r} was not announced within {timeout} s")
+            raise PeerTimeout(f"channel {name!r} was not announced within {timeout} s: is the "
+                              "firmware offering it?")
         return found[0]
 
     def _match(self, channel: RpmsgChannel) -> None:
@@ -332,7 +339,7 @@ class RpmsgBus:
         self._ns_error("destroy of unknown channel %r at 0x%x", msg.name, msg.addr)
 
     # -- receiving --
-    def _deliver_message(self, src: int, dst: int, payload: bytes) -> None:
+    def _deliver(self, src: int, dst: int, payload: bytes) -> None:
         ep = self._endpoints.get(dst)
         if ep is None:
             self.dropped_unknown_dst += 1

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from ..errors import LinkDown, RemoteProtocolError
+from ..errors import LinkDown, PeerTimeout, RemoteProtocolError
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell
 from ..notify.waiter import Waiter
@@ -105,6 +105,7 @@ class _VirtioRpmsgTransport(Transport):
                 faults[reason] = faults.get(reason, 0) + count
         return {
             "kind": "virtio", "role": self.role, "buf_size": self.buf_size,
+            "features": self.features,
             "event_idx": self.event_idx, "kicks_sent": getattr(self.doorbell, "kicks_sent", 0),
             "malformed_rx": self.malformed_rx, "protocol_faults": faults,
         }
@@ -373,7 +374,7 @@ def wait_for_driver_ok(vdev: VdevControl, waiter: Waiter, timeout: float) -> Non
     while not vdev.status & VIRTIO_CONFIG_S_DRIVER_OK:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(
+            raise PeerTimeout(
                 f"the driver did not set DRIVER_OK within {timeout} s (status "
                 f"0x{vdev.status:02x}): is the host side running?"
             )

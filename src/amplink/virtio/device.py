@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import AddressError
+from ..memory.fence import full_fence
 from ..memory.region import SharedRegion
-from ..notify.fence import full_fence
 from .faults import FaultCounter
 from .ring import (
     DESC,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..memory.fence import full_fence
 from ..memory.region import SharedRegion
-from ..notify.fence import full_fence
 from .faults import FaultCounter
 from .ring import (
     DESC,
@@ -189,7 +189,3 @@ class DriverQueue:
         if self.event_idx:
             # Park the event index half the index space away so the device's test stays false.
             self._u16[self._used_event] = (self._last_used - 0x8000) & 0xFFFF
-
-    def outstanding_tokens(self) -> list[Any]:
-        """Tokens of every buffer the device still holds (used at teardown)."""
-        return [t for t in self._tokens if t is not None]

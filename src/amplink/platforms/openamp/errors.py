@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from ...errors import AmplinkError
+from ...errors import PeerTimeout
 
-
-class PeerTimeout(AmplinkError, TimeoutError):
-    """The other side did not connect, or (as the host) did not set DRIVER_OK, in time."""
+__all__ = ["PeerTimeout", "StaleSharedMemory"]
 
 
 class StaleSharedMemory(PeerTimeout):
