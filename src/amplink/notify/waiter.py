@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 from collections.abc import Callable
 
 from ..errors import LinkDown
@@ -30,6 +31,7 @@ class Waiter:
         self._watches: dict[int, Callable[[], None]] = {}
         self.closed = False
         self.woken = False
+        self._wake_lock = threading.Lock()
         #: called with the reason when the doorbell reports that the peer hung up;
         #: without it the LinkDown propagates to the waiting caller
         self.on_hangup: Callable[[str], None] | None = None
@@ -49,18 +51,22 @@ class Waiter:
 
     def wake(self) -> None:
         """Rouse every thread sleeping in :meth:`wait`; the flag stays until :meth:`reset_wake`."""
-        if not self.closed:
-            self.woken = True
-            os.eventfd_write(self._wake_fd, 1)
+        with self._wake_lock:  # never write to a closed (perhaps reused) fd number
+            if not self.closed:
+                self.woken = True
+                os.eventfd_write(self._wake_fd, 1)
 
     def reset_wake(self) -> None:
         """Clear a wake-up after the woken threads re-checked their conditions."""
-        if self.woken and not self.closed:
-            self.woken = False
-            try:
-                os.eventfd_read(self._wake_fd)
-            except BlockingIOError:
-                pass
+        if not self.woken:
+            return
+        with self._wake_lock:
+            if self.woken and not self.closed:
+                self.woken = False
+                try:
+                    os.eventfd_read(self._wake_fd)
+                except BlockingIOError:
+                    pass
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds; True if any source signalled, False on timeout.
@@ -94,13 +100,18 @@ class Waiter:
                     callback()
         return bool(events)
 
-    def poll_sources(self) -> None:
-        """Run :meth:`wait` without sleeping (consume kicks, notice hang-ups)."""
-        self.wait(0)
+    def poll_sources(self) -> bool:
+        """Run :meth:`wait` without sleeping (consume kicks, notice hang-ups).
+
+        Returns True if anything was pending (a kick another thread may wait for).
+        """
+        return self.wait(0)
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._epoll.close()
-        os.close(self._wake_fd)
+        with self._wake_lock:
+            if self.closed:
+                return
+            self.closed = True
+            self._epoll.close()
+            os.close(self._wake_fd)
+            self._wake_fd = -1

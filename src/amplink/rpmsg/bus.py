@@ -95,6 +95,10 @@ class RpmsgBus:
         self._drivers: list[RpmsgDriver] = []
         self._closed = False
         self._async_futures: set[asyncio.Future[None]] = set()
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async_fd = -1
+        self._drain_thread: int | None = None
+        self._transport_closed = False
         self.messages_sent = 0
         self.messages_received = 0
         self.dropped_unknown_dst = 0
@@ -163,7 +167,8 @@ class RpmsgBus:
                 raise
         return ep
 
-    def destroy_endpoint(self, ep: Endpoint) -> None:
+    def destroy_endpoint(self, ep: Endpoint, announce_timeout: float = ANNOUNCE_END_TIMEOUT
+                         ) -> None:
         """Remove ``ep``; once this returns no callback for it runs."""
         with self._lock:
             if self._endpoints.get(ep.addr) is not ep:
@@ -172,10 +177,10 @@ class RpmsgBus:
             del self._endpoints[ep.addr]
             ep._mark_closed("closed by this side")
             announce = (ep.announced and self.transport.down is None and not self._closed
-                        and ep.addr >= self.announce_destroy_min_addr)
+                        and ep.addr >= self.announce_destroy_min_addr and announce_timeout > 0)
         if announce:
             try:
-                self._announce(ep, RPMSG_NS_DESTROY, ANNOUNCE_END_TIMEOUT)
+                self._announce(ep, RPMSG_NS_DESTROY, announce_timeout)
             except (LinkDown, SendTimeout, EndpointClosed) as exc:
                 log.info("%s: could not announce the end of %r: %s", self.name, ep.name, exc)
         self._wake_waiters()
@@ -359,46 +364,76 @@ class RpmsgBus:
         if self._draining:
             return 0
         self._draining = True
+        self._drain_thread = threading.get_ident()
         before = self.messages_received
         try:
             receive = self.transport.receive
             # Bounded, so that waiters re-check their condition and timeout even while a
             # peer floods; whatever is left is taken on the next pass.
             for _ in range(_DRAIN_BATCHES):
-                if receive(self._deliver, _DRAIN_BATCH) < _DRAIN_BATCH:
+                if receive(self._deliver, _DRAIN_BATCH) < _DRAIN_BATCH or self._closed:
                     break
         finally:
             self._draining = False
+            if self._closed:  # a callback closed the link: finish its close here
+                self._close_transport()
         total = self.messages_received - before
         if total:
-            self._generation += 1
-            poller = self._poller
-            if poller is not None and poller != threading.get_ident():
-                self.transport.waiter.wake()  # the sleeping thread may wait for this
-            if self._followers:
-                with self._cond:
-                    self._cond.notify_all()
+            self._tell_waiters()
         return total
 
+    def _tell_waiters(self) -> None:
+        """News was delivered (lock held): whoever waits elsewhere must re-check."""
+        self._generation += 1
+        poller = self._poller
+        if poller is not None and poller != threading.get_ident():
+            self.transport.waiter.wake()  # the sleeping thread may wait for this
+        if self._followers:
+            with self._cond:
+                self._cond.notify_all()
+        loop = self._async_loop
+        if self._async_futures and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._async_readable)
+            except RuntimeError:  # that loop is closed: its waiters are gone
+                pass
+
     def poll(self) -> int:
-        """Deliver what has arrived, without waiting; return the number of messages."""
-        with self._lock:
+        """Deliver what has arrived, without waiting; return the number of messages.
+
+        Returns 0 at once if another thread holds the link (it is delivering, or a
+        callback of it waits in a send).
+        """
+        if not self._lock.acquire(blocking=False):
+            return 0
+        try:
             self._check_usable()
             return self._drain()
+        finally:
+            self._lock.release()
 
     def _check_usable(self) -> None:
         if self._closed:
             raise EndpointClosed(f"link {self.name} is closed")
-        if self.transport.down is None:
-            self.transport.waiter.poll_sources()  # notice a peer that hung up
-        if self.transport.down is not None:
-            raise LinkDown(str(self.transport.down))
+        transport = self.transport
+        if transport.down is None and transport.waiter.poll_sources():
+            poller = self._poller  # we may have taken the kick the sleeping thread waits for
+            if poller is not None and poller != threading.get_ident():
+                transport.waiter.wake()
+        if transport.down is not None:
+            raise LinkDown(str(transport.down))
 
     def _wake_waiters(self) -> None:
         self._generation += 1
         self.transport.waiter.wake()
         with self._cond:
             self._cond.notify_all()
+
+    def _acquire(self, deadline: float | None) -> bool:
+        """Take the lock, giving up at ``deadline`` (a callback may hold it in a send)."""
+        if deadline is None:
+            return self._lock.acquire()
+        return self._lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
 
     def wait_until(self, ready: Callable[[], bool], timeout: float | None, *, tx: bool) -> bool:
         """Drain and wait until ``ready()`` (called with the lock held) or the timeout.
@@ -408,8 +443,15 @@ class RpmsgBus:
         deadline = None if timeout is None else time.monotonic() + timeout
         transport = self.transport
         lock = self._lock
+        me = threading.get_ident()
+        if not tx and self._draining and self._drain_thread == me:
+            raise RuntimeError(
+                "a callback cannot wait for messages: they are delivered by the very drain "
+                "that runs the callback (use try_recvfrom, or wait in another thread)")
         while True:
-            with lock:
+            if not self._acquire(deadline):
+                return False
+            try:
                 if self._closed:
                     if ready():
                         return True
@@ -421,17 +463,25 @@ class RpmsgBus:
                 if broken is not None:
                     raise LinkDown(str(broken))
                 generation = self._generation
+                poller = self._poller
+                # Another thread sleeps on the doorbell: have the peer ring for our
+                # direction too, or its kick would not come (that thread wakes us).
+                if (poller is not None and poller != me and not self.poll_mode
+                        and transport.arm(rx=not tx, tx=tx)):
+                    continue
+            finally:
+                lock.release()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
             # One thread (the poller) watches the rings; the others wait for its news.
-            me = threading.get_ident()
             with self._cond:
                 if self._poller is not None and self._poller != me:
                     self._followers += 1
                     try:
-                        self._cond.wait(self.safety_timeout if remaining is None
-                                        else min(remaining, self.safety_timeout))
+                        if self._generation == generation:
+                            self._cond.wait(self.safety_timeout if remaining is None
+                                            else min(remaining, self.safety_timeout))
                     finally:
                         self._followers -= 1
                     continue
@@ -452,14 +502,14 @@ class RpmsgBus:
         pending = transport.tx_available if tx else transport.rx_pending
         end = None if remaining is None else time.monotonic() + remaining
         spins = 0
-        while not pending():
+        while not self._closed and not pending():
             spins += 1
             if spins & 0x3FF:
                 continue
             # Now and then: let other threads run, notice a dead peer, news, the time.
             time.sleep(0)
             transport.waiter.poll_sources()
-            if transport.broken(tx=tx) is not None or self._closed:
+            if transport.broken(tx=tx) is not None:
                 return
             if generation != self._generation:
                 return
@@ -472,7 +522,7 @@ class RpmsgBus:
         if self.spin:
             end = time.monotonic() + self.spin
             while time.monotonic() < end:
-                if pending():
+                if self._closed or pending():
                     return
         with self._lock:
             if generation != self._generation or self._closed:
@@ -493,12 +543,19 @@ class RpmsgBus:
             transport.disarm()
             if not signalled and not polling_tx and pending():
                 self.safety_net_wakeups += 1
-        transport.waiter.reset_wake()
+            transport.waiter.reset_wake()
 
     async def async_wait_until(self, ready: Callable[[], bool], timeout: float | None, *,
                                tx: bool) -> bool:
-        """The asyncio form of :meth:`wait_until`: the loop watches the waiter's epoll fd."""
+        """The asyncio form of :meth:`wait_until`: the loop watches the waiter's epoll fd.
+
+        A link is awaited from one event loop at a time.
+        """
         loop = asyncio.get_running_loop()
+        if self._async_loop is not loop:
+            if self._async_futures:
+                raise RuntimeError(f"link {self.name} is already awaited in another event loop")
+            self._async_loop = loop
         deadline = None if timeout is None else loop.time() + timeout
         transport = self.transport
         while True:
@@ -530,7 +587,7 @@ class RpmsgBus:
             finally:
                 self._async_futures.discard(future)
                 if not self._async_futures:
-                    loop.remove_reader(transport.waiter.fileno())
+                    loop.remove_reader(self._async_fd)
             with self._lock:
                 if self._closed:
                     continue
@@ -540,7 +597,8 @@ class RpmsgBus:
 
     def _async_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
         if not self._async_futures:
-            loop.add_reader(self.transport.waiter.fileno(), self._async_readable)
+            self._async_fd = self.transport.waiter.fileno()
+            loop.add_reader(self._async_fd, self._async_readable)
         future: asyncio.Future[None] = loop.create_future()
         self._async_futures.add(future)
         return future
@@ -644,21 +702,37 @@ class RpmsgBus:
         """Close every endpoint and the transport.
 
         Without ``reason`` (an orderly close) announced endpoints are announced gone
-        while the link is up; with one (e.g. "the processor crashed") endpoints report it.
+        while the link is up; with one (e.g. "the processor crashed") the link is lost:
+        blocked and later receives raise LinkDown with that reason.
         Once this returns, no thread touches the rings any more.
         """
         if self._closed:
             return
         if reason is None:
+            # The end-of-service announcements share one deadline: a stuck peer costs
+            # ANNOUNCE_END_TIMEOUT in all, not per endpoint.
+            end = time.monotonic() + ANNOUNCE_END_TIMEOUT
             for ep in self.endpoints():
-                ep.close()
+                self.destroy_endpoint(ep, max(0.0, end - time.monotonic()))
         with self._lock:
             self._closed = True
             for ep in self._endpoints.values():
-                ep._mark_closed(reason or "link closed")
+                ep._mark_closed(reason or "link closed", link_lost=reason is not None)
             self._endpoints.clear()
         self._wake_waiters()
-        with self._lock:  # no drain is running, and none starts: every path checks _closed
+        me = threading.get_ident()
+        with self._cond:  # let the thread spinning or sleeping on the rings leave them
+            end = time.monotonic() + 1.0
+            while self._poller not in (None, me) and time.monotonic() < end:
+                self._cond.wait(0.05)
+        with self._lock:
+            if not self._draining:  # else a callback of ours closed us: _drain finishes
+                self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close the transport once (lock held); every path checks _closed first."""
+        if not self._transport_closed:
+            self._transport_closed = True
             self.transport.close()
 
     def mark_down(self, reason: str) -> None:

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
-from ..errors import AddressError, EndpointClosed, ReceiveTimeout
+from ..errors import AddressError, AmplinkError, EndpointClosed, LinkDown, ReceiveTimeout
 from .stats import EndpointStatistics
 from .wire import RPMSG_ADDR_ANY
 
@@ -59,6 +59,7 @@ class Endpoint:
         self.priv = priv
         self._queue: deque[tuple[bytes, int]] = deque()
         self._closed_reason: str | None = None
+        self._link_lost = False
         self.messages_sent = 0
         self.messages_received = 0
         self.callback_errors = 0
@@ -124,8 +125,29 @@ class Endpoint:
         self._bus.send_message(self, src, dst, data, 0)
 
     # -- receiving --
-    def _ready(self) -> bool:
-        return bool(self._queue) or self._closed_reason is not None
+    def _taker(self) -> tuple[Callable[[], bool], list[tuple[bytes, int]]]:
+        """A ready() for the bus that takes the message under the bus lock.
+
+        Taking it there, not after the wait, keeps two readers of one endpoint from
+        seeing the same message as theirs.
+        """
+        got: list[tuple[bytes, int]] = []
+        queue = self._queue
+
+        def ready() -> bool:
+            if queue:
+                got.append(queue.popleft())
+                return True
+            return self._closed_reason is not None
+
+        return ready, got
+
+    def _no_message(self, timeout: float | None) -> AmplinkError:
+        if self._closed_reason is None:
+            return ReceiveTimeout(f"no message for endpoint 0x{self.addr:x} in {timeout} s")
+        if self._link_lost:  # closed because the processor behind the link is gone
+            return LinkDown(f"endpoint 0x{self.addr:x}: {self._closed_reason}")
+        return EndpointClosed(f"endpoint 0x{self.addr:x}: {self._closed_reason}")
 
     def recvfrom(self, timeout: float | None = None) -> tuple[bytes, int]:
         """Return ``(payload, src)`` of the next message, waiting up to ``timeout`` s.
@@ -137,14 +159,16 @@ class Endpoint:
             raise RuntimeError("this endpoint delivers to its callback; it has no queue")
         if timeout is not None:
             timeout = check_timeout(timeout)
-        queue = self._queue
-        if not queue:
-            self._bus.wait_until(self._ready, timeout, tx=False)
-            if not queue:
-                if self._closed_reason is not None:
-                    raise EndpointClosed(f"endpoint 0x{self.addr:x}: {self._closed_reason}")
-                raise ReceiveTimeout(f"no message for endpoint 0x{self.addr:x} in {timeout} s")
-        return queue.popleft()
+        if self._queue:
+            try:
+                return self._queue.popleft()
+            except IndexError:  # another reader was quicker
+                pass
+        ready, got = self._taker()
+        self._bus.wait_until(ready, timeout, tx=False)
+        if got:
+            return got[0]
+        raise self._no_message(timeout)
 
     def recv(self, timeout: float | None = None) -> bytes:
         """Return the payload of the next message (see :meth:`recvfrom`)."""
@@ -154,10 +178,11 @@ class Endpoint:
         """Return the next message if one is there now, else None."""
         if not self._queue:
             self._bus.poll()
-            if not self._queue:
-                self._check_open()
-                return None
-        return self._queue.popleft()
+        try:
+            return self._queue.popleft()
+        except IndexError:
+            self._check_open()
+            return None
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield payloads until the endpoint is closed (by either side)."""
@@ -169,13 +194,15 @@ class Endpoint:
 
     async def arecvfrom(self, timeout: float | None = None) -> tuple[bytes, int]:
         """Await the next message without a thread: the loop watches the doorbell."""
-        timeout = check_timeout(timeout)
-        if not self._queue:
-            await self._bus.async_wait_until(self._ready, timeout, tx=False)
-            if not self._queue:
-                self._check_open()
-                raise ReceiveTimeout(f"no message for endpoint 0x{self.addr:x} in {timeout} s")
-        return self._queue.popleft()
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        if self._queue:
+            return self._queue.popleft()  # one loop thread: nobody can take it meanwhile
+        ready, got = self._taker()
+        await self._bus.async_wait_until(ready, timeout, tx=False)
+        if got:
+            return got[0]
+        raise self._no_message(timeout)
 
     async def arecv(self, timeout: float | None = None) -> bytes:
         return (await self.arecvfrom(timeout))[0]
@@ -210,9 +237,10 @@ class Endpoint:
             self.callback_errors += 1
             self._bus.log_callback_error(self)
 
-    def _mark_closed(self, reason: str) -> None:
+    def _mark_closed(self, reason: str, *, link_lost: bool = False) -> None:
         if self._closed_reason is None:
             self._closed_reason = reason
+            self._link_lost = link_lost
 
     # -- lifetime --
     def close(self) -> None:

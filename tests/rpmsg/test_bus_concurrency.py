@@ -1,0 +1,189 @@
+"""Threads, callbacks and asyncio sharing one link.
+
+The buses here get a 10 s safety net: a wake-up that only the safety net would catch
+shows as a wait far beyond the bounds these tests allow, not as a slow pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from amplink import EndpointClosed, NoBufferAvailable, ReceiveTimeout, SendTimeout
+from amplink.platforms.inprocess import LinkPair
+
+NET = 10.0  # the safety net these buses fall back on
+
+
+@pytest.fixture
+def pair():
+    p = LinkPair.create(safety_timeout=NET)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def _fill_host_tx(ep) -> None:
+    while True:
+        try:
+            ep.try_send(b"x")
+        except NoBufferAvailable:
+            return
+
+
+def test_a_reader_is_woken_while_a_blocked_writer_sleeps_on_the_doorbell(pair):
+    h_out = pair.host.create_endpoint("out", addr=1024, dst=1024)
+    h_in = pair.host.create_endpoint("in", addr=1025, dst=1025)
+    pair.device.create_endpoint("out", addr=1024, dst=1024)  # never read: host TX fills
+    d_in = pair.device.create_endpoint("in", addr=1025, dst=1025)
+    _fill_host_tx(h_out)
+    writer = threading.Thread(target=lambda: pytest.raises(SendTimeout, h_out.send, b"y", 3.0))
+    writer.start()
+    time.sleep(0.1)  # the writer is now the thread sleeping on the doorbell
+    try:
+        for i in range(3):
+            # sent once this thread waits too: only a kick can tell it
+            later = threading.Timer(0.2, d_in.send, args=(b"%d" % i,))
+            t0 = time.monotonic()
+            later.start()
+            assert h_in.recv(timeout=2.0) == b"%d" % i
+            assert time.monotonic() - t0 < 1.0  # 0.2 s of delay, then a prompt wake-up
+            later.join()
+    finally:
+        writer.join(5)
+
+
+def test_a_blocked_writer_is_woken_while_a_reader_sleeps_on_the_doorbell(pair):
+    h_out = pair.host.create_endpoint("out", addr=1024, dst=1024)
+    h_in = pair.host.create_endpoint("in", addr=1025, dst=1025)
+    d_out = pair.device.create_endpoint("out", addr=1024, dst=1024)
+    _fill_host_tx(h_out)
+    reader = threading.Thread(target=lambda: pytest.raises(ReceiveTimeout, h_in.recv, 4.0))
+    reader.start()
+    time.sleep(0.1)  # the reader is now the thread sleeping on the doorbell
+    try:
+        done = threading.Event()
+
+        def writer() -> None:
+            h_out.send(b"y", timeout=3.0)
+            done.set()
+
+        w = threading.Thread(target=writer)
+        w.start()
+        time.sleep(0.1)
+        while d_out.try_recvfrom() is not None:  # the device frees the host's TX buffers
+            pass
+        assert done.wait(2.0), "the blocked send did not notice the freed buffers"
+        w.join(5)
+    finally:
+        reader.join(6)
+
+
+def test_a_callback_cannot_wait_for_messages(pair):
+    errors: list[BaseException] = []
+    other = pair.device.create_endpoint("other", addr=1030)
+
+    def callback(ep, payload, src):
+        try:
+            other.recv(timeout=1.0)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    pair.device.create_endpoint("cb", addr=1031, callback=callback)
+    sender = pair.host.create_endpoint(None, dst=1031)
+    sender.send(b"go")
+    t0 = time.monotonic()
+    pair.device.poll()
+    assert time.monotonic() - t0 < 0.5
+    assert len(errors) == 1 and "callback cannot wait" in str(errors[0])
+
+
+def test_a_callback_may_close_its_own_link(pair):
+    def callback(ep, payload, src):
+        pair.device.close()
+
+    pair.device.create_endpoint("quit", addr=1031, callback=callback)
+    pair.host.create_endpoint(None, dst=1031).send(b"quit")
+    pair.device.poll()  # neither raises nor touches the closed rings
+    assert not pair.device.is_up
+    with pytest.raises(EndpointClosed):
+        pair.device.poll()
+
+
+def test_try_recv_does_not_wait_for_a_callback_blocked_in_send(pair):
+    h_out = pair.host.create_endpoint(None, dst=1024)
+    d_cb_started = threading.Event()
+
+    def reply_forever(ep, payload, src):
+        d_cb_started.set()
+        _fill_device_tx(ep, src)
+
+    def _fill_device_tx(ep, dst):
+        while True:
+            try:
+                ep.sendto(b"r", dst, timeout=3.0)
+            except SendTimeout:
+                return
+
+    d_ep = pair.device.create_endpoint("cb", addr=1024, callback=reply_forever)
+    other = pair.device.create_endpoint("q", addr=1025)
+    h_out.send(b"go")
+    drainer = threading.Thread(target=pair.device.poll)
+    drainer.start()
+    try:
+        assert d_cb_started.wait(2.0)
+        time.sleep(0.2)  # the callback now waits for a TX buffer, holding the link
+        t0 = time.monotonic()
+        assert other.try_recvfrom() is None
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        drainer.join(10)
+    assert d_ep.statistics().messages_received == 1
+
+
+def test_an_awaiting_coroutine_hears_what_another_thread_delivered(pair):
+    h_a = pair.host.create_endpoint("a", addr=1024)
+    h_b = pair.host.create_endpoint("b", addr=1025)
+    d = pair.device.create_endpoint(None, addr=1024)
+
+    async def main() -> float:
+        task = asyncio.ensure_future(h_a.arecv(timeout=5.0))
+        await asyncio.sleep(0.05)
+        thread = threading.Thread(target=lambda: pytest.raises(ReceiveTimeout, h_b.recv, 1.5))
+        thread.start()
+        await asyncio.sleep(0.1)  # the thread now sleeps on the doorbell
+        t0 = time.monotonic()
+        d.sendto(b"for a", 1024)
+        assert await task == b"for a"
+        elapsed = time.monotonic() - t0
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, 5)
+        return elapsed
+
+    assert asyncio.run(main()) < 1.0
+
+
+@pytest.mark.parametrize("options", [{"spin": 0.05}, {"poll_mode": True}])
+def test_close_under_blocked_receivers_says_closed(options):
+    pair = LinkPair.create(**options)
+    eps = [pair.host.create_endpoint(f"r{i}") for i in range(4)]
+    results: list[BaseException] = []
+
+    def receiver(ep) -> None:
+        try:
+            ep.recv(timeout=5.0)
+        except BaseException as exc:  # noqa: BLE001 - the test records what came out
+            results.append(exc)
+
+    threads = [threading.Thread(target=receiver, args=(ep,)) for ep in eps]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    pair.close()
+    for t in threads:
+        t.join(5)
+    assert len(results) == 4
+    assert all(isinstance(exc, EndpointClosed) for exc in results), results
