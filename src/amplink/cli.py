@@ -41,6 +41,7 @@ from .platforms.openamp import (
 )
 from .platforms.openamp.echo import DEMO_FILL, DEMO_HEADER, DEMO_MAX_SIZE
 from .platforms.sim import SimProcessor
+from .platforms.sim_layout import ENV_LOG
 from .rpmsg.bus import RpmsgBus
 from .rpmsg.endpoint import Endpoint
 
@@ -68,7 +69,7 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="amplink %(levelname)s %(name)s: %(message)s")
     if verbose > 0:
         # the firmware runtime reads its log level from the environment it inherits
-        os.environ.setdefault("AMPLINK_LOG", logging.getLevelName(level))
+        os.environ.setdefault(ENV_LOG, logging.getLevelName(level))
 
 
 def _mode(poll: bool) -> str:

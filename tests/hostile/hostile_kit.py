@@ -2,8 +2,8 @@
 
 Both buses of a LinkPair are driven from one thread: send on one, then receive on the
 other with a timeout. The hostile side writes straight into the shared region at the
-offsets of the layout (``SimLayout.plan``), so the code under test reads exactly what a
-misbehaving peer in another process would have written.
+offsets the pair placed its vrings and buffers at (``LinkPair.resources``), so the code
+under test reads exactly what a misbehaving peer in another process would have written.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from amplink import Endpoint
 from amplink.platforms.inprocess import LinkPair
-from amplink.platforms.sim_layout import LinkConfig, SimLayout
+from amplink.platforms.sim_layout import LinkConfig
 from amplink.rpmsg.bus import RpmsgBus
 from amplink.virtio.ring import DESC_SIZE, USED_ELEM_SIZE, VringLayout
 
@@ -29,7 +29,7 @@ class Link:
 
     pair: LinkPair
     config: LinkConfig
-    layout: SimLayout
+    pool_offset: int  # region offset of the buffer pool (host RX buffers, then TX)
     vr0: VringLayout  # device -> host (the host's RX)
     vr1: VringLayout  # host -> device (the host's TX)
     host_ep: Endpoint
@@ -189,14 +189,15 @@ def fault_total(bus: RpmsgBus) -> int:
 
 def open_link(config: LinkConfig | None = None, *, notify: str = "eventfd") -> Link:
     config = config or LinkConfig(num_buffers=8)
-    layout = SimLayout.plan(config)
     pair = LinkPair.create(config, notify=notify)  # type: ignore[arg-type]
     try:
         dev_ep = pair.device.create_endpoint(SERVICE, announce=True)
         host_ep = pair.host.open_channel(SERVICE, timeout=2.0)
-        vr0 = VringLayout(layout.vring_offsets[0], config.num_buffers, config.align)
-        vr1 = VringLayout(layout.vring_offsets[1], config.num_buffers, config.align)
-        link = Link(pair, config, layout, vr0, vr1, host_ep, dev_ep)
+        vdev = pair.resources.vdevs[0]
+        assert vdev.buffers is not None
+        vr0, vr1 = (VringLayout(ring.offset, config.num_buffers, config.align)
+                    for ring in vdev.vrings)
+        link = Link(pair, config, vdev.buffers.offset, vr0, vr1, host_ep, dev_ep)
         # the device learns the host's address from its first message
         link.check_exchange(b"hello")
     except BaseException:

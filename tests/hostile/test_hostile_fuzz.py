@@ -34,7 +34,7 @@ steps = st.lists(st.lists(write, min_size=1, max_size=6), min_size=1, max_size=4
 
 def _apply(link, where: str, pos: int, data: bytes) -> None:
     if where == "pool":
-        start, size = link.layout.pool_offset, 2 * link.n * BUF_SIZE
+        start, size = link.pool_offset, 2 * link.n * BUF_SIZE
         # mostly the rpmsg headers, sometimes anywhere in a buffer
         buf = (pos >> 5) % (2 * link.n)
         inner = pos % 32 if pos & 1 else pos % BUF_SIZE

@@ -142,3 +142,35 @@ def test_random_alloc_free_never_overlaps(ops):
     for offset in list(live):
         alloc.free(offset)
     assert alloc.alloc(total, 1) == 0x40
+
+
+def test_reserve_takes_a_fixed_free_range_and_alloc_goes_around_it():
+    alloc = RegionAllocator(0x1000, base=0x8000, what="the test memory")
+    assert alloc.reserve(0x8100, 0x100) == 0x8100
+    assert alloc.alloc(0x100, 0x100) == 0x8000
+    assert alloc.alloc(0x100, 0x100) == 0x8200  # first fit skips the reserved range
+    assert alloc.used_bytes == 0x300
+    alloc.free(0x8100)
+    assert alloc.alloc(0x100, 0x100) == 0x8100
+
+
+@pytest.mark.parametrize("offset,size,message", [
+    (0x7FF0, 0x20, "outside the test memory"),
+    (0x8FF0, 0x20, "outside the test memory"),
+    (0x8080, 0x100, "overlaps memory already in use at 0x8100\\+0x100"),
+    (0x8180, 0x10, "overlaps memory already in use at 0x8100\\+0x100"),
+])
+def test_reserve_refuses_ranges_outside_or_in_use(offset, size, message):
+    alloc = RegionAllocator(0x1000, base=0x8000, what="the test memory")
+    alloc.reserve(0x8100, 0x100)
+    with pytest.raises(AddressError, match=message):
+        alloc.reserve(offset, size)
+    with pytest.raises(ValueError):
+        alloc.reserve(0x8000, 0)
+    assert alloc.used_bytes == 0x100
+
+
+def test_exhaustion_message_names_the_memory():
+    alloc = RegionAllocator(0x100, what="the test memory")
+    with pytest.raises(MemoryError, match="no room for 0x200 bytes .* in the test memory"):
+        alloc.alloc(0x200)

@@ -6,8 +6,9 @@ import pytest
 
 from amplink.errors import AddressError, FirmwareError
 from amplink.memory.region import SharedRegion
-from amplink.remoteproc.addrmap import DeviceAddressMap, Window
+from amplink.remoteproc.addrmap import DeviceAddressMap
 from amplink.remoteproc.constants import FW_RSC_ADDR_ANY
+from amplink.remoteproc.devmem import Allocation
 from amplink.remoteproc.rsc_table import Carveout
 
 
@@ -50,7 +51,7 @@ def test_windows_are_sorted_and_readable(region: SharedRegion) -> None:
 
 
 def test_add_refuses_overlap_emptiness_and_region_overflow(region: SharedRegion) -> None:
-    m = DeviceAddressMap([Window(0x1000, 0x100, region, 0)])
+    m = DeviceAddressMap([Allocation("", 0x1000, region, 0, 0x100)])
     for da, length in [(0x10F0, 0x20), (0x0F00, 0x101), (0x1000, 0x100), (0x0, 0x2000)]:
         with pytest.raises(AddressError, match="overlaps"):
             m.add(da, length, region, 0x1000)

@@ -32,13 +32,14 @@ from typing import NoReturn
 from ..errors import RemoteProtocolError
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell
-from ..notify.waiter import Waiter
 from ..platforms import sim_layout as L
+from ..platforms.sim_layout import SimEnv
 from ..remoteproc.rsc_table import ResourceTable
 from ..rpmsg.bus import RpmsgBus
-from ..transports.virtio import DeviceRpmsgTransport, wait_for_driver_ok
+from ..transports.virtio import wait_for_driver_ok
+from ..transports.virtio_link import device_link, watch_lifeline
 from ..virtio.vdev import VIRTIO_ID_RPMSG, VdevControl, VdevEntry
-from .device import Device, TraceWriter, env_int
+from .device import Device, TraceWriter
 
 __all__ = [
     "Device", "TraceWriter", "carveout", "connect", "device", "feed_watchdog", "report_fatal",
@@ -60,12 +61,8 @@ def _find_rpmsg_vdev(table: ResourceTable, table_offset: int, index: int
     return found[index]
 
 
-def _doorbell(env: Mapping[str, str], vdev: int, poll_mode: bool) -> Doorbell:
-    rx_key, tx_key = L.ENV_VDEV_KICK_RX_FD.format(index=vdev), L.ENV_VDEV_KICK_TX_FD.format(
-        index=vdev)
-    if vdev == 0 and rx_key not in env:  # a host that only sets the first pair's names
-        rx_key, tx_key = L.ENV_KICK_RX_FD, L.ENV_KICK_TX_FD
-    rx_fd, tx_fd = env_int(env, rx_key), env_int(env, tx_key)
+def _doorbell(sim: SimEnv, vdev: int, poll_mode: bool) -> Doorbell:
+    rx_fd, tx_fd = sim.kick_fds(vdev)
     if poll_mode:
         for fd in (rx_fd, tx_fd):
             try:
@@ -76,6 +73,10 @@ def _doorbell(env: Mapping[str, str], vdev: int, poll_mode: bool) -> Doorbell:
     return EventfdDoorbell(rx_fd, tx_fd)
 
 
+#: the firmware spins at most this long before each sleep, whatever the host asks
+SPIN_MAX = 0.01
+
+
 def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = None,
             vdev: int = 0) -> RpmsgBus:
     """Attach to the host as the virtio device of rpmsg vdev ``vdev``; return the link.
@@ -83,39 +84,21 @@ def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = No
     Waits for the host's DRIVER_OK, then tells the host the firmware is up.
     """
     global _device
-    env = os.environ if env is None else env
-    size = env_int(env, L.ENV_SHM_SIZE)
-    region = SharedRegion.from_fd(env_int(env, L.ENV_SHM_FD), size,
-                                  da_base=env_int(env, L.ENV_DA_BASE))
-    dev = Device.attach(env, region)
+    sim = SimEnv.from_env(os.environ if env is None else env)
+    region = SharedRegion.from_fd(sim.shm_fd, sim.shm_size, da_base=sim.da_base)
+    dev = Device.attach(sim, region)
     if poll_mode is None:
-        poll_mode = env.get(L.ENV_POLL) == "1"
-    doorbell = _doorbell(env, vdev, poll_mode)
-    waiter = Waiter(doorbell)
+        poll_mode = sim.poll_mode
+    doorbell = _doorbell(sim, vdev, poll_mode)
     entry, body = _find_rpmsg_vdev(dev.table, dev.table_offset, vdev)
-    control = VdevControl(region, body)
-    wait_for_driver_ok(control, waiter, DRIVER_OK_TIMEOUT)
-    transport = DeviceRpmsgTransport(region, control, entry, doorbell, waiter,
-                                     buf_size=env_int(env, L.ENV_BUF_SIZE))
-    transport.owned.append(dev)  # closes the lifeline and the memory with the link
-    spin = int(env.get(L.ENV_SPIN_US, "0") or 0) / 1e6
-    bus = RpmsgBus(transport, name=env.get(L.ENV_NAME, "firmware"), poll_mode=poll_mode,
-                   spin=min(max(spin, 0.0), 0.01))
-    lifeline = dev.lifeline
-
-    def host_gone() -> None:
-        try:
-            if lifeline.recv(64):
-                return
-        except BlockingIOError:
-            return
-        except OSError:
-            pass
-        waiter.unwatch(lifeline.fileno())
-        bus.mark_down("the host is gone")
-
-    lifeline.setblocking(False)
-    waiter.watch(lifeline.fileno(), host_gone)
+    bus = device_link(
+        region, VdevControl(region, body), doorbell, entry=entry, name=sim.name,
+        poll_mode=poll_mode, spin=min(sim.spin, SPIN_MAX), buf_size=sim.buf_size,
+        wait_driver_ok=lambda control, waiter: wait_for_driver_ok(control, waiter,
+                                                                  DRIVER_OK_TIMEOUT),
+        owned=[dev],  # closes the lifeline and the memory with the link
+    )
+    watch_lifeline(bus, dev.lifeline, lambda: "the host is gone")
     _device = dev
     dev.send(L.LIFELINE_READY)
     return bus

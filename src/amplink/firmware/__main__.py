@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    logging.basicConfig(level=os.environ.get("AMPLINK_LOG", "WARNING"),
+    logging.basicConfig(level=os.environ.get(L.ENV_LOG, "WARNING"),
                         format="firmware %(levelname)s %(name)s: %(message)s")
     if argv[0] == "--resource-table":
         if len(argv) != 2:

@@ -11,29 +11,18 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Mapping
 from typing import NoReturn, Self
 
 from ..errors import AddressError, RemoteProtocolError
 from ..memory.region import SharedRegion
 from ..platforms import sim_layout as L
+from ..platforms.sim_layout import SimEnv
 from ..remoteproc.rsc_table import Carveout, ResourceTable, Trace
 
 #: the exit status of firmware that reported a fatal error and was not stopped in time
 FATAL_EXIT_STATUS = 70
 #: how long report_fatal() waits for the host to stop the processor
 FATAL_HALT_TIMEOUT = 60.0
-
-
-def env_int(env: Mapping[str, str], key: str) -> int:
-    """An integer from the host's environment (RuntimeError naming it if missing)."""
-    try:
-        return int(env[key], 0)
-    except KeyError:
-        raise RuntimeError(
-            f"{key} is not set: firmware must be started by an amplink host "
-            "(e.g. `amplink run FIRMWARE`)"
-        ) from None
 
 
 class TraceWriter:
@@ -91,19 +80,15 @@ class Device:
         self._traces: dict[int, TraceWriter] = {}
 
     @classmethod
-    def attach(cls, env: Mapping[str, str], region: SharedRegion) -> Self:
+    def attach(cls, sim: SimEnv, region: SharedRegion) -> Self:
         """Read the table the host placed in ``region`` and take the lifeline."""
-        table_offset = env_int(env, L.ENV_RSC_TABLE)
-        table_size = env_int(env, L.ENV_RSC_SIZE)
         try:
-            raw = region.read(table_offset, table_size)
+            raw = region.read(sim.table_offset, sim.table_size)
         except AddressError as exc:
             raise RemoteProtocolError(f"the host's resource table: {exc}") from None
         table = ResourceTable.parse(raw)
-        lifeline = socket.socket(fileno=env_int(env, L.ENV_LIFELINE_FD))
-        watchdog_ms = int(env.get(L.ENV_WATCHDOG_MS) or "0", 0)
-        return cls(region, table, table_offset, lifeline,
-                   watchdog_ms / 1000 if watchdog_ms > 0 else None)
+        lifeline = socket.socket(fileno=sim.lifeline_fd)
+        return cls(region, table, sim.table_offset, lifeline, sim.watchdog)
 
     # -- memory ------------------------------------------------------------------------------
     def _view(self, da: int, length: int, what: str) -> memoryview:

@@ -1,23 +1,24 @@
 """Both ends of an rpmsg-over-virtio link in one process: for tests and for trying firmware.
 
 The host (driver) and device buses share one memfd region and a pair of doorbells, just
-as a simulated processor does, but without a child process.
+as a simulated processor does, but without a child process: the memory is placed the
+same way (:func:`.sim_layout.place_link`) and the host's link registered the same way.
 """
 
 from __future__ import annotations
 
 import socket
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell, SocketDoorbell
-from ..notify.waiter import Waiter
+from ..remoteproc.resources import ProcessedResources
+from ..remoteproc.vdevs import register_vdev
 from ..rpmsg.bus import RpmsgBus
-from ..transports.virtio import DeviceRpmsgTransport, DriverRpmsgTransport, read_vdev_entry
-from ..virtio.vdev import VdevControl
-from . import sim_layout as L
-from .sim_layout import LinkConfig, SimLayout
+from ..transports.virtio_link import device_link
+from .sim_layout import LinkConfig, place_link
 
 Notify = Literal["eventfd", "socket", "poll"]
 
@@ -36,31 +37,38 @@ def doorbell_pair(notify: Notify) -> tuple[Doorbell, Doorbell]:
 
 @dataclass
 class LinkPair:
-    """``host`` (virtio driver) and ``device`` buses over one shared region."""
+    """``host`` (virtio driver) and ``device`` buses over one shared region.
+
+    ``resources`` tells where everything lies in ``region``: ``resources.vdevs[0]`` is
+    the rpmsg vdev, its ``vrings[i].offset`` the region offset of vring ``i`` and its
+    ``buffers.offset`` that of the buffer pool (for tests that play a hostile peer).
+    """
 
     host: RpmsgBus
     device: RpmsgBus
     region: SharedRegion
+    resources: ProcessedResources
 
     @classmethod
     def create(cls, config: LinkConfig | None = None, *, notify: Notify = "eventfd",
-               poll_mode: bool = False, **bus_options: object) -> Self:
+               poll_mode: bool = False, **bus_options: Any) -> Self:
         config = config or LinkConfig()
-        layout = SimLayout.plan(config)
-        region = SharedRegion.memfd(layout.size, "amplink-pair")
-        region.write(L.RSC_TABLE_OFFSET, layout.table)
         host_bell, device_bell = doorbell_pair(notify)
-        vdev = VdevControl(region, layout.vdev_body_offset)
-        entry = read_vdev_entry(region, layout.vdev_body_offset)
-        host_t = DriverRpmsgTransport(region, vdev, entry, layout.pool_offset, host_bell,
-                                      Waiter(host_bell), buf_size=config.buf_size)
-        device_t = DeviceRpmsgTransport(region, vdev, read_vdev_entry(region,
-                                                                      layout.vdev_body_offset),
-                                        device_bell, Waiter(device_bell),
-                                        buf_size=config.buf_size)
-        host = RpmsgBus(host_t, name="host", poll_mode=poll_mode, **bus_options)  # type: ignore[arg-type]
-        device = RpmsgBus(device_t, name="device", poll_mode=poll_mode, **bus_options)  # type: ignore[arg-type]
-        return cls(host, device, region)
+        with ExitStack() as undo:
+            undo.callback(device_bell.close)
+            undo.callback(host_bell.close)
+            memory, resources = place_link(config, "amplink-pair")
+            undo.callback(memory.close)
+            vdev = resources.vdevs[0]
+            assert vdev.buffers is not None
+            host = register_vdev(resources, vdev, host_bell, name="host",
+                                 buf_size=config.buf_size, poll_mode=poll_mode, **bus_options)
+            undo.callback(host.close)
+            device = device_link(vdev.buffers.region, resources.vdev_control(vdev),
+                                 device_bell, name="device", poll_mode=poll_mode,
+                                 buf_size=config.buf_size, **bus_options)
+            undo.pop_all()
+        return cls(host, device, memory.pool, resources)
 
     def close(self) -> None:
         self.host.close()

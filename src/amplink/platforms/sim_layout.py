@@ -13,16 +13,20 @@ address (there is no IOMMU). The processed resource table is at offset
 ``AMPLINK_RSC_TABLE`` and is ``AMPLINK_RSC_SIZE`` bytes long; the firmware parses it
 (untrusted, bounds-checked) to find its vdevs, trace buffers and carveouts.
 
-Two hosts follow the convention:
+Two hosts follow the convention, and place the memory with the same machinery
+(:func:`~amplink.remoteproc.resources.process_resources`):
 
-* :class:`~amplink.platforms.sim.SimProcessor` plans a fixed layout (:class:`SimLayout`):
-  the table (one rpmsg vdev) at offset 0, then the vrings and the buffer pool.
+* :class:`~amplink.platforms.sim.SimProcessor` gives every firmware the default table
+  (:func:`default_resource_table`, one rpmsg vdev), placed by :func:`place_link`: the
+  vrings, the buffer pool, then the processed table;
 * :class:`~amplink.platforms.sim.SimRemoteProc` runs the remoteproc lifecycle: it takes
   the firmware's own resource table (Python firmware: its module's ``RESOURCE_TABLE``;
-  a native executable: its ``.resource_table`` ELF section; neither: the default of
-  :func:`default_resource_table`), allocates carveouts, trace buffers, vrings and
-  buffers in the memory, and writes the processed table there before it starts the
-  child.
+  a native executable: its ``.resource_table`` ELF section; neither: the default
+  table), allocates carveouts, trace buffers, vrings and buffers in the memory, and
+  writes the processed table there before it starts the child.
+
+:class:`SimEnv` writes and reads the environment variables below; Python firmware also
+takes its log level from ``AMPLINK_LOG`` (:data:`ENV_LOG`), which it inherits.
 
 Doorbells: ``AMPLINK_KICK_RX_FD`` is an eventfd the host writes to kick the firmware
 (the firmware reads it), ``AMPLINK_KICK_TX_FD`` one the firmware writes to kick the
@@ -47,10 +51,14 @@ processor is running is a crash too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..memory.allocator import RegionAllocator, align_up
+from ..memory.allocator import align_up
+from ..memory.region import SharedRegion
 from ..remoteproc.constants import FW_RSC_ADDR_ANY
+from ..remoteproc.devmem import PAGE_SIZE, DeviceMemory
+from ..remoteproc.resources import ProcessedResources, process_resources
 from ..remoteproc.rsc_table import ResourceTable
 from ..rpmsg.wire import RPMSG_BUF_SIZE, VIRTIO_RPMSG_F_NS
 from ..virtio.ring import VIRTIO_RING_F_EVENT_IDX, check_ring_params, vring_size
@@ -71,6 +79,7 @@ ENV_NAME = "AMPLINK_NAME"              # the processor's name
 ENV_WATCHDOG_MS = "AMPLINK_WATCHDOG_MS"  # heartbeat period the host expects (absent/0: none)
 ENV_VDEV_KICK_RX_FD = "AMPLINK_VDEV{index}_KICK_RX_FD"  # per rpmsg vdev (format with index)
 ENV_VDEV_KICK_TX_FD = "AMPLINK_VDEV{index}_KICK_TX_FD"
+ENV_LOG = "AMPLINK_LOG"                # log level of Python firmware (e.g. "DEBUG")
 
 # The lifeline protocol, firmware -> host.
 LIFELINE_READY = b"R"
@@ -82,10 +91,6 @@ FATAL_REASON_MAX = 200
 #: exit status of ``python -m amplink.firmware --resource-table SPEC`` (how the host reads
 #: a Python firmware's table) when the module does not exist
 TABLE_READER_NO_MODULE = 66  # EX_NOINPUT
-
-RSC_TABLE_OFFSET = 0
-RSC_TABLE_SPACE = 0x1000
-_POOL_ALIGN = 0x1000
 
 
 @dataclass(frozen=True)
@@ -103,41 +108,6 @@ class LinkConfig:
             raise ValueError(f"buf_size must be a multiple of 8 in 24..65551, got {self.buf_size}")
 
 
-@dataclass(frozen=True)
-class SimLayout:
-    """Offsets of everything in the shared memory of one simulated rpmsg link."""
-
-    config: LinkConfig
-    size: int
-    table: bytes
-    vdev_body_offset: int
-    vring_offsets: tuple[int, int]
-    pool_offset: int
-
-    @classmethod
-    def plan(cls, config: LinkConfig, da_base: int = 0) -> SimLayout:
-        n, align = config.num_buffers, config.align
-        ring = vring_size(n, align)
-        pool_size = 2 * n * config.buf_size
-        total = (align_up(RSC_TABLE_SPACE, align) + 2 * align_up(ring, align) + _POOL_ALIGN
-                 + pool_size)
-        alloc = RegionAllocator(total)
-        alloc.alloc(RSC_TABLE_SPACE, 8)
-        rings = (alloc.alloc(ring, align), alloc.alloc(ring, align))
-        pool = alloc.alloc(pool_size, _POOL_ALIGN)
-        features = 1 << VIRTIO_RPMSG_F_NS
-        if config.event_idx:
-            features |= 1 << VIRTIO_RING_F_EVENT_IDX
-        vdev = VdevEntry(
-            id=VIRTIO_ID_RPMSG, notifyid=0, dfeatures=features,
-            vrings=[VringEntry(da_base + rings[0], align, n, 0),
-                    VringEntry(da_base + rings[1], align, n, 1)],
-        )
-        table = ResourceTable([vdev])
-        raw = table.build()
-        return cls(config, total, raw, RSC_TABLE_OFFSET + table.body_offset(0), rings, pool)
-
-
 def default_resource_table(config: LinkConfig) -> ResourceTable:
     """The table of firmware that declares none: one rpmsg vdev, the host places its vrings."""
     features = 1 << VIRTIO_RPMSG_F_NS
@@ -147,3 +117,122 @@ def default_resource_table(config: LinkConfig) -> ResourceTable:
               for _ in range(2)]
     vdev = VdevEntry(id=VIRTIO_ID_RPMSG, dfeatures=features, vrings=vrings)
     return ResourceTable([vdev])
+
+
+def _link_memory_size(config: LinkConfig) -> int:
+    """Room for the default table's vrings, buffers and table, placed from address 0.
+
+    Each vring starts on its alignment, the buffers and the table on a page (see
+    :func:`process_resources`); the table (one vdev entry) takes less than a page.
+    """
+    rings = 2 * align_up(vring_size(config.num_buffers, config.align),
+                         max(config.align, PAGE_SIZE))
+    return rings + align_up(2 * config.num_buffers * config.buf_size, PAGE_SIZE) + PAGE_SIZE
+
+
+def place_link(config: LinkConfig, name: str) -> tuple[DeviceMemory, ProcessedResources]:
+    """New processor memory (a memfd called ``name``) holding the default table's link.
+
+    The table is processed into it as :class:`SimRemoteProc` processes a firmware's
+    table, and written there: ``resources.table_location`` is the table,
+    ``resources.vdevs[0]`` the rpmsg vdev with its ``vrings`` and ``buffers``.
+    """
+    memory = DeviceMemory(SharedRegion.memfd(_link_memory_size(config), name))
+    try:
+        resources = process_resources(default_resource_table(config).build(), memory,
+                                      buf_size=config.buf_size)
+        resources.write_table()
+    except BaseException:
+        memory.close()
+        raise
+    return memory, resources
+
+
+def _unset(key: str) -> RuntimeError:
+    return RuntimeError(f"{key} is not set: firmware must be started by an amplink host "
+                        "(e.g. `amplink run FIRMWARE`)")
+
+
+@dataclass(frozen=True)
+class SimEnv:
+    """What the host tells a firmware child in its environment (see the module docstring).
+
+    The host passes :meth:`to_env`; the firmware reads it back with :meth:`from_env`,
+    which checks every value. ``kicks`` holds one ``(rx_fd, tx_fd)`` pair per rpmsg
+    vdev, in table order, as the firmware sees them: it reads ``rx_fd`` (the host kicks
+    it) and writes ``tx_fd``. ``spin`` and ``watchdog`` are in seconds.
+    """
+
+    shm_fd: int
+    shm_size: int
+    da_base: int
+    table_offset: int
+    table_size: int
+    lifeline_fd: int
+    buf_size: int
+    kicks: tuple[tuple[int, int], ...] = ()
+    name: str = "firmware"
+    poll_mode: bool = False
+    spin: float = 0.0
+    watchdog: float | None = None
+
+    def to_env(self) -> dict[str, str]:
+        """The variables to add to the child's environment."""
+        env = {
+            ENV_SHM_FD: str(self.shm_fd), ENV_SHM_SIZE: str(self.shm_size),
+            ENV_DA_BASE: str(self.da_base), ENV_RSC_TABLE: str(self.table_offset),
+            ENV_RSC_SIZE: str(self.table_size), ENV_LIFELINE_FD: str(self.lifeline_fd),
+            ENV_BUF_SIZE: str(self.buf_size), ENV_POLL: "1" if self.poll_mode else "0",
+            ENV_NAME: self.name, ENV_SPIN_US: str(round(self.spin * 1e6)),
+            ENV_WATCHDOG_MS: str(round(self.watchdog * 1000) if self.watchdog else 0),
+        }
+        for i, (rx_fd, tx_fd) in enumerate(self.kicks):
+            env[ENV_VDEV_KICK_RX_FD.format(index=i)] = str(rx_fd)
+            env[ENV_VDEV_KICK_TX_FD.format(index=i)] = str(tx_fd)
+            if i == 0:
+                env[ENV_KICK_RX_FD], env[ENV_KICK_TX_FD] = str(rx_fd), str(tx_fd)
+        return env
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SimEnv:
+        """Parse the variables a host set (RuntimeError if one is missing, ValueError if
+        one is malformed; both name the variable)."""
+        def number(key: str, minimum: int = 0, default: int | None = None) -> int:
+            text = env.get(key)
+            if not text and default is not None:
+                return default
+            if text is None:
+                raise _unset(key)
+            try:
+                value = int(text, 0)
+            except ValueError:
+                value = None
+            if value is None or value < minimum:
+                raise ValueError(f"{key}={text!r} is not an integer >= {minimum}: firmware "
+                                 "must be started by an amplink host") from None
+            return value
+
+        kicks: list[tuple[int, int]] = []
+        while (rx_key := ENV_VDEV_KICK_RX_FD.format(index=len(kicks))) in env:
+            kicks.append((number(rx_key), number(ENV_VDEV_KICK_TX_FD.format(index=len(kicks)))))
+        if not kicks and ENV_KICK_RX_FD in env:  # a host that only sets the first pair
+            kicks.append((number(ENV_KICK_RX_FD), number(ENV_KICK_TX_FD)))
+        poll = env.get(ENV_POLL) or "0"
+        if poll not in ("0", "1"):
+            raise ValueError(f"{ENV_POLL}={poll!r} is not 0 or 1")
+        watchdog_ms = number(ENV_WATCHDOG_MS, default=0)
+        return cls(
+            shm_fd=number(ENV_SHM_FD), shm_size=number(ENV_SHM_SIZE, 1),
+            da_base=number(ENV_DA_BASE), table_offset=number(ENV_RSC_TABLE),
+            table_size=number(ENV_RSC_SIZE), lifeline_fd=number(ENV_LIFELINE_FD),
+            buf_size=number(ENV_BUF_SIZE, 1), kicks=tuple(kicks),
+            name=env.get(ENV_NAME, "firmware"), poll_mode=poll == "1",
+            spin=number(ENV_SPIN_US, default=0) / 1e6,
+            watchdog=watchdog_ms / 1000 if watchdog_ms else None,
+        )
+
+    def kick_fds(self, vdev: int) -> tuple[int, int]:
+        """The ``(rx_fd, tx_fd)`` of rpmsg vdev ``vdev`` (RuntimeError if the host set none)."""
+        if not 0 <= vdev < len(self.kicks):
+            raise _unset(ENV_VDEV_KICK_RX_FD.format(index=vdev))
+        return self.kicks[vdev]

@@ -3,7 +3,7 @@ and the lifecycle engine that puts them together (:class:`RemoteProc` over a pla
 :class:`PlatformOps`).
 """
 
-from .addrmap import DeviceAddressMap, Window
+from .addrmap import DeviceAddressMap
 from .api import CrashReason, RemoteProcessor, RprocEvent
 from .constants import (
     FW_RSC_ADDR_ANY,
@@ -82,7 +82,6 @@ __all__ = [
     "VendorHook",
     "VendorHookResult",
     "VendorResource",
-    "Window",
     "check_transition",
     "process_resources",
     "process_vendor",

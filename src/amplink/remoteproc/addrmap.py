@@ -1,55 +1,35 @@
 """Device address -> host memory translation through the carveouts of a remote processor.
 
-Each window maps ``[da, da + length)`` of the remote's address space onto
-``[region_offset, region_offset + length)`` of a :class:`SharedRegion`. Windows never
-overlap; a range translates only if it lies entirely inside one window.
+Each window (an :class:`~.devmem.Allocation`) maps ``[da, da + length)`` of the remote's
+address space onto ``[offset, offset + length)`` of a :class:`SharedRegion`. Windows
+never overlap; a range translates only if it lies entirely inside one window.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 from ..errors import AddressError, FirmwareError
 from ..memory.region import SharedRegion
 from .constants import FW_RSC_ADDR_ANY
+from .devmem import Allocation
 from .rsc_table import Carveout
 
 _DA_LIMIT = 1 << 64
 
 
-@dataclass(frozen=True)
-class Window:
-    """One mapped range of device addresses."""
-
-    da: int
-    length: int
-    region: SharedRegion
-    region_offset: int
-    name: str = ""
-
-    @property
-    def end(self) -> int:
-        """The first device address past the window."""
-        return self.da + self.length
-
-    def read(self) -> bytes:
-        """The window's current contents (e.g. for a coredump)."""
-        return self.region.read(self.region_offset, self.length)
-
-
 class DeviceAddressMap:
     """The set of device-address windows of one remote processor."""
 
-    def __init__(self, windows: Iterable[Window] = ()) -> None:
-        self._windows: list[Window] = []  # sorted by da
+    def __init__(self, windows: Iterable[Allocation] = ()) -> None:
+        self._windows: list[Allocation] = []  # sorted by da
         for w in windows:
-            self.add(w.da, w.length, w.region, w.region_offset, name=w.name)
+            self.add(w.da, w.length, w.region, w.offset, name=w.name)
 
     def add(
         self, da: int, length: int, region: SharedRegion, region_offset: int = 0, *, name: str = ""
-    ) -> Window:
+    ) -> Allocation:
         """Map ``[da, da + length)`` to ``region`` at ``region_offset``.
 
         Raises :class:`AddressError` when the range is empty, exceeds 64 bits, is not
@@ -65,7 +45,7 @@ class DeviceAddressMap:
                     f"window 0x{da:x}+0x{length:x} overlaps "
                     f"0x{neighbour.da:x}+0x{neighbour.length:x}"
                 )
-        window = Window(da, length, region, region_offset, name)
+        window = Allocation(name, da, region, region_offset, length)
         self._windows.insert(at, window)
         return window
 
@@ -76,7 +56,7 @@ class DeviceAddressMap:
         region_offset: int | None = None,
         *,
         index: int | None = None,
-    ) -> Window:
+    ) -> Allocation:
         """Map a carveout whose da (and pa, unless ``region_offset`` is given) are assigned.
 
         Without ``region_offset`` the carveout's pa is taken as an address in the region's
@@ -107,15 +87,15 @@ class DeviceAddressMap:
         if at >= 0:
             w = self._windows[at]
             if da + length <= w.end:
-                return w.region, w.region_offset + (da - w.da)
+                return w.region, w.offset + (da - w.da)
         raise AddressError(f"device range 0x{da:x}+0x{length:x} is not inside one carveout")
 
     @property
-    def windows(self) -> tuple[Window, ...]:
+    def windows(self) -> tuple[Allocation, ...]:
         """All windows, sorted by device address."""
         return tuple(self._windows)
 
-    def __iter__(self) -> Iterator[Window]:
+    def __iter__(self) -> Iterator[Allocation]:
         return iter(self.windows)
 
     def __len__(self) -> int:

@@ -15,11 +15,10 @@ which the virtio transport translates with the pool region's ``da_base``.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..memory.allocator import align_up
+from ..memory.allocator import RegionAllocator
 from ..memory.region import SharedRegion
 
 #: carveouts, pools and tables start on a page, as Linux's DMA allocations do
@@ -28,7 +27,9 @@ PAGE_SIZE = 0x1000
 
 @dataclass(frozen=True)
 class Allocation:
-    """A named range of device memory: ``length`` bytes at device address ``da``."""
+    """A named range of device memory: ``length`` bytes at device address ``da``, held by
+    ``region`` at ``offset``: what is taken from the pool, a window of the address map
+    (:class:`~.addrmap.DeviceAddressMap`), a trace buffer, a coredump segment."""
 
     name: str
     da: int
@@ -36,8 +37,18 @@ class Allocation:
     offset: int
     length: int
 
+    @property
+    def end(self) -> int:
+        """The first device address past the range."""
+        return self.da + self.length
+
+    @property
+    def region_offset(self) -> int:
+        """:attr:`offset`, under the name the address map's users know it by."""
+        return self.offset
+
     def read(self) -> bytes:
-        """A copy of the current contents."""
+        """A copy of the current contents (e.g. for a coredump)."""
         return self.region.read(self.offset, self.length)
 
 
@@ -52,46 +63,26 @@ class DeviceMemory:
     def __init__(self, pool: SharedRegion, internal: Sequence[SharedRegion] = ()) -> None:
         self.pool = pool
         self.internal = tuple(internal)
-        self._taken: list[tuple[int, int]] = []  # sorted (offset, end) in the pool
+        # in device addresses, so that alignment is of the device address
+        self._allocator = RegionAllocator(pool.size, pool.da_base,
+                                          what="the processor's memory")
 
     def alloc(self, name: str, size: int, align: int = PAGE_SIZE) -> Allocation:
         """Take the lowest free ``size`` bytes of the pool aligned to ``align`` (device address)."""
-        if size <= 0:
-            raise ValueError(f"{name}: size {size} must be positive")
-        base = self.pool.da_base
-        cursor = 0
-        for start, end in [*self._taken, (self.pool.size, self.pool.size)]:
-            offset = align_up(base + cursor, align) - base
-            if offset + size <= start:
-                return self._take(name, offset, size)
-            cursor = max(cursor, end)
-        raise MemoryError(
-            f"{name}: no room for 0x{size:x} bytes aligned to 0x{align:x} in the processor's "
-            f"memory (0x{self.pool.size:x} bytes, 0x{self.used_bytes:x} in use)"
-        )
+        try:
+            return self._allocation(name, self._allocator.alloc(size, align), size)
+        except (MemoryError, ValueError) as exc:
+            raise type(exc)(f"{name}: {exc}") from None
 
     def reserve(self, name: str, da: int, size: int) -> Allocation:
         """Take ``[da, da + size)`` of the pool, which must be free."""
-        if size <= 0:
-            raise ValueError(f"{name}: size {size} must be positive")
-        offset = da - self.pool.da_base
-        if offset < 0 or offset + size > self.pool.size:
-            raise ValueError(
-                f"{name}: 0x{da:x}+0x{size:x} is outside the processor's memory "
-                f"[0x{self.pool.da_base:x}, 0x{self.pool.da_base + self.pool.size:x})"
-            )
-        at = bisect.bisect_left(self._taken, (offset, offset))
-        for start, end in self._taken[max(0, at - 1):at + 1]:
-            if offset < end and start < offset + size:
-                raise ValueError(
-                    f"{name}: 0x{da:x}+0x{size:x} overlaps memory already in use at "
-                    f"0x{self.pool.da_base + start:x}+0x{end - start:x}"
-                )
-        return self._take(name, offset, size)
+        try:
+            return self._allocation(name, self._allocator.reserve(da, size), size)
+        except ValueError as exc:
+            raise type(exc)(f"{name}: {exc}") from None
 
-    def _take(self, name: str, offset: int, size: int) -> Allocation:
-        bisect.insort(self._taken, (offset, offset + size))
-        return Allocation(name, self.pool.da_base + offset, self.pool, offset, size)
+    def _allocation(self, name: str, da: int, size: int) -> Allocation:
+        return Allocation(name, da, self.pool, da - self.pool.da_base, size)
 
     def internal_range(self, da: int, size: int) -> tuple[SharedRegion, int] | None:
         """The internal memory holding all of ``[da, da + size)``, and the offset there."""
@@ -100,11 +91,6 @@ class DeviceMemory:
             if 0 <= offset and offset + size <= region.size:
                 return region, offset
         return None
-
-    @property
-    def used_bytes(self) -> int:
-        """Bytes of the pool taken so far."""
-        return sum(end - start for start, end in self._taken)
 
     def close(self) -> None:
         """Release the pool and the internal memories."""

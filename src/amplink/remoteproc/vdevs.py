@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import EndpointClosed, LinkDown
 from ..notify.doorbell import Doorbell
-from ..notify.waiter import Waiter
 from ..rpmsg.bus import RpmsgBus
 from ..transports.virtio import DriverRpmsgTransport
+from ..transports.virtio_link import driver_link
 from .resources import ProcessedResources, VdevResource
 
 log = logging.getLogger(__name__)
@@ -69,26 +70,18 @@ def register_vdev(
     name: str,
     buf_size: int,
     poll_mode: bool,
+    **bus_options: Any,
 ) -> RpmsgBus:
-    """Build the host's rpmsg link for ``vdev`` (owns ``doorbell`` from here on)."""
+    """Build the host's rpmsg link for ``vdev`` (owns ``doorbell`` from here on).
+
+    ``bus_options`` (e.g. ``spin``) go to :class:`RpmsgBus`.
+    """
     assert vdev.buffers is not None, "only rpmsg vdevs have a link"
-    waiter = None
-    try:
-        waiter = Waiter(doorbell)
-        transport = RprocDriverTransport(
-            vdev.buffers.region, resources.vdev_control(vdev), vdev.entry, vdev.buffers.offset,
-            doorbell, waiter, buf_size=buf_size,
-        )
-    except BaseException:
-        if waiter is not None:
-            waiter.close()
-        doorbell.close()
-        raise
-    try:
-        return RpmsgBus(transport, name=name, poll_mode=poll_mode)
-    except BaseException:
-        transport.close()
-        raise
+    return driver_link(
+        vdev.buffers.region, resources.vdev_control(vdev), vdev.buffers.offset, doorbell,
+        entry=vdev.entry, name=name, poll_mode=poll_mode, buf_size=buf_size,
+        transport_class=RprocDriverTransport, **bus_options,
+    )
 
 
 def register_vdevs(

@@ -74,6 +74,13 @@ STDERR_FD = 2  # the fd itself: sys.stderr may be replaced (and have no fd) in-p
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the NUL
 _PROCESSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 _MAX_FIRMWARE = 4096
+#: clients served at once; one more is refused (told EAGAIN and closed). Each buffers at
+#: most one line of protocol.MAX_MESSAGE bytes (protocol.LineReader).
+MAX_CLIENTS = 64
+#: after a failed accept() (EMFILE, ENFILE, ENOMEM, ...): wait this long before the next
+ACCEPT_BACKOFF = 0.1
+#: the least time between two log lines about failed or refused connections (or updates)
+ACCEPT_LOG_INTERVAL = 5.0
 
 #: makes the processor called ``name`` (first argument) with ``firmware`` (second)
 ProcessorFactory = Callable[[str, str], RemoteProcessor]
@@ -222,6 +229,9 @@ class Supervisor:
         self._unsubscribe: dict[str, Callable[[], None]] = {}
         self._had_processor = False
         self._stopping = False
+        self._accept_paused_until: float | None = None  # the listener is out of the selector
+        self._accept_log = _RateLimitedLog(ACCEPT_LOG_INTERVAL)
+        self._refresh_log = _RateLimitedLog(ACCEPT_LOG_INTERVAL)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ops: dict[str, Callable[[_Client, dict[str, Any]], dict[str, Any] | None]] = {
             "hello": self._op_hello, "list": self._op_list, "read": self._op_read,
@@ -285,7 +295,15 @@ class Supervisor:
         started = time.monotonic()
         assert self.model is not None
         while not self._stopping:
-            for key, _ in sel.select(self.tick):
+            timeout = self.tick
+            if self._accept_paused_until is not None:
+                paused = self._accept_paused_until - time.monotonic()
+                if paused <= 0:
+                    self._accept_paused_until = None
+                    sel.register(listener, selectors.EVENT_READ, None)
+                else:
+                    timeout = min(timeout, paused)
+            for key, _ in sel.select(timeout):
                 if key.fileobj is listener:
                     self._accept(sel, listener)
                 elif key.fileobj == self._wake_r:
@@ -294,7 +312,10 @@ class Supervisor:
                 else:
                     self._on_readable(sel, key.data)
             # the files follow what changed on its own: a crash, a recovery, the trace
-            self.model.refresh()
+            try:
+                self.model.refresh()
+            except OSError as exc:  # out of fds or space: the next tick tries again
+                self._refresh_log.warning("cannot update the files: %s", exc)
             if not self.model.devices() and not self._clients and (
                     self._had_processor or time.monotonic() - started > self.idle_grace):
                 log.info("no processor left: exiting")
@@ -304,6 +325,25 @@ class Supervisor:
         try:
             sock, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # Out of fds or memory, or the client gave up: the processors live on. The
+            # connection waits in the backlog; stop polling the listener for a moment
+            # (it stays readable, and retrying at once would spin).
+            self._accept_log.warning("cannot accept a client: %s", exc)
+            sel.unregister(listener)
+            self._accept_paused_until = time.monotonic() + ACCEPT_BACKOFF
+            return
+        if len(self._clients) >= MAX_CLIENTS:
+            self._accept_log.warning("refusing a client: %d are connected already",
+                                     len(self._clients))
+            with contextlib.suppress(OSError):
+                sock.setblocking(False)
+                sock.send(protocol.encode({
+                    "ok": False, "errno": errno.EAGAIN,
+                    "error": f"the supervisor serves {MAX_CLIENTS} clients already: retry "
+                             "when one has gone"}))
+            sock.close()
             return
         sock.setblocking(False)
         client = _Client(sock)
@@ -480,6 +520,25 @@ class Supervisor:
 
     def _op_dev_get_release(self, c: _Client, _m: dict[str, Any]) -> dict[str, Any]:
         return {"value": int(self._m.cdev_get_release(self._device_of(c)))}
+
+
+class _RateLimitedLog:
+    """Logs a warning at most once per ``interval`` s; says how many it held back."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: float | None = None
+        self._held = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.interval:
+            self._held += 1
+            return
+        if self._held:
+            message += f" ({self._held} more like it not logged)"
+        self._last, self._held = now, 0
+        log.warning(message, *args)
 
 
 def _write_file(path: Path, text: str) -> None:

@@ -18,12 +18,14 @@
  * ring protocol.
  */
 #include <poll.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,6 +74,9 @@ const struct resource_table resource_table = {
 static uint8_t *shm;
 static uint64_t shm_size, da_base;
 static int kick_rx = -1, kick_tx = -1, lifeline = -1, poll_mode;
+static uint64_t trace_off;
+static uint32_t trace_len;
+static unsigned long small_buffers; /* receive buffers too small for a message */
 
 static void die(int status, const char *what)
 {
@@ -109,6 +114,7 @@ static uint64_t da_to_off(uint64_t da, uint64_t len)
 
 static uint32_t rd32(uint64_t off) { uint32_t v; memcpy(&v, shm + off, 4); return v; }
 static void wr32(uint64_t off, uint32_t v) { memcpy(shm + off, &v, 4); }
+/* 16-bit ring fields are accessed atomically: vring_init checks they are aligned. */
 static uint16_t load16(uint64_t off) { return __atomic_load_n((uint16_t *)(shm + off), __ATOMIC_ACQUIRE); }
 static void store16(uint64_t off, uint16_t v) { __atomic_store_n((uint16_t *)(shm + off), v, __ATOMIC_RELEASE); }
 
@@ -137,6 +143,11 @@ static void vring_init(struct vring *v, uint64_t entry, int index)
     used_at = (16ull * num + 2ull * (3 + num) + align - 1) & ~(uint64_t)(align - 1);
     size = used_at + 6 + 8ull * num;
     v->desc = da_to_off(da, size);
+    /* The descriptor table must be 16-byte aligned (virtio); then the avail ring is, and
+       the used ring is at least 2-byte aligned: load16/store16 stay aligned (shm is a
+       page-aligned mapping, so offsets decide the alignment). */
+    if (da % 16 || v->desc % 16)
+        die(3, "a vring address is not 16-byte aligned");
     v->avail = v->desc + 16ull * num;
     v->used = v->desc + used_at;
     v->num = num;
@@ -182,18 +193,30 @@ static void vring_push(struct vring *v, uint16_t head, uint32_t len)
 /* ---- rpmsg ---- */
 static struct vring to_host, from_host; /* vring 0 (device -> driver), vring 1 */
 
-/* Send one message in a buffer of vring 0; 0 if the host has posted none. */
+static void trace_write(uint64_t off, uint32_t len, const char *text);
+
+/* Send one message in a buffer of vring 0; 0 if the host has posted none big enough.
+   A buffer too small for the message goes back unused (counted and traced), and the
+   next one is tried: the message itself is not dropped. */
 static int rpmsg_send(uint32_t src, uint32_t dst, const uint8_t *payload, uint16_t n)
 {
     uint16_t head, zero16 = 0;
     uint64_t off;
-    uint32_t len, zero = 0;
+    uint32_t len, zero = 0, tries;
+    char note[96];
 
-    if (!vring_pop(&to_host, &head, &off, &len))
-        return 0;
-    if (len < RPMSG_HDR_SIZE + (uint32_t)n) {
-        vring_push(&to_host, head, 0); /* too small for anything: hand it back */
-        return 1;
+    for (tries = 0;; tries++) {
+        if (tries == to_host.num || !vring_pop(&to_host, &head, &off, &len))
+            return 0;
+        if (len >= RPMSG_HDR_SIZE + (uint32_t)n)
+            break;
+        vring_push(&to_host, head, 0); /* too small for this message: hand it back */
+        small_buffers++;
+        snprintf(note, sizeof note, "native_echo: %lu receive buffer(s) too small for a "
+                 "message returned unused\n", small_buffers);
+        trace_write(trace_off, trace_len, note);
+        if (!(small_buffers & (small_buffers - 1))) /* 1, 2, 4, ...: a bounded log */
+            fputs(note, stderr);
     }
     wr32(off, src);
     wr32(off + 4, dst);
@@ -205,30 +228,33 @@ static int rpmsg_send(uint32_t src, uint32_t dst, const uint8_t *payload, uint16
     return 1;
 }
 
-static void trace_write(uint64_t trace_off, uint32_t trace_len, const char *text)
+static void trace_write(uint64_t off, uint32_t len, const char *text)
 {
     size_t n = strlen(text);
 
-    if (trace_len == 0)
+    if (len == 0)
         return;
-    if (n > trace_len - 1)
-        n = trace_len - 1;
-    shm[trace_off + n] = 0;
-    memcpy(shm + trace_off, text, n);
+    if (n > len - 1)
+        n = len - 1;
+    shm[off + n] = 0;
+    memcpy(shm + off, text, n);
 }
 
 int main(void)
 {
     long table_off, table_size, watchdog_ms;
-    uint64_t vdev = 0, trace_off = 0, entry;
-    uint32_t num, i, trace_len = 0, gfeatures;
-    int64_t deadline, next_feed;
+    uint64_t vdev = 0, entry;
+    uint32_t num, i, gfeatures;
+    int64_t deadline, next_feed, feed_period;
+    struct stat st;
+    int shm_fd;
     uint8_t ns[RPMSG_NS_SIZE];
     int have_msg = 0;
     uint16_t mhead = 0;
     uint64_t moff = 0;
     uint32_t mlen = 0;
 
+    signal(SIGPIPE, SIG_IGN); /* a lifeline write after the host hung up: exit 0, below */
     shm_size = (uint64_t)env_long("AMPLINK_SHM_SIZE", 1, 1L << 40);
     da_base = (uint64_t)env_long("AMPLINK_DA_BASE", 0, 1L << 40);
     table_off = env_long("AMPLINK_RSC_TABLE", 0, 1L << 40);
@@ -238,8 +264,15 @@ int main(void)
     lifeline = (int)env_long("AMPLINK_LIFELINE_FD", 0, 1 << 20);
     poll_mode = getenv("AMPLINK_POLL") && strcmp(getenv("AMPLINK_POLL"), "1") == 0;
     watchdog_ms = getenv("AMPLINK_WATCHDOG_MS") ? env_long("AMPLINK_WATCHDOG_MS", 0, 1L << 30) : 0;
-    shm = mmap(NULL, shm_size, PROT_READ | PROT_WRITE, MAP_SHARED,
-               (int)env_long("AMPLINK_SHM_FD", 0, 1 << 20), 0);
+    /* heartbeats every quarter period, but at least 1 ms apart: no busy loop */
+    feed_period = watchdog_ms >= 4 ? watchdog_ms / 4 : 1;
+    shm_fd = (int)env_long("AMPLINK_SHM_FD", 0, 1 << 20);
+    /* Touching a page past the end of the file would be SIGBUS: check the size first. */
+    if (fstat(shm_fd, &st) < 0)
+        die(2, "cannot stat the shared memory fd");
+    if (st.st_size < 0 || (uint64_t)st.st_size < shm_size)
+        die(2, "the shared memory is smaller than AMPLINK_SHM_SIZE");
+    shm = mmap(NULL, shm_size, PROT_READ | PROT_WRITE, MAP_SHARED, shm_fd, 0);
     if (shm == MAP_FAILED)
         die(2, "cannot map the shared memory");
     if (!in_shm((uint64_t)table_off, (uint64_t)table_size))
@@ -303,7 +336,7 @@ int main(void)
         memcpy(ns + 32, &addr, 4);
         memcpy(ns + 36, &flags, 4);
         if (!rpmsg_send(ECHO_ADDR, RPMSG_NS_ADDR, ns, sizeof ns))
-            die(3, "the host posted no receive buffer for the announcement");
+            die(3, "the host posted no receive buffer big enough for the announcement");
     }
     trace_write(trace_off, trace_len, "native_echo: up, serving rpmsg-echo at 0x400\n");
 
@@ -345,7 +378,7 @@ int main(void)
             if (now >= next_feed) {
                 if (write(lifeline, "H", 1) != 1)
                     return 0;
-                next_feed = now + watchdog_ms / 4;
+                next_feed = now + feed_period;
             }
             if (next_feed - now < timeout)
                 timeout = (int)(next_feed - now);

@@ -67,6 +67,8 @@ def decode(line: bytes) -> dict[str, Any]:
         message = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a JSON line: {exc}") from None
+    except RecursionError:  # b"[" * 100000: nested deeper than the parser can go
+        raise ValueError("not a JSON line: nested too deeply") from None
     if not isinstance(message, dict):
         raise ValueError("a message must be a JSON object")
     return message

@@ -25,7 +25,7 @@ import socket
 import stat
 import time
 from contextlib import ExitStack
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from ...errors import EndpointClosed, LinkDown, RemoteProtocolError
 from ...memory.region import SharedRegion
@@ -35,11 +35,8 @@ from ...rpmsg.bus import RpmsgBus
 from ...rpmsg.endpoint import Callback, Endpoint
 from ...rpmsg.stats import LinkStatistics
 from ...rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_RESERVED_ADDRESSES, VIRTIO_RPMSG_F_NS
-from ...transports.virtio import (
-    DeviceRpmsgTransport,
-    DriverRpmsgTransport,
-    wait_for_driver_ok,
-)
+from ...transports.virtio import wait_for_driver_ok
+from ...transports.virtio_link import device_link, driver_link
 from ...virtio.vdev import VIRTIO_CONFIG_S_DRIVER_OK, VdevControl
 from .errors import PeerTimeout, StaleSharedMemory
 from .profile import RSC_TABLE_OFFSET, OpenAmpConfig, peek_vdev_status, read_resource_table
@@ -110,29 +107,28 @@ class OpenAmpLink:
                 undo.callback(region.close)
             entry, body = read_resource_table(region, config, host=host)
             vdev = VdevControl(region, body)
+            if host and vdev.status:
+                raise RemoteProtocolError(
+                    f"the vdev status in {config.shm_path} is 0x{vdev.status:02x}, not 0, "
+                    "right after the connection: another host drives this shared memory, "
+                    "or the server did not write a fresh table; use a shared memory "
+                    "name of your own (--shm)")
             doorbell = SocketDoorbell(sock)
-            waiter = Waiter(doorbell)
-            undo.callback(waiter.close)
-            transport: DriverRpmsgTransport | DeviceRpmsgTransport
+            common: dict[str, Any] = dict(
+                entry=entry, name=name or f"openamp-{role}", poll_mode=poll_mode,
+                buf_size=config.buf_size, owned=[region],
+                announce_destroy_min_addr=RPMSG_RESERVED_ADDRESSES)
             if host:
-                if vdev.status:
-                    raise RemoteProtocolError(
-                        f"the vdev status in {config.shm_path} is 0x{vdev.status:02x}, not 0, "
-                        "right after the connection: another host drives this shared memory, "
-                        "or the server did not write a fresh table; use a shared memory "
-                        "name of your own (--shm)")
-                transport = DriverRpmsgTransport(
-                    region, vdev, entry, config.rx_buffers, doorbell, waiter,
-                    buf_size=config.buf_size, features=OPENAMP_FEATURES,
-                    tx_offset=config.tx_buffers, handshake="openamp")
+                bus = driver_link(region, vdev, config.rx_buffers, doorbell,
+                                  features=OPENAMP_FEATURES, tx_offset=config.tx_buffers,
+                                  handshake="openamp", **common)
             else:
-                _wait_driver_ok(vdev, waiter, config, timeout)
-                transport = DeviceRpmsgTransport(region, vdev, entry, doorbell, waiter,
-                                                 buf_size=config.buf_size)
-            transport.tx_kicks = False  # OpenAMP never kicks for freed buffers: poll
-            transport.owned.append(region)
-            bus = RpmsgBus(transport, name=name or f"openamp-{role}", poll_mode=poll_mode,
-                           announce_destroy_min_addr=RPMSG_RESERVED_ADDRESSES)
+                bus = device_link(
+                    region, vdev, doorbell,
+                    wait_driver_ok=lambda control, waiter: _wait_driver_ok(
+                        control, waiter, config, timeout),
+                    **common)
+            bus.transport.tx_kicks = False  # OpenAMP never kicks for freed buffers: poll
             undo.pop_all()
         log.info("%s: %s up as the socket %s on %s, shared memory %s", bus.name, role,
                  "server" if server else "client", config.socket_path, config.shm_path)

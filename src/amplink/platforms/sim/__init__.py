@@ -9,8 +9,8 @@ The fd and environment convention both follow is described in :mod:`..sim_layout
 
 from .images import NativeImage, PythonImage, SimImage
 from .process import FirmwareStartError
-from .processor import DEFAULT_BOOT_TIMEOUT, SimProcessor
-from .rproc import SimOps, SimOptions, SimRemoteProc
+from .processor import SimProcessor
+from .rproc import DEFAULT_BOOT_TIMEOUT, SimOps, SimOptions, SimRemoteProc
 
 __all__ = [
     "DEFAULT_BOOT_TIMEOUT", "FirmwareStartError", "NativeImage", "PythonImage", "SimImage",

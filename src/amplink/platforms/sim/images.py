@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import errno
 import os
+import selectors
 import subprocess
 import sys
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import Sequence
 
@@ -37,6 +39,9 @@ from ..sim_layout import TABLE_READER_NO_MODULE, LinkConfig, default_resource_ta
 
 #: the largest table a Python firmware may declare
 MAX_TABLE_SIZE = 1 << 20
+#: how much of the end of the table reader's stderr is kept (for the error message)
+STDERR_TAIL = 4096
+_READ_SIZE = 64 << 10
 
 _cache_lock = threading.Lock()
 _table_cache: dict[tuple[object, ...], bytes] = {}
@@ -68,24 +73,68 @@ def _cache_key(spec: str) -> tuple[object, ...]:
 
 
 def _declared_table(spec: str, timeout: float) -> bytes:
-    """The bytes of the module's RESOURCE_TABLE (b"" if it declares none), from a helper."""
+    """The bytes of the module's RESOURCE_TABLE (b"" if it declares none), from a helper.
+
+    The helper runs firmware code: its output is read as it comes, the helper is killed
+    as soon as its stdout exceeds MAX_TABLE_SIZE or the time is up, and only the last
+    STDERR_TAIL bytes of its stderr are kept.
+    """
     cmd = [sys.executable, "-m", "amplink.firmware", "--resource-table", spec]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise FirmwareError(f"Python firmware {spec!r}: reading its RESOURCE_TABLE took "
-                            f"more than {timeout} s") from None
-    if proc.returncode == TABLE_READER_NO_MODULE:
+    deadline = time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        try:
+            if not _collect(proc, out, err, deadline, spec):
+                raise _too_slow(spec, timeout)
+            try:
+                status = proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise _too_slow(spec, timeout) from None
+        except BaseException:
+            proc.kill()  # Popen's exit then reaps it
+            raise
+    if status == TABLE_READER_NO_MODULE:
         raise FileNotFoundError(errno.ENOENT, f"Python firmware {spec!r}: no such module")
-    if proc.returncode != 0:
-        lines = proc.stderr.decode("utf-8", errors="replace").strip().splitlines()
+    if status != 0:
+        lines = err.decode("utf-8", errors="replace").strip().splitlines()
         raise FirmwareError(f"Python firmware {spec!r}: reading its RESOURCE_TABLE failed "
-                            f"(exit status {proc.returncode}): {lines[-1] if lines else ''}")
-    if len(proc.stdout) > MAX_TABLE_SIZE:
-        raise FirmwareError(f"Python firmware {spec!r}: RESOURCE_TABLE is {len(proc.stdout)} "
-                            f"bytes, more than {MAX_TABLE_SIZE}")
-    return proc.stdout
+                            f"(exit status {status}): {lines[-1] if lines else ''}")
+    return bytes(out)
+
+
+def _collect(proc: subprocess.Popen[bytes], out: bytearray, err: bytearray,
+             deadline: float, spec: str) -> bool:
+    """Read the helper's stdout into ``out`` and the tail of its stderr into ``err``.
+
+    True once both end; False if the deadline passed first.
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ, out)
+        selector.register(proc.stderr, selectors.EVENT_READ, err)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            for key, _ in selector.select(remaining):
+                chunk = os.read(key.fd, _READ_SIZE)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                elif key.data is out:
+                    out += chunk
+                    if len(out) > MAX_TABLE_SIZE:
+                        raise FirmwareError(f"Python firmware {spec!r}: RESOURCE_TABLE is "
+                                            f"more than {MAX_TABLE_SIZE} bytes")
+                else:
+                    err += chunk
+                    del err[:-STDERR_TAIL]
+    return True
+
+
+def _too_slow(spec: str, timeout: float) -> FirmwareError:
+    return FirmwareError(f"Python firmware {spec!r}: reading its RESOURCE_TABLE took "
+                         f"more than {timeout} s")
 
 
 class PythonImage(SimImage):

@@ -8,6 +8,11 @@ eventfd, with the watchdog deadline as timeout, and reports the first of:
 * no heartbeat within the watchdog period (WATCHDOG), when a period is set.
 
 After one report it ends: the run is over, and the next run gets a new watch.
+
+The firmware is untrusted: each wake-up reads at most :data:`LIFELINE_READ_MAX` bytes of
+the lifeline and goes back to ``poll``, so a firmware that floods its lifeline can
+neither keep the watch from seeing a stop request or a missed watchdog, nor make it
+hold more than one read's worth of bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ log = logging.getLogger(__name__)
 
 _READABLE = select.POLLIN | select.POLLHUP | select.POLLERR
 
+#: the most the watch reads of the lifeline per wake-up
+LIFELINE_READ_MAX = 64 << 10
+#: how long :meth:`CrashMonitor.stop` waits for the watch thread to end
+STOP_JOIN_TIMEOUT = 5.0
+
 
 class CrashMonitor:
     """Watches one firmware process; :meth:`stop` ends the watch without a report."""
@@ -36,6 +46,10 @@ class CrashMonitor:
         self.report = report
         self.watchdog = watchdog
         self.parser = LifelineParser()
+        self._lock = threading.Lock()  # guards the fds and the hand-over below
+        self._cancelled = threading.Event()
+        self._ended = False     # the watch thread is done with the fds
+        self._orphaned = False  # stop() gave up waiting: the thread closes the fds itself
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
             self._pidfd: int | None = os.pidfd_open(process.pid)
@@ -47,15 +61,36 @@ class CrashMonitor:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """End the watch (from any thread, the watch's own included) and free its fds."""
-        if self._wake < 0:
-            return
-        os.eventfd_write(self._wake, 1)
-        if self._thread is not threading.current_thread() and self._thread.ident is not None:
-            self._thread.join()
+    def cancel(self) -> None:
+        """Tell the watch to end without a report; returns at once (any thread)."""
+        with self._lock:
+            self._cancelled.set()
+            if self._wake >= 0:
+                os.eventfd_write(self._wake, 1)
+
+    def stop(self, timeout: float = STOP_JOIN_TIMEOUT) -> None:
+        """End the watch (from any thread, the watch's own included) and free its fds.
+
+        Waits at most ``timeout`` s for the watch thread; one that is still busy then
+        frees the fds when it ends.
+        """
+        self.cancel()
+        thread = self._thread
+        if thread is not threading.current_thread() and thread.ident is not None:
+            thread.join(timeout)
+        with self._lock:
+            if self._wake < 0 or self._orphaned:
+                return  # stopped already
+            if thread.ident is not None and not self._ended:
+                log.warning("%s: the crash watch did not end within %s s", self.process.name,
+                            timeout)
+                self._orphaned = True
+                return
+            self._close_fds()
+
+    def _close_fds(self) -> None:  # with self._lock held
         for fd in (self._wake, self._pidfd):
-            if fd is not None:
+            if fd is not None and fd >= 0:
                 os.close(fd)
         self._wake = -1
         self._pidfd = None
@@ -66,7 +101,12 @@ class CrashMonitor:
         except Exception:  # noqa: BLE001 - a broken watch must not go unnoticed
             log.exception("%s: the crash watch failed", self.process.name)
             verdict = (CrashReason.UNKNOWN, "the crash watch failed")
-        if verdict is not None:
+        finally:
+            with self._lock:
+                self._ended = True
+                if self._orphaned:
+                    self._close_fds()
+        if verdict is not None and not self._cancelled.is_set():
             self.report(*verdict)
 
     def _watch(self) -> tuple[CrashReason, str] | None:
@@ -95,21 +135,25 @@ class CrashMonitor:
                 return CrashReason.WATCHDOG, f"no heartbeat for {period} s"
 
     def _read_lifeline(self) -> tuple[bool, tuple[CrashReason, str] | None, bool]:
-        """Drain the lifeline: (hung up, a fatal report, heartbeat seen)."""
+        """Read what the lifeline holds, up to LIFELINE_READ_MAX bytes.
+
+        Returns (hung up, a fatal report, heartbeat seen). More may be waiting: the
+        caller polls again, so a flood cannot keep it here.
+        """
+        try:
+            data = self.process.lifeline.recv(LIFELINE_READ_MAX)
+        except BlockingIOError:
+            return False, None, False
+        except OSError:  # reset, or the host closed its end while stopping
+            data = b""
+        if not data:
+            return True, None, False
         fed = False
-        while True:
-            try:
-                data = self.process.lifeline.recv(4096)
-            except BlockingIOError:
-                return False, None, fed
-            except OSError:
-                data = b""
-            if not data:
-                return True, None, fed
-            for kind, reason in self.parser.feed(data):
-                if kind == "fatal":
-                    return False, (CrashReason.FATAL_ERROR, reason), fed
-                fed = fed or kind == "heartbeat"
+        for kind, reason in self.parser.feed(data):
+            if kind == "fatal":
+                return False, (CrashReason.FATAL_ERROR, reason), fed
+            fed = fed or kind == "heartbeat"
+        return False, None, fed
 
     def _exit_detail(self) -> str:
         how = self.process.exit_description(1.0)

@@ -1,7 +1,9 @@
 """The simple simulated processor: a firmware child process and one rpmsg link.
 
 The host side is the virtio driver; the child gets the shared memory, two eventfd
-doorbells and a lifeline socket by inheritance (see :mod:`..sim_layout`). The lifeline
+doorbells and a lifeline socket by inheritance (see :mod:`..sim_layout`). The memory
+holds the default resource table, processed as :class:`.SimRemoteProc` processes one
+(:func:`..sim_layout.place_link`), and the link is registered the same way. The lifeline
 tells each side when the other is gone, without a thread: it sits in the same epoll
 set as the doorbell. For the remoteproc lifecycle (firmware resource tables, power
 references, crash recovery, coredumps, trace) use :class:`.SimRemoteProc`.
@@ -15,15 +17,14 @@ from collections.abc import Sequence
 from typing import Self
 
 from ...memory.region import SharedRegion
-from ...notify.waiter import Waiter
+from ...remoteproc.devmem import DeviceMemory
+from ...remoteproc.resources import ProcessedResources
+from ...remoteproc.vdevs import register_vdev
 from ...rpmsg.bus import RpmsgBus
-from ...transports.virtio import DriverRpmsgTransport, read_vdev_entry
-from ...virtio.vdev import VdevControl
-from .. import sim_layout as L
-from ..sim_layout import LinkConfig, SimLayout
+from ...transports.virtio_link import watch_lifeline
+from ..sim_layout import LinkConfig, place_link
 from .process import FirmwareProcess, Output
-
-DEFAULT_BOOT_TIMEOUT = 20.0
+from .rproc import DEFAULT_BOOT_TIMEOUT
 
 
 class SimProcessor:
@@ -60,13 +61,18 @@ class SimProcessor:
         self.boot_timeout = boot_timeout
         self._stdout = stdout
         self._stderr = stderr
-        self.layout = SimLayout.plan(self.config)
-        self.region: SharedRegion | None = None
+        self._memory: DeviceMemory | None = None
+        #: where the table, vrings and buffers lie in :attr:`region` (after :meth:`start`)
+        self.resources: ProcessedResources | None = None
         #: the firmware's process (kept after :meth:`stop` for its exit status)
         self.process: subprocess.Popen[bytes] | None = None
         self._child: FirmwareProcess | None = None
         self._link: RpmsgBus | None = None
-        self._transport: DriverRpmsgTransport | None = None
+
+    @property
+    def region(self) -> SharedRegion | None:
+        """The processor's memory, shared with the firmware (after :meth:`start`)."""
+        return None if self._memory is None else self._memory.pool
 
     @property
     def link(self) -> RpmsgBus:
@@ -81,60 +87,32 @@ class SimProcessor:
         if self.process is not None:
             raise RuntimeError(f"{self.name} is already started")
         try:
-            self.region = region = SharedRegion.memfd(self.layout.size, f"amplink-{self.name}")
-            region.write(L.RSC_TABLE_OFFSET, self.layout.table)
+            self._memory, self.resources = memory, res = place_link(
+                self.config, f"amplink-{self.name}")
+            table, vdev = res.table_location, res.vdevs[0]
+            assert table is not None
             if self.native:
                 argv = [self.firmware, *self.args]
             else:
                 argv = [sys.executable, "-m", "amplink.firmware", self.firmware, *self.args]
             self._child = child = FirmwareProcess.spawn(
-                argv, name=self.name, region=region, table_offset=L.RSC_TABLE_OFFSET,
-                table_size=L.RSC_TABLE_SPACE, buf_size=self.config.buf_size,
+                argv, name=self.name, region=memory.pool, table_offset=table.offset,
+                table_size=table.length, buf_size=self.config.buf_size,
                 poll_mode=self.poll_mode, spin=self.spin, stdout=self._stdout,
                 stderr=self._stderr,
             )
             self.process = child.popen
-            doorbell = child.take_doorbell(0)
-            try:
-                waiter = Waiter(doorbell)
-            except BaseException:
-                doorbell.close()
-                raise
-            body = self.layout.vdev_body_offset
-            try:
-                self._transport = DriverRpmsgTransport(
-                    region, VdevControl(region, body), read_vdev_entry(region, body),
-                    self.layout.pool_offset, doorbell, waiter, buf_size=self.config.buf_size,
-                )
-            except BaseException:
-                waiter.close()
-                doorbell.close()
-                raise
+            self._link = register_vdev(res, vdev, child.take_doorbell(0), name=self.name,
+                                       buf_size=self.config.buf_size,
+                                       poll_mode=self.poll_mode, spin=self.spin)
             child.wait_ready(self.boot_timeout, repr(self.firmware))
-            self._link = RpmsgBus(self._transport, name=self.name, poll_mode=self.poll_mode,
-                                  spin=self.spin)
-            waiter.watch(child.lifeline.fileno(), self._on_lifeline)
+            watch_lifeline(self._link, child.lifeline,
+                           lambda: f"{self.name}: the firmware process is gone "
+                                   f"({child.exit_description(0.5)})")
         except BaseException:
             self.stop()
             raise
         return self._link
-
-    def _on_lifeline(self) -> None:
-        child = self._child
-        assert child is not None
-        try:
-            data = child.lifeline.recv(64)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            return
-        link = self._link
-        if link is not None:
-            link.transport.waiter.unwatch(child.lifeline.fileno())
-            link.mark_down(f"{self.name}: the firmware process is gone "
-                           f"({child.exit_description(0.5)})")
 
     @property
     def running(self) -> bool:
@@ -152,16 +130,14 @@ class SimProcessor:
         """
         if self._link is not None:
             self._link.close()  # closes the transport, its waiter and doorbell
-        elif self._transport is not None:
-            self._transport.close()
-        self._link = self._transport = None
+            self._link = None
         code = None
         if self._child is not None:
             code = self._child.stop(timeout)
             self._child = None
-        if self.region is not None:
-            self.region.close()
-            self.region = None
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = self.resources = None
         return code
 
     def __enter__(self) -> Self:

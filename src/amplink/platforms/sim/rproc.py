@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ class SimOptions:
     args: tuple[str, ...] = ()
     config: LinkConfig = field(default_factory=LinkConfig)
     poll_mode: bool = False
+    spin: float = 0.0
     memory_size: int = DEFAULT_MEMORY_SIZE
     da_base: int = DEFAULT_DA_BASE
     watchdog: float | None = None
@@ -52,6 +55,8 @@ class SimOptions:
     stderr: Output = None
 
     def __post_init__(self) -> None:
+        if not self.spin >= 0:
+            raise ValueError(f"spin must be a time in seconds >= 0, got {self.spin}")
         if self.watchdog is not None and not self.watchdog > 0:
             raise ValueError(
                 f"watchdog must be a period in seconds > 0 or None, got {self.watchdog}")
@@ -96,7 +101,7 @@ class SimOps(PlatformOps):
             info.image.argv(o.args), name=o.name, region=region,
             table_offset=0 if table is None else table.offset,
             table_size=0 if table is None else table.length,
-            buf_size=o.config.buf_size, poll_mode=o.poll_mode,
+            buf_size=o.config.buf_size, poll_mode=o.poll_mode, spin=o.spin,
             vdevs=len(self._rpmsg_order), watchdog=o.watchdog,
             stdout=o.stdout, stderr=o.stderr,
         )
@@ -115,12 +120,20 @@ class SimOps(PlatformOps):
         self._monitor.start()
 
     def stop(self, *, crashed: bool) -> None:
-        if self._monitor is not None:
-            self._monitor.stop()
-            self._monitor = None
-        if self.process is not None:
-            self.last_exit_status = self.process.stop(
-                0.0 if crashed else self.options.stop_timeout)
+        monitor, self._monitor = self._monitor, None
+        process = self.process
+        if monitor is not None:
+            monitor.cancel()  # no report about this run from now on
+            if process is not None:
+                # Hang up before waiting for the watch: a firmware flooding its lifeline
+                # gets EPIPE, and the watch, which reads a bounded amount per wake-up,
+                # sees the stop request (and the hang-up) at its next poll. A shutdown,
+                # not a close: the watch may be using the fd right now.
+                with contextlib.suppress(OSError):
+                    process.lifeline.shutdown(socket.SHUT_RDWR)
+            monitor.stop()  # joins with a timeout
+        if process is not None:
+            self.last_exit_status = process.stop(0.0 if crashed else self.options.stop_timeout)
             self.process = None
 
 
@@ -131,7 +144,8 @@ class SimRemoteProc(RemoteProc):
     ``:function``) or a native executable (detected by its ELF magic unless ``native``
     says so). ``watchdog`` is the heartbeat period in seconds the firmware must keep
     (None: no watchdog); ``config`` sizes the default resource table and the rpmsg
-    buffers. See :class:`~amplink.remoteproc.core.RemoteProc` for the lifecycle::
+    buffers; ``spin`` (seconds) lets the firmware spin that long before each sleep. See
+    :class:`~amplink.remoteproc.core.RemoteProc` for the lifecycle::
 
         rproc = SimRemoteProc("amplink.firmware.examples.echo")
         with rproc.acquire():
@@ -147,6 +161,7 @@ class SimRemoteProc(RemoteProc):
         args: Sequence[str] = (),
         config: LinkConfig | None = None,
         poll_mode: bool = False,
+        spin: float = 0.0,
         memory_size: int = DEFAULT_MEMORY_SIZE,
         da_base: int = DEFAULT_DA_BASE,
         watchdog: float | None = None,
@@ -160,8 +175,9 @@ class SimRemoteProc(RemoteProc):
     ) -> None:
         options = SimOptions(
             name=name, native=native, args=tuple(args), config=config or LinkConfig(),
-            poll_mode=poll_mode, memory_size=memory_size, da_base=da_base, watchdog=watchdog,
-            boot_timeout=boot_timeout, stop_timeout=stop_timeout, stdout=stdout, stderr=stderr,
+            poll_mode=poll_mode, spin=spin, memory_size=memory_size, da_base=da_base,
+            watchdog=watchdog, boot_timeout=boot_timeout, stop_timeout=stop_timeout,
+            stdout=stdout, stderr=stderr,
         )
         self.ops = SimOps(options)
         super().__init__(self.ops, firmware, name=name, recovery=recovery, coredump=coredump,

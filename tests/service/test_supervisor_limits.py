@@ -1,0 +1,184 @@
+"""The supervisor under a connection flood: out of fds, too many clients, hostile answers.
+
+A supervisor served in a thread of this process (fast); it holds every processor of the
+user, so running out of a resource may cost a client its connection, never the supervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import resource
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fake_sysfs import FakeHardware
+from rig_kit import wait_for
+
+from amplink.platforms.linux import SupervisorError
+from amplink.platforms.linux.protocol import CONTROL_SOCKET, check_response, decode
+from amplink.service.supervisor import (
+    MAX_CLIENTS,
+    PID_FILE,
+    Supervisor,
+    SupervisorClient,
+    prepare_runtime_dir,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+TIMEOUT = 5.0
+
+
+class Served:
+    def __init__(self, tmp_path: Path) -> None:
+        firmware_dir = tmp_path / "firmware"
+        firmware_dir.mkdir()
+        (firmware_dir / "fw.elf").write_bytes(b"\x7fELF")
+        self.root = prepare_runtime_dir(tmp_path / "rt")
+        self.supervisor = Supervisor(
+            self.root, lambda name, fw: FakeHardware(name, fw, firmware_dir),
+            idle_grace=30.0, tick=0.02)
+        self.thread = threading.Thread(target=self.supervisor.serve, daemon=True)
+        self.thread.start()
+        assert wait_for(lambda: (self.root / PID_FILE).exists(), TIMEOUT)
+
+    @property
+    def client(self) -> SupervisorClient:
+        return SupervisorClient(self.root, timeout=TIMEOUT)
+
+    def connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(TIMEOUT)
+        sock.connect(str(self.root / CONTROL_SOCKET))
+        return sock
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    s = Served(tmp_path)
+    try:
+        yield s
+    finally:
+        s.supervisor.stop()
+        s.thread.join(TIMEOUT)
+        assert not s.thread.is_alive()
+
+
+def hello(sock: socket.socket) -> dict:
+    sock.sendall(b'{"op": "hello"}\n')
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        assert chunk, "the supervisor closed the connection"
+        data += chunk
+    return json.loads(data)
+
+
+@contextlib.contextmanager
+def fds_exhausted() -> Iterator[None]:
+    """Every fd of this process in use (a low RLIMIT_NOFILE, filled up) until the end."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, hard))
+        with pytest.raises(OSError) as info:  # noqa: PT012 - fill until it fails
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+        assert info.value.errno == errno.EMFILE
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_running_out_of_fds_costs_no_processor(served: Served,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    client = served.client
+    dev, _ = client.add("fw.elf")
+    client.tree.write(dev, "state", "start")
+    caplog.set_level(logging.WARNING, logger="amplink.service.supervisor")
+    waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    waiting.settimeout(TIMEOUT)
+    try:
+        with fds_exhausted():
+            waiting.connect(str(served.root / CONTROL_SOCKET))  # needs no new fd here
+            assert wait_for(lambda: "cannot accept a client" in caplog.text, TIMEOUT)
+            # it keeps trying (rate-limited log), without spinning or giving up
+            time.sleep(0.3)
+            assert served.thread.is_alive()
+        assert hello(waiting)["ok"] is True  # the waiting client is served after all
+        assert served.thread.is_alive()
+        assert client.tree.read(dev, "state") == "running\n"
+        assert caplog.text.count("cannot accept a client") == 1  # rate-limited
+    finally:
+        waiting.close()
+
+
+def test_clients_beyond_the_limit_are_refused_and_the_rest_served(served: Served) -> None:
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CLIENTS):  # one by one: the listen backlog is short
+            clients.append(served.connect())
+            assert hello(clients[-1])["ok"] is True  # every one of them is accepted
+        extra = served.connect()
+        try:
+            # refused: told why, then closed; the others are unaffected
+            data = b""
+            while chunk := extra.recv(65536):
+                data += chunk
+            refusal = decode(data.rstrip(b"\n"))
+            assert refusal["ok"] is False and refusal["errno"] == errno.EAGAIN
+        finally:
+            extra.close()
+        assert hello(clients[0])["ok"] is True
+        clients.pop().close()
+        # once one has gone, a new client is served again
+        assert wait_for(lambda: _served_once(served), TIMEOUT)
+        assert served.thread.is_alive()
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def _served_once(served: Served) -> bool:
+    sock = served.connect()
+    try:
+        return hello(sock)["ok"] is True
+    except (AssertionError, OSError):
+        return False
+    finally:
+        sock.close()
+
+
+def test_a_deeply_nested_answer_is_a_malformed_answer() -> None:
+    for line in (b"[" * 100_000, b'{"ok": ' + b"[" * 100_000, b"{" * 100_000):
+        with pytest.raises(ValueError, match="nested too deeply|not a JSON line"):
+            decode(line)
+        with pytest.raises(SupervisorError, match="malformed answer"):
+            check_response(line, "remoteproc0", Path("/nowhere"))
+
+
+def test_a_deeply_nested_request_gets_einval(served: Served) -> None:
+    sock = served.connect()
+    try:
+        sock.sendall(b"[" * 100_000 + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            assert chunk
+            data += chunk
+        response = json.loads(data)
+        assert response["ok"] is False and response["errno"] == errno.EINVAL
+        assert hello(sock)["ok"] is True  # the connection lives on
+    finally:
+        sock.close()
