@@ -69,7 +69,7 @@ def test_add_carveout(region: SharedRegion) -> None:
     with SharedRegion.memfd(0x1000, "pa-space", da_base=0x8000_0000) as phys:
         m = DeviceAddressMap()
         w = m.add_carveout(Carveout(0x1000, 0x8000_0100, 0x100, name="fw"), phys)
-        assert (w.region, w.region_offset, w.name) == (phys, 0x100, "fw")
+        assert (w.region, w.offset, w.name) == (phys, 0x100, "fw")
         assert m.translate(0x1080, 4) == (phys, 0x180)
         with pytest.raises(FirmwareError, match=r"resource entry 4 \(RSC_CARVEOUT\) 'big'"):
             m.add_carveout(Carveout(0x4000, 0x8000_0000, 0x2000, name="big"), phys, index=4)

@@ -15,7 +15,7 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,18 +83,26 @@ def hello(sock: socket.socket) -> dict:
 
 
 @contextlib.contextmanager
-def fds_exhausted() -> Iterator[None]:
-    """Every fd of this process in use (a low RLIMIT_NOFILE, filled up) until the end."""
+def fds_exhausted() -> Iterator[Callable[[], None]]:
+    """Every fd of this process in use (a low RLIMIT_NOFILE, filled up) until the end.
+
+    Yields a function that fills the table again: a thread left by an earlier test may
+    close an fd meanwhile.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     fillers: list[int] = []
-    try:
-        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, hard))
+
+    def fill() -> None:
         with pytest.raises(OSError) as info:  # noqa: PT012 - fill until it fails
             while True:
                 fillers.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
         assert info.value.errno == errno.EMFILE
-        yield
+
+    try:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 32, hard))
+        fill()
+        yield fill
     finally:
         for fd in fillers:
             os.close(fd)
@@ -110,9 +118,10 @@ def test_running_out_of_fds_costs_no_processor(served: Served,
     waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     waiting.settimeout(TIMEOUT)
     try:
-        with fds_exhausted():
+        with fds_exhausted() as fill:
             waiting.connect(str(served.root / CONTROL_SOCKET))  # needs no new fd here
-            assert wait_for(lambda: "cannot accept a client" in caplog.text, TIMEOUT)
+            assert wait_for(lambda: fill() or "cannot accept a client" in caplog.text,
+                            TIMEOUT)
             # it keeps trying (rate-limited log), without spinning or giving up
             time.sleep(0.3)
             assert served.thread.is_alive()

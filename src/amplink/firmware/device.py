@@ -7,7 +7,6 @@ value from shared memory: addresses are translated through the region's bounds c
 from __future__ import annotations
 
 import os
-import select
 import socket
 import threading
 import time
@@ -15,6 +14,7 @@ from typing import NoReturn, Self
 
 from ..errors import AddressError, RemoteProtocolError
 from ..memory.region import SharedRegion
+from ..notify.waiter import wait_readable
 from ..platforms import sim_layout as L
 from ..platforms.sim_layout import SimEnv
 from ..remoteproc.rsc_table import Carveout, ResourceTable, Trace
@@ -154,7 +154,7 @@ class Device:
         self.send(L.LIFELINE_FATAL + text + L.LIFELINE_FATAL_END)
         deadline = time.monotonic() + FATAL_HALT_TIMEOUT
         while (left := deadline - time.monotonic()) > 0:
-            if select.select([self.lifeline], [], [], left)[0]:
+            if wait_readable(self.lifeline, left):
                 try:
                     if not self.lifeline.recv(64):
                         break  # EOF: the host stopped us

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import threading
 from collections.abc import Callable
 
 from ..errors import LinkDown
 from .doorbell import Doorbell
+
+
+def wait_readable(fd: int | socket.socket, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``fd`` to be readable or hung up.
+
+    poll(2) rather than select(2), which refuses fd numbers from 1024 on.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)  # POLLHUP and POLLERR are always reported
+    return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
 class Waiter:

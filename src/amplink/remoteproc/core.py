@@ -322,7 +322,8 @@ class RemoteProc(RemoteProcessor):
         try:
             self._ops.start(StartInfo(image, self._memory, res))
             self._links = register_vdevs(res, self._ops.doorbell, name=self.name,
-                                         buf_size=self.buf_size, poll_mode=self._ops.poll_mode)
+                                         buf_size=self.buf_size, poll_mode=self._ops.poll_mode,
+                                         spin=self._ops.spin)
             if self._links:
                 for driver in self._drivers:
                     self._links[0].register_driver(driver)

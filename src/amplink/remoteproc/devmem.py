@@ -42,11 +42,6 @@ class Allocation:
         """The first device address past the range."""
         return self.da + self.length
 
-    @property
-    def region_offset(self) -> int:
-        """:attr:`offset`, under the name the address map's users know it by."""
-        return self.offset
-
     def read(self) -> bytes:
         """A copy of the current contents (e.g. for a coredump)."""
         return self.region.read(self.offset, self.length)

@@ -48,6 +48,8 @@ class PlatformOps(ABC):
 
     #: whether the host's links poll the rings instead of sleeping on the doorbell
     poll_mode: bool = False
+    #: how long (s) the host's links spin on the rings before each sleep
+    spin: float = 0.0
 
     @abstractmethod
     def load_image(self, firmware: str) -> LoadableImage:

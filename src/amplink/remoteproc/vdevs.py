@@ -16,7 +16,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import EndpointClosed, LinkDown
 from ..notify.doorbell import Doorbell
 from ..rpmsg.bus import RpmsgBus
 from ..transports.virtio import DriverRpmsgTransport
@@ -91,6 +90,7 @@ def register_vdevs(
     name: str,
     buf_size: int,
     poll_mode: bool,
+    spin: float = 0.0,
 ) -> list[RpmsgBus]:
     """Links for every rpmsg vdev, in table order (all or none)."""
     links: list[RpmsgBus] = []
@@ -102,7 +102,7 @@ def register_vdevs(
                 continue
             link_name = name if not links else f"{name}.vdev{vdev.index}"
             links.append(register_vdev(resources, vdev, doorbell_for(vdev), name=link_name,
-                                       buf_size=buf_size, poll_mode=poll_mode))
+                                       buf_size=buf_size, poll_mode=poll_mode, spin=spin))
     except BaseException:
         remove_vdevs(links, "registration failed")
         raise
@@ -125,10 +125,6 @@ def remove_vdevs(links: list[RpmsgBus], reason: str, *, crashed: bool = False) -
                 except Exception:  # noqa: BLE001 - the link must still be closed
                     log.exception("%s: unbinding channel %r failed", bus.name, channel.name)
             channel.removed = True
-        bus.close()
-        # A barrier: poll() takes the bus lock, so a thread still draining the old rings
-        # has finished; every later one finds the transport inert.
-        try:
-            bus.poll()
-        except (EndpointClosed, LinkDown):
-            pass
+        # close() returns once no thread touches the rings; after a crash, endpoints
+        # report LinkDown with the reason
+        bus.close(reason if crashed else None)

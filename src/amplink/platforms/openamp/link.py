@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import stat
 import time
@@ -30,7 +29,7 @@ from typing import Any, Literal, Self
 from ...errors import EndpointClosed, LinkDown, RemoteProtocolError
 from ...memory.region import SharedRegion
 from ...notify.doorbell import SocketDoorbell
-from ...notify.waiter import Waiter
+from ...notify.waiter import Waiter, wait_readable
 from ...rpmsg.bus import RpmsgBus
 from ...rpmsg.endpoint import Callback, Endpoint
 from ...rpmsg.stats import LinkStatistics
@@ -220,7 +219,7 @@ def _accept_one(config: OpenAmpConfig, timeout: float) -> socket.socket:
         st = os.stat(path)
         identity = (st.st_dev, st.st_ino)
         listener.listen(1)
-        if not select.select([listener], [], [], timeout)[0]:
+        if not wait_readable(listener, timeout):
             raise PeerTimeout(
                 f"no client connected to {path} within {timeout} s: start the other side as "
                 "the client (amplink: --client; OpenAMP's demos: instance 1)")

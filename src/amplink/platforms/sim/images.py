@@ -199,7 +199,7 @@ class NativeImage(SimImage):
             end = seg.paddr + seg.memsz
             for window in addr_map:
                 if window.da <= seg.paddr and end <= window.end:
-                    offset = window.region_offset + (seg.paddr - window.da)
+                    offset = window.offset + (seg.paddr - window.da)
                     window.region.write(offset, data[seg.offset:seg.offset + seg.filesz])
                     window.region.fill(offset + seg.filesz, seg.memsz - seg.filesz)
                     break

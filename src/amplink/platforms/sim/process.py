@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import subprocess
 import time
@@ -18,6 +17,7 @@ from typing import IO, Self
 from ...errors import LinkDown
 from ...memory.region import SharedRegion
 from ...notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell
+from ...notify.waiter import wait_readable
 from .. import sim_layout as L
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class FirmwareProcess:
             if remaining <= 0:
                 raise FirmwareStartError(f"{self.name}: firmware {what} did not come up within "
                                          f"{timeout} s")
-            if not select.select([self.lifeline], [], [], remaining)[0]:
+            if not wait_readable(self.lifeline, remaining):
                 continue
             try:
                 data = self.lifeline.recv(1)

@@ -68,6 +68,7 @@ class SimOps(PlatformOps):
     def __init__(self, options: SimOptions) -> None:
         self.options = options
         self.poll_mode = options.poll_mode
+        self.spin = options.spin
         #: the current run's firmware process
         self.process: FirmwareProcess | None = None
         #: exit status of the last firmware process that was stopped
