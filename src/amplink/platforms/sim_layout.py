@@ -60,9 +60,9 @@ from ..remoteproc.constants import FW_RSC_ADDR_ANY
 from ..remoteproc.devmem import PAGE_SIZE, DeviceMemory
 from ..remoteproc.resources import ProcessedResources, process_resources
 from ..remoteproc.rsc_table import ResourceTable
-from ..rpmsg.wire import RPMSG_BUF_SIZE, VIRTIO_RPMSG_F_NS
+from ..rpmsg.wire import RPMSG_BUF_SIZE
 from ..virtio.ring import VIRTIO_RING_F_EVENT_IDX, check_ring_params, vring_size
-from ..virtio.vdev import VIRTIO_ID_RPMSG, VdevEntry, VringEntry
+from ..virtio.vdev import VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS, VdevEntry, VringEntry
 
 ENV_SHM_FD = "AMPLINK_SHM_FD"          # inherited fd of the shared memory (memfd)
 ENV_SHM_SIZE = "AMPLINK_SHM_SIZE"      # its size in bytes

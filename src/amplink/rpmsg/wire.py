@@ -15,7 +15,6 @@ RPMSG_BUF_SIZE = 512
 RPMSG_HDR_SIZE = 16
 RPMSG_NS_CREATE = 0
 RPMSG_NS_DESTROY = 1
-VIRTIO_RPMSG_F_NS = 0  # feature bit number
 
 RPMSG_HDR = struct.Struct("<IIIHH")  # src, dst, reserved, len, flags
 RPMSG_NS_MSG = struct.Struct("<32sII")  # name, addr, flags

@@ -16,7 +16,7 @@ from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell
 from ..notify.waiter import Waiter
 from ..rpmsg.transport import Deliver, Transport
-from ..rpmsg.wire import RPMSG_HDR, RPMSG_HDR_SIZE, VIRTIO_RPMSG_F_NS
+from ..rpmsg.wire import RPMSG_HDR, RPMSG_HDR_SIZE
 from ..virtio.device import DeviceQueue
 from ..virtio.driver import DriverQueue
 from ..virtio.ring import VIRTIO_RING_F_EVENT_IDX, VringLayout, vring_size
@@ -24,6 +24,7 @@ from ..virtio.vdev import (
     VIRTIO_CONFIG_S_ACKNOWLEDGE,
     VIRTIO_CONFIG_S_DRIVER,
     VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_RPMSG_F_NS,
     VdevControl,
     VdevEntry,
     VringEntry,

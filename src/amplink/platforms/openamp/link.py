@@ -33,10 +33,10 @@ from ...notify.waiter import Waiter, wait_readable
 from ...rpmsg.bus import RpmsgBus
 from ...rpmsg.endpoint import Callback, Endpoint
 from ...rpmsg.stats import LinkStatistics
-from ...rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_RESERVED_ADDRESSES, VIRTIO_RPMSG_F_NS
+from ...rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_RESERVED_ADDRESSES
 from ...transports.virtio import wait_for_driver_ok
 from ...transports.virtio_link import device_link, driver_link
-from ...virtio.vdev import VIRTIO_CONFIG_S_DRIVER_OK, VdevControl
+from ...virtio.vdev import VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_RPMSG_F_NS, VdevControl
 from .errors import PeerTimeout, StaleSharedMemory
 from .profile import RSC_TABLE_OFFSET, OpenAmpConfig, peek_vdev_status, read_resource_table
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from ...errors import FirmwareError, RemoteProtocolError
 from ...memory.region import POSIX_SHM_DIR, SharedRegion
 from ...remoteproc.rsc_table import ResourceTable
-from ...rpmsg.wire import RPMSG_HDR_SIZE, VIRTIO_RPMSG_F_NS
+from ...rpmsg.wire import RPMSG_HDR_SIZE
 from ...virtio.ring import check_ring_params, vring_size
-from ...virtio.vdev import VIRTIO_ID_RPMSG, VdevEntry, VringEntry
+from ...virtio.vdev import VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS, VdevEntry, VringEntry
 
 OPENAMP_SHM_NAME = "openamp.shm"
 OPENAMP_SHM_SIZE = 0x80000
