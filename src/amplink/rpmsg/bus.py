@@ -97,7 +97,6 @@ class RpmsgBus:
         self._async_futures: set[asyncio.Future[None]] = set()
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._async_fd = -1
-        self._drain_thread: int | None = None
         self._transport_closed = False
         self.messages_sent = 0
         self.messages_received = 0
@@ -364,7 +363,6 @@ class RpmsgBus:
         if self._draining:
             return 0
         self._draining = True
-        self._drain_thread = threading.get_ident()
         before = self.messages_received
         try:
             receive = self.transport.receive
@@ -431,9 +429,10 @@ class RpmsgBus:
 
     def _acquire(self, deadline: float | None) -> bool:
         """Take the lock, giving up at ``deadline`` (a callback may hold it in a send)."""
-        if deadline is None:
-            return self._lock.acquire()
-        return self._lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        lock = self._lock
+        if deadline is None or lock.acquire(False):  # uncontended: no clock read
+            return lock.acquire() if deadline is None else True
+        return lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
 
     def wait_until(self, ready: Callable[[], bool], timeout: float | None, *, tx: bool) -> bool:
         """Drain and wait until ``ready()`` (called with the lock held) or the timeout.
@@ -444,7 +443,8 @@ class RpmsgBus:
         transport = self.transport
         lock = self._lock
         me = threading.get_ident()
-        if not tx and self._draining and self._drain_thread == me:
+        # _draining is only ever set with the lock held: if we own the lock, it is ours
+        if not tx and self._draining and lock._is_owned():
             raise RuntimeError(
                 "a callback cannot wait for messages: they are delivered by the very drain "
                 "that runs the callback (use try_recvfrom, or wait in another thread)")
