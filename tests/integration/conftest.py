@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from importlib import resources
+
 import pytest
 from sim_kit import stop_quietly
 
 from amplink import SimProcessor
+
+GCC = shutil.which("gcc")
 
 
 @pytest.fixture
@@ -25,3 +31,17 @@ def sim():
     finally:
         for proc in started:
             stop_quietly(proc)
+
+
+@pytest.fixture(scope="session")
+def native_echo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The C example firmware, built once per run with gcc (skipped without gcc)."""
+    if GCC is None:
+        pytest.skip("gcc is not installed: cannot build the native C echo firmware")
+    source = resources.files("amplink.firmware.examples") / "native_echo.c"
+    out = tmp_path_factory.mktemp("native") / "native_echo"
+    with resources.as_file(source) as path:
+        proc = subprocess.run([GCC, "-O2", "-Wall", "-Werror", "-o", str(out), str(path)],
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return str(out)

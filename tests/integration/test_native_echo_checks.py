@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -18,14 +17,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
 
 import pytest
 from common_kit import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
-GCC = shutil.which("gcc")
 TIMEOUT = 5.0
 DA_BASE = 0x8000_0000
 SHM_SIZE = 1 << 20
@@ -43,19 +40,6 @@ VDEV = struct.Struct("<IIIIIIBBBB")  # type, id, notifyid, dfeatures, gfeatures,
 VRING = struct.Struct("<IIIII")      # da, align, num, notifyid, pa
 DESC = struct.Struct("<QIHH")        # addr, len, flags, next
 USED_ELEM = struct.Struct("<II")
-
-
-@pytest.fixture(scope="module")
-def native_echo(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if GCC is None:
-        pytest.skip("gcc is not installed: cannot build the native C echo firmware")
-    source = resources.files("amplink.firmware.examples") / "native_echo.c"
-    out = tmp_path_factory.mktemp("native") / "native_echo"
-    with resources.as_file(source) as path:
-        proc = subprocess.run([GCC, "-O2", "-Wall", "-Werror", "-o", str(out), str(path)],
-                              capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return str(out)
 
 
 def used_ring(vring: int) -> int:

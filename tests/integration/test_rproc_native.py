@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
-from importlib import resources
 
 import pytest
 from common_kit import Events, wait_for
@@ -15,21 +12,7 @@ from amplink import FirmwareError, LinkConfig, SharedRegion, SimProcessor, SimRe
 from amplink.platforms.sim import NativeImage
 from amplink.remoteproc import DeviceAddressMap, RprocState, Trace
 
-GCC = shutil.which("gcc")
 PAYLOADS = [b"native %d" % i for i in range(150)]  # more than the 64-entry rings hold
-
-
-@pytest.fixture(scope="module")
-def native_echo(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if GCC is None:
-        pytest.skip("gcc is not installed: cannot build the native C echo firmware")
-    source = resources.files("amplink.firmware.examples") / "native_echo.c"
-    out = tmp_path_factory.mktemp("native") / "native_echo"
-    with resources.as_file(source) as path:
-        proc = subprocess.run([GCC, "-O2", "-Wall", "-Werror", "-o", str(out), str(path)],
-                              capture_output=True, text=True, timeout=120, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return str(out)
 
 
 def test_native_echo_under_the_lifecycle(native_echo: str) -> None:
