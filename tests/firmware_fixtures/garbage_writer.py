@@ -18,11 +18,11 @@ def corrupt(link: RpmsgBus, src: int, dst: int) -> None:
     region = transport.region
     for bad in (tx.num, 0xFFFF, 0xFFFF_FFFF):
         # an extra used entry naming no buffer, published like a real one
-        idx = tx._used_idx
+        idx = tx._next_used
         elem = tx.layout.used_ring + 8 * (idx % tx.num)
         region.write(elem, struct.pack("<II", bad, 64))
-        tx._used_idx = (idx + 1) & 0xFFFF
-        region.write_u16(tx.layout.used + 2, tx._used_idx)
+        tx._next_used = (idx + 1) & 0xFFFF
+        region.write_u16(tx.layout.used + 2, tx._next_used)
     for hdr_len, used_len in ((0xFFFF, 512), (0, 8)):
         buf = tx.pop_avail()
         assert buf is not None, "the host posted no RX buffer"

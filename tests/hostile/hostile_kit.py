@@ -132,10 +132,10 @@ class Link:
         """
         queue = self.device.transport.tx if vr is self.vr0 else self.device.transport.rx
         idx = self.used_idx(vr)
-        assert queue._used_idx == idx, "the device's used index and the ring disagree"
+        assert queue._next_used == idx, "the device's used index and the ring disagree"
         self.set_used_elem(vr, idx, head, length)
         self.set_used_idx(vr, idx + 1)
-        queue._used_idx = (idx + 1) & 0xFFFF
+        queue._next_used = (idx + 1) & 0xFFFF
 
     # -- well-formed traffic ---------------------------------------------------------------
     def device_sends(self, payload: bytes, timeout: float = 1.0) -> None:

@@ -7,12 +7,10 @@ buffer is handed straight back (used length 0) so the driver does not lose it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ..errors import AddressError
 from ..memory.fence import full_fence
 from ..memory.region import SharedRegion
-from .faults import FaultCounter
+from .half import RingHalf
 from .ring import (
     DESC,
     DESC_SIZE,
@@ -28,7 +26,7 @@ from .ring import (
 _UNSUPPORTED_FLAGS = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT
 
 
-class DeviceQueue:
+class DeviceQueue(RingHalf):
     """Device side of one split ring holding single-descriptor buffers (as rpmsg uses)."""
 
     def __init__(
@@ -40,36 +38,14 @@ class DeviceQueue:
         event_idx: bool = False,
         name: str = "vring",
     ) -> None:
-        region.check(layout.base, layout.size)
-        self.region = region
-        self.layout = layout
-        self.num = layout.num
+        super().__init__(region, layout, f"{name} (device)")
         self.device_writes = device_writes
         self.event_idx = event_idx
-        self.faults = FaultCounter(f"{name} (device)")
-        self._mm = region.mm
-        self._u16 = region.u16
-        self._u32 = region.u32
-        self._mask = layout.num - 1
-        self._desc = layout.desc
-        # u16 / u32 view indices of the fields (every offset is suitably aligned)
-        self._avail_flags = layout.avail >> 1
-        self._avail_idx = layout.avail + 2 >> 1
-        self._avail_ring = layout.avail_ring >> 1
-        self._used_event = layout.used_event >> 1
-        self._used_flags = layout.used >> 1
-        self._used_idx_off = layout.used + 2 >> 1
-        self._used_ring = layout.used_ring >> 2
-        self._avail_event = layout.avail_event >> 1
         self._held = bytearray(layout.num)  # 1 while the device holds that head
         self._last_avail = 0
-        self._used_idx = 0
+        self._next_used = 0
         self._notify_checked_idx = 0
         self._notify_flags = 0
-        #: why the ring is unusable (the driver broke the protocol beyond repair), or None
-        self.broken: str | None = None
-        #: called once with the reason when the ring breaks
-        self.on_broken: Callable[[str], None] | None = None
 
     def avail_pending(self) -> bool:
         return self._u16[self._avail_idx] != self._last_avail
@@ -89,10 +65,7 @@ class DeviceQueue:
             return None
         if pending > self.num:
             # More buffers than descriptors: no working driver does this.
-            self.faults(f"avail.idx moved {pending} entries past a ring of {self.num}")
-            self.broken = f"avail.idx moved {pending} entries past a ring of {self.num}"
-            if self.on_broken is not None:
-                self.on_broken(self.broken)
+            self._break(f"avail.idx moved {pending} entries past a ring of {self.num}")
             return None
         held = self._held
         for _ in range(pending):
@@ -128,17 +101,17 @@ class DeviceQueue:
         if not self._held[head]:
             raise ValueError(f"descriptor {head} is not held by the device")
         self._held[head] = 0
-        idx = self._used_idx
+        idx = self._next_used
         elem = self._used_ring + 2 * (idx & self._mask)
         self._u32[elem] = head
         self._u32[elem + 1] = written
         idx = (idx + 1) & 0xFFFF
-        self._used_idx = idx
-        self._u16[self._used_idx_off] = idx  # after the entry (TSO keeps the order)
+        self._next_used = idx
+        self._u16[self._used_idx] = idx  # after the entry (TSO keeps the order)
 
     def notify_needed(self) -> bool:
         """After returning buffers: True if the driver asked to be notified of them."""
-        new = self._used_idx
+        new = self._next_used
         old = self._notify_checked_idx
         if new == old:
             return False

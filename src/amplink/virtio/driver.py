@@ -7,12 +7,11 @@ The driver never trusts the shared copies of its own state: descriptor contents,
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ..memory.fence import full_fence
 from ..memory.region import SharedRegion
-from .faults import FaultCounter
+from .half import RingHalf
 from .ring import (
     DESC,
     DESC_SIZE,
@@ -24,7 +23,7 @@ from .ring import (
 )
 
 
-class DriverQueue:
+class DriverQueue(RingHalf):
     """Driver side of one split ring: ``add`` buffers, ``pop_used`` them back."""
 
     def __init__(
@@ -35,26 +34,8 @@ class DriverQueue:
         event_idx: bool = False,
         name: str = "vring",
     ) -> None:
-        region.check(layout.base, layout.size)
-        self.region = region
-        self.layout = layout
-        self.num = layout.num
+        super().__init__(region, layout, f"{name} (driver)")
         self.event_idx = event_idx
-        self.faults = FaultCounter(f"{name} (driver)")
-        self._mm = region.mm
-        self._u16 = region.u16
-        self._u32 = region.u32
-        self._mask = layout.num - 1
-        self._desc = layout.desc
-        # u16 / u32 view indices of the fields (every offset is suitably aligned)
-        self._avail_flags = layout.avail >> 1
-        self._avail_idx = layout.avail + 2 >> 1
-        self._avail_ring = layout.avail_ring >> 1
-        self._used_event = layout.used_event >> 1
-        self._used_flags = layout.used >> 1
-        self._used_idx = layout.used + 2 >> 1
-        self._used_ring = layout.used_ring >> 2
-        self._avail_event = layout.avail_event >> 1
         self._free: list[int] = list(range(layout.num - 1, -1, -1))
         self._tokens: list[Any] = [None] * layout.num
         self._lengths: list[int] = [0] * layout.num
@@ -65,10 +46,6 @@ class DriverQueue:
         self._kick_checked_idx = 0
         self._last_used = 0
         self._irq_flags = 0
-        #: why the ring is unusable (the device broke the protocol beyond repair), or None
-        self.broken: str | None = None
-        #: called once with the reason when the ring breaks
-        self.on_broken: Callable[[str], None] | None = None
 
     def reset(self) -> None:
         """Zero the whole ring in shared memory (the driver owns its initial state)."""
@@ -163,12 +140,6 @@ class DriverQueue:
                 used_len = self._lengths[head]
             return token, used_len
         return None
-
-    def _break(self, reason: str) -> None:
-        self.faults(reason)
-        self.broken = reason
-        if self.on_broken is not None:
-            self.on_broken(reason)
 
     # -- notifications from the device --
     def enable_interrupts(self) -> bool:
