@@ -434,6 +434,23 @@ class RpmsgBus:
             return lock.acquire() if deadline is None else True
         return lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
 
+    def _settle(self, ready: Callable[[], bool], tx: bool) -> bool:
+        """One look (lock held): drain, then True if ``ready()``; raise if it cannot be.
+
+        Draining goes on after link down (what the peer sent before still counts) but not
+        after close (nothing touches the rings then).
+        """
+        if not self._closed:
+            self._drain()
+        if ready():
+            return True
+        if self._closed:
+            raise EndpointClosed(f"link {self.name} is closed")
+        broken = self.transport.broken(tx=tx)
+        if broken is not None:
+            raise LinkDown(str(broken))
+        return False
+
     def wait_until(self, ready: Callable[[], bool], timeout: float | None, *, tx: bool) -> bool:
         """Drain and wait until ``ready()`` (called with the lock held) or the timeout.
 
@@ -452,16 +469,8 @@ class RpmsgBus:
             if not self._acquire(deadline):
                 return False
             try:
-                if self._closed:
-                    if ready():
-                        return True
-                    raise EndpointClosed(f"link {self.name} is closed")
-                self._drain()  # also after link down: what the peer sent before still counts
-                if ready():
+                if self._settle(ready, tx):
                     return True
-                broken = transport.broken(tx=tx)
-                if broken is not None:
-                    raise LinkDown(str(broken))
                 generation = self._generation
                 poller = self._poller
                 # Another thread sleeps on the doorbell: have the peer ring for our
@@ -560,16 +569,8 @@ class RpmsgBus:
         transport = self.transport
         while True:
             with self._lock:
-                if self._closed:
-                    if ready():
-                        return True
-                    raise EndpointClosed(f"link {self.name} is closed")
-                self._drain()
-                if ready():
+                if self._settle(ready, tx):
                     return True
-                broken = transport.broken(tx=tx)
-                if broken is not None:
-                    raise LinkDown(str(broken))
                 if transport.arm(rx=not tx, tx=tx):
                     transport.disarm()
                     continue
