@@ -13,64 +13,21 @@ import logging
 import os
 import resource
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fake_sysfs import FakeHardware
 from rig_kit import wait_for
+from served_kit import TIMEOUT, Served
 
 from amplink.platforms.linux import SupervisorError
 from amplink.platforms.linux.protocol import CONTROL_SOCKET, check_response, decode
 from amplink.service.supervisor import (
     MAX_CLIENTS,
-    PID_FILE,
-    Supervisor,
-    SupervisorClient,
-    prepare_runtime_dir,
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-TIMEOUT = 5.0
-
-
-class Served:
-    def __init__(self, tmp_path: Path) -> None:
-        firmware_dir = tmp_path / "firmware"
-        firmware_dir.mkdir()
-        (firmware_dir / "fw.elf").write_bytes(b"\x7fELF")
-        self.root = prepare_runtime_dir(tmp_path / "rt")
-        self.supervisor = Supervisor(
-            self.root, lambda name, fw: FakeHardware(name, fw, firmware_dir),
-            idle_grace=30.0, tick=0.02)
-        self.thread = threading.Thread(target=self.supervisor.serve, daemon=True)
-        self.thread.start()
-        assert wait_for(lambda: (self.root / PID_FILE).exists(), TIMEOUT)
-
-    @property
-    def client(self) -> SupervisorClient:
-        return SupervisorClient(self.root, timeout=TIMEOUT)
-
-    def connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(TIMEOUT)
-        sock.connect(str(self.root / CONTROL_SOCKET))
-        return sock
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    s = Served(tmp_path)
-    try:
-        yield s
-    finally:
-        s.supervisor.stop()
-        s.thread.join(TIMEOUT)
-        assert not s.thread.is_alive()
-
 
 def hello(sock: socket.socket) -> dict:
     sock.sendall(b'{"op": "hello"}\n')

@@ -7,13 +7,11 @@ import errno
 import json
 import socket
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from fake_sysfs import FakeHardware
 from rig_kit import wait_for
+from served_kit import TIMEOUT, Served, serve
 
 from amplink.platforms.linux import (
     ControlSocketTree,
@@ -27,53 +25,7 @@ from amplink.platforms.linux.protocol import CONTROL_SOCKET, MAX_MESSAGE
 from amplink.remoteproc.states import RprocState
 from amplink.service.supervisor import (
     PID_FILE,
-    Supervisor,
-    SupervisorClient,
-    prepare_runtime_dir,
 )
-
-TIMEOUT = 5.0
-
-
-@dataclass
-class Served:
-    root: Path
-    supervisor: Supervisor
-    thread: threading.Thread
-    made: list[FakeHardware] = field(default_factory=list)
-
-    @property
-    def client(self) -> SupervisorClient:
-        return SupervisorClient(self.root, timeout=TIMEOUT)
-
-
-def serve(tmp_path: Path, *, idle_grace: float = 30.0) -> Served:
-    firmware_dir = tmp_path / "firmware"
-    firmware_dir.mkdir(exist_ok=True)
-    (firmware_dir / "fw.elf").write_bytes(b"\x7fELF")
-    root = prepare_runtime_dir(tmp_path / "rt")
-    made: list[FakeHardware] = []
-
-    def factory(name: str, firmware: str) -> FakeHardware:
-        made.append(FakeHardware(name, firmware, firmware_dir))
-        return made[-1]
-
-    supervisor = Supervisor(root, factory, idle_grace=idle_grace, tick=0.02)
-    thread = threading.Thread(target=supervisor.serve, daemon=True)
-    thread.start()
-    assert wait_for(lambda: (root / PID_FILE).exists(), TIMEOUT)
-    return Served(root, supervisor, thread, made)
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    s = serve(tmp_path)
-    try:
-        yield s
-    finally:
-        s.supervisor.stop()
-        s.thread.join(TIMEOUT)
-        assert not s.thread.is_alive()
 
 
 class Raw:
@@ -196,9 +148,7 @@ def test_stop_shuts_every_processor_down(tmp_path: Path) -> None:
     for _ in range(2):
         dev, _ = s.client.add("fw.elf")
         LinuxRemoteProc(dev, s.client.tree).boot()
-    s.supervisor.stop()
-    s.thread.join(TIMEOUT)
-    assert not s.thread.is_alive()
+    s.stop()
     assert [hw.state for hw in s.made] == [RprocState.OFFLINE, RprocState.OFFLINE]
     assert not list(s.root.glob("remoteproc*")) and not (s.root / "debug").exists()
 
