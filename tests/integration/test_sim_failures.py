@@ -38,6 +38,20 @@ def _assert_down_for_good(link, ep) -> None:
     assert link.statistics().state == "down"
 
 
+def _kill_while_blocked(proc, call, poll_mode: bool) -> Outcome:
+    """Run ``call`` in a thread, kill the firmware once it waits: it must end in LinkDown."""
+    before = proc.link.statistics().sleeps
+    blocked = Outcome(call)
+    _wait_until_sleeping(proc.link, before, poll_mode)
+    assert blocked.thread.is_alive()
+    killed = time.monotonic()
+    proc.kill()
+    assert blocked.join(10.0), "the blocked call did not return after the firmware was killed"
+    assert isinstance(blocked.error, LinkDown), blocked.error
+    assert blocked.ended - killed < WAKE_LIMIT
+    return blocked
+
+
 @pytest.mark.parametrize("poll_mode", [False, True], ids=["blocking", "poll"])
 def test_kill_wakes_a_thread_blocked_in_recv(sim, poll_mode):
     proc = sim(ECHO, poll_mode=poll_mode)
@@ -45,15 +59,7 @@ def test_kill_wakes_a_thread_blocked_in_recv(sim, poll_mode):
     ep = link.open_channel("rpmsg-echo", timeout=5.0)
     ep.send(b"warm", timeout=5.0)
     assert ep.recv(timeout=5.0) == b"warm"
-    before = link.statistics().sleeps
-    blocked = Outcome(lambda: ep.recv(timeout=30.0))
-    _wait_until_sleeping(link, before, poll_mode)
-    assert blocked.thread.is_alive()
-    killed = time.monotonic()
-    proc.kill()
-    assert blocked.join(10.0), "recv did not return after the firmware was killed"
-    assert isinstance(blocked.error, LinkDown), blocked.error
-    assert blocked.ended - killed < WAKE_LIMIT
+    blocked = _kill_while_blocked(proc, lambda: ep.recv(timeout=30.0), poll_mode)
     assert "signal 9" in str(blocked.error)
     _assert_down_for_good(link, ep)
     assert proc.stop() == -signal.SIGKILL
@@ -74,15 +80,7 @@ def test_kill_wakes_a_thread_blocked_in_send(sim, poll_mode):
     with pytest.raises(SendTimeout):
         ep.send(b"no room", timeout=0.2)
     assert time.monotonic() - t0 < 0.2 + 1.0
-    before = link.statistics().sleeps
-    blocked = Outcome(lambda: ep.send(b"blocked", timeout=30.0))
-    _wait_until_sleeping(link, before, poll_mode)
-    assert blocked.thread.is_alive()
-    killed = time.monotonic()
-    proc.kill()
-    assert blocked.join(10.0), "send did not return after the firmware was killed"
-    assert isinstance(blocked.error, LinkDown), blocked.error
-    assert blocked.ended - killed < WAKE_LIMIT
+    _kill_while_blocked(proc, lambda: ep.send(b"blocked", timeout=30.0), poll_mode)
     _assert_down_for_good(link, ep)
 
 
