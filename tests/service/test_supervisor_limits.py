@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
@@ -71,23 +72,38 @@ def test_running_out_of_fds_costs_no_processor(served: Served,
     client = served.client
     dev, _ = client.add("fw.elf")
     client.tree.write(dev, "state", "start")
+    # Quiet first: each request's connection is closed by the supervisor once it reads the
+    # EOF, and a close after the table is filled would hand the next accept a free fd.
+    assert client.tree.read(dev, "state") == "running\n"
+    assert wait_for(lambda: served.supervisor.connected_clients == 0, TIMEOUT)
+    gc.collect()  # no finaliser of an earlier test's socket may free an fd meanwhile
     caplog.set_level(logging.WARNING, logger="amplink.service.supervisor")
-    waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    waiting.settimeout(TIMEOUT)
+    # Spares: a leftover thread may still free an fd between filling and the accept, and
+    # then that client is served at once; the next one meets the full table.
+    waiting = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(4)]
+    for sock in waiting:
+        sock.settimeout(TIMEOUT)
     try:
         with fds_exhausted() as fill:
-            waiting.connect(str(served.root / CONTROL_SOCKET))  # needs no new fd here
-            assert wait_for(lambda: fill() or "cannot accept a client" in caplog.text,
-                            TIMEOUT)
+            for tried, sock in enumerate(waiting, 1):
+                sock.connect(str(served.root / CONTROL_SOCKET))  # needs no new fd here
+                assert wait_for(lambda n=tried: fill() or "cannot accept a client" in caplog.text
+                                or served.supervisor.connected_clients >= n, TIMEOUT)
+                if "cannot accept a client" in caplog.text:
+                    break
+            else:
+                pytest.fail("every client was accepted although no fd was free")
             # it keeps trying (rate-limited log), without spinning or giving up
             time.sleep(0.3)
             assert served.thread.is_alive()
-        assert hello(waiting)["ok"] is True  # the waiting client is served after all
+        for sock in waiting[:tried]:
+            assert hello(sock)["ok"] is True  # the waiting client is served after all
         assert served.thread.is_alive()
         assert client.tree.read(dev, "state") == "running\n"
         assert caplog.text.count("cannot accept a client") == 1  # rate-limited
     finally:
-        waiting.close()
+        for sock in waiting:
+            sock.close()
 
 
 def test_clients_beyond_the_limit_are_refused_and_the_rest_served(served: Served) -> None:

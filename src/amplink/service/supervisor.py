@@ -418,6 +418,11 @@ class Supervisor:
             log.exception("%s request failed", op)
             return {"ok": False, "errno": errno.EIO, "error": f"{op}: internal error: {exc}"}
 
+    @property
+    def connected_clients(self) -> int:
+        """How many clients hold a connection to the control socket now."""
+        return len(self._clients)
+
     # -- operations ---------------------------------------------------------------------
     @property
     def _m(self) -> RemoteprocModel:
