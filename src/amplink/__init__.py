@@ -5,40 +5,98 @@ the remoteproc lifecycle, Linux's remoteproc processors (or a simulator's tree o
 through the same API, and the building blocks under them.
 """
 
-from .errors import (
-    AddressError,
-    AmplinkError,
-    EndpointClosed,
-    FirmwareError,
-    LinkDown,
-    MessageTooLarge,
-    NoBufferAvailable,
-    PeerTimeout,
-    ReceiveTimeout,
-    RemoteProtocolError,
-    SendTimeout,
-)
-from .memory import SharedRegion
-from .platforms.inprocess import LinkPair
-from .platforms.linux import LinuxRemoteProc, list_processors
-from .platforms.openamp import OpenAmpConfig, OpenAmpLink, StaleSharedMemory
-from .platforms.sim import FirmwareStartError, SimProcessor, SimRemoteProc
-from .platforms.sim_layout import LinkConfig
-from .remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
-from .remoteproc.constants import FW_RSC_ADDR_ANY
-from .remoteproc.core import RemoteProc
-from .remoteproc.coredump import CoredumpMode
-from .remoteproc.errors import NotBooted, RprocBusy
-from .remoteproc.rsc_table import Carveout, DevMem, ResourceTable, Trace
-from .remoteproc.states import InvalidTransition, RprocState
-from .rpmsg.bus import RpmsgBus
-from .rpmsg.channel import RpmsgChannel, RpmsgDriver
-from .rpmsg.endpoint import Endpoint
-from .rpmsg.stats import EndpointStatistics, LinkStatistics
-from .rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_NS_ADDR
-from .virtio.vdev import VIRTIO_ID_RPMSG, VdevEntry, VringEntry
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from .errors import (
+        AddressError,
+        AmplinkError,
+        EndpointClosed,
+        FirmwareError,
+        LinkDown,
+        MessageTooLarge,
+        NoBufferAvailable,
+        PeerTimeout,
+        ReceiveTimeout,
+        RemoteProtocolError,
+        SendTimeout,
+    )
+    from .memory import SharedRegion
+    from .platforms.inprocess import LinkPair
+    from .platforms.linux import LinuxRemoteProc, list_processors
+    from .platforms.openamp import OpenAmpConfig, OpenAmpLink, StaleSharedMemory
+    from .platforms.sim import FirmwareStartError, SimProcessor, SimRemoteProc
+    from .platforms.sim_layout import LinkConfig
+    from .remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
+    from .remoteproc.constants import FW_RSC_ADDR_ANY
+    from .remoteproc.core import RemoteProc
+    from .remoteproc.coredump import CoredumpMode
+    from .remoteproc.errors import NotBooted, RprocBusy
+    from .remoteproc.rsc_table import Carveout, DevMem, ResourceTable, Trace
+    from .remoteproc.states import InvalidTransition, RprocState
+    from .rpmsg.bus import RpmsgBus
+    from .rpmsg.channel import RpmsgChannel, RpmsgDriver
+    from .rpmsg.endpoint import Endpoint
+    from .rpmsg.stats import EndpointStatistics, LinkStatistics
+    from .rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_NS_ADDR
+    from .virtio.vdev import VIRTIO_ID_RPMSG, VdevEntry, VringEntry
 
 __version__ = "0.1.0"
+
+# imported on first use: see amplink._lazy
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "AddressError": ".errors",
+    "AmplinkError": ".errors",
+    "EndpointClosed": ".errors",
+    "FirmwareError": ".errors",
+    "LinkDown": ".errors",
+    "MessageTooLarge": ".errors",
+    "NoBufferAvailable": ".errors",
+    "PeerTimeout": ".errors",
+    "ReceiveTimeout": ".errors",
+    "RemoteProtocolError": ".errors",
+    "SendTimeout": ".errors",
+    "SharedRegion": ".memory",
+    "LinkPair": ".platforms.inprocess",
+    "LinuxRemoteProc": ".platforms.linux",
+    "list_processors": ".platforms.linux",
+    "OpenAmpConfig": ".platforms.openamp",
+    "OpenAmpLink": ".platforms.openamp",
+    "StaleSharedMemory": ".platforms.openamp",
+    "FirmwareStartError": ".platforms.sim",
+    "SimProcessor": ".platforms.sim",
+    "SimRemoteProc": ".platforms.sim",
+    "LinkConfig": ".platforms.sim_layout",
+    "CrashReason": ".remoteproc.api",
+    "RemoteProcessor": ".remoteproc.api",
+    "RprocEvent": ".remoteproc.api",
+    "FW_RSC_ADDR_ANY": ".remoteproc.constants",
+    "RemoteProc": ".remoteproc.core",
+    "CoredumpMode": ".remoteproc.coredump",
+    "NotBooted": ".remoteproc.errors",
+    "RprocBusy": ".remoteproc.errors",
+    "Carveout": ".remoteproc.rsc_table",
+    "DevMem": ".remoteproc.rsc_table",
+    "ResourceTable": ".remoteproc.rsc_table",
+    "Trace": ".remoteproc.rsc_table",
+    "InvalidTransition": ".remoteproc.states",
+    "RprocState": ".remoteproc.states",
+    "RpmsgBus": ".rpmsg.bus",
+    "RpmsgChannel": ".rpmsg.channel",
+    "RpmsgDriver": ".rpmsg.channel",
+    "Endpoint": ".rpmsg.endpoint",
+    "EndpointStatistics": ".rpmsg.stats",
+    "LinkStatistics": ".rpmsg.stats",
+    "RPMSG_ADDR_ANY": ".rpmsg.wire",
+    "RPMSG_NS_ADDR": ".rpmsg.wire",
+    "VIRTIO_ID_RPMSG": ".virtio.vdev",
+    "VdevEntry": ".virtio.vdev",
+    "VringEntry": ".virtio.vdev",
+})
 
 __all__ = [
     "FW_RSC_ADDR_ANY", "RPMSG_ADDR_ANY", "RPMSG_NS_ADDR", "VIRTIO_ID_RPMSG", "AddressError",

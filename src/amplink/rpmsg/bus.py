@@ -7,12 +7,11 @@ the doorbell (the *poller*); the others wait on a condition it signals.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     AddressError,
@@ -37,6 +36,9 @@ from .wire import (
     RemoteProtocolError,
     check_name,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -560,6 +562,8 @@ class RpmsgBus:
 
         A link is awaited from one event loop at a time.
         """
+        import asyncio  # here: a firmware that never awaits does not pay for its import
+
         loop = asyncio.get_running_loop()
         if self._async_loop is not loop:
             if self._async_futures:
