@@ -155,3 +155,44 @@ def test_close_is_idempotent_and_wake_after_close_is_harmless():
 def test_full_fence_runs():
     for _ in range(100):
         full_fence()
+
+
+def test_a_link_closed_while_a_kick_is_consumed_waits_for_it():
+    """The owner closes the waiter, then the doorbell: never under a kick being read."""
+    reading, release = threading.Event(), threading.Event()
+
+    class SlowDoorbell(SocketDoorbell):
+        def clear(self) -> None:
+            reading.set()
+            release.wait(5)
+            super().clear()
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    bell, peer = SlowDoorbell(a), SocketDoorbell(b)
+    waiter = Waiter(bell)
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(_wait_or_error(waiter)))
+    try:
+        peer.kick()
+        thread.start()
+        assert reading.wait(5)
+        closer = threading.Thread(target=lambda: (waiter.close(), bell.close()))
+        closer.start()
+        closer.join(0.2)
+        assert closer.is_alive()  # held off while the kick is read
+        release.set()
+        closer.join(5)
+        thread.join(5)
+        assert outcome == [True]
+    finally:
+        release.set()
+        waiter.close()
+        bell.close()
+        peer.close()
+
+
+def _wait_or_error(waiter: Waiter) -> object:
+    try:
+        return waiter.wait(5)
+    except OSError as exc:
+        return exc

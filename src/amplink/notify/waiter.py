@@ -97,19 +97,31 @@ class Waiter:
             if fd == self._door_fd:
                 if not self._door_clear:
                     continue
-                try:
-                    self.doorbell.clear()
-                except LinkDown as exc:
+                hangup = self._clear_doorbell()
+                if hangup is not None:
                     if self.on_hangup is None:
-                        raise
+                        raise hangup
                     self._epoll.unregister(fd)  # a hung-up fd stays readable forever
                     self._door_fd = -1
-                    self.on_hangup(str(exc))
+                    self.on_hangup(str(hangup))
             elif fd != self._wake_fd:
                 callback = self._watches.get(fd)
                 if callback is not None:
                     callback()
         return bool(events)
+
+    def _clear_doorbell(self) -> LinkDown | None:
+        """Consume the doorbell's kicks; the peer's hang-up is returned, not raised."""
+        # Under the lock that close() takes: the owner closes the doorbell only after
+        # this waiter, so a link closed meanwhile never has its doorbell read closed.
+        with self._wake_lock:
+            if self.closed:
+                return None
+            try:
+                self.doorbell.clear()
+            except LinkDown as exc:
+                return exc
+        return None
 
     def poll_sources(self) -> bool:
         """Run :meth:`wait` without sleeping (consume kicks, notice hang-ups).
