@@ -246,8 +246,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             _out("channels:")
             for line in _channel_lines(link):
                 _out(line)
+
+            def changed() -> bool:
+                return snapshot() != known
+
             while True:
-                link.run(until=lambda seen=known: snapshot() != seen, timeout=0.5)
+                link.run(until=changed, timeout=0.5)
                 now = snapshot()
                 for name, dst in sorted(now - known):
                     _out(f"+ {name}  remote address 0x{dst:x}")

@@ -87,7 +87,7 @@ def write_coredump(
         ehdr.size, phdr.size, len(segs),
         0, 0, 0,  # e_shentsize, e_shnum, e_shstrndx
     )
-    parts = [header, headers, *(data for _, data in segs)]
+    parts: list[bytes | bytearray | memoryview] = [header, headers, *(d for _, d in segs)]
     if isinstance(path_or_file, (str, os.PathLike)):
         with open(path_or_file, "wb") as f:
             f.writelines(parts)

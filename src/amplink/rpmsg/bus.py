@@ -90,7 +90,7 @@ class RpmsgBus:
         self._cond = threading.Condition(threading.Lock())
         self._poller: int | None = None  # the thread watching the rings, if any
         self._followers = 0
-        self._draining = False
+        self._drainer: int | None = None  # the thread delivering messages, if any
         self._generation = 0  # bumped whenever waiters must re-check their condition
         self._endpoints: dict[int, Endpoint] = {}
         self._channels: list[RpmsgChannel] = []
@@ -362,9 +362,9 @@ class RpmsgBus:
         Not re-entered: a callback that blocks in send() waits without draining, so
         deliveries neither recurse nor overtake the message being handled.
         """
-        if self._draining:
+        if self._drainer is not None:
             return 0
-        self._draining = True
+        self._drainer = threading.get_ident()
         before = self.messages_received
         try:
             receive = self.transport.receive
@@ -374,7 +374,7 @@ class RpmsgBus:
                 if receive(self._deliver, _DRAIN_BATCH) < _DRAIN_BATCH or self._closed:
                     break
         finally:
-            self._draining = False
+            self._drainer = None
             if self._closed:  # a callback closed the link: finish its close here
                 self._close_transport()
         total = self.messages_received - before
@@ -462,8 +462,7 @@ class RpmsgBus:
         transport = self.transport
         lock = self._lock
         me = threading.get_ident()
-        # _draining is only ever set with the lock held: if we own the lock, it is ours
-        if not tx and self._draining and lock._is_owned():
+        if not tx and self._drainer == me:
             raise RuntimeError(
                 "a callback cannot wait for messages: they are delivered by the very drain "
                 "that runs the callback (use try_recvfrom, or wait in another thread)")
@@ -731,7 +730,7 @@ class RpmsgBus:
             while self._poller not in (None, me) and time.monotonic() < end:
                 self._cond.wait(0.05)
         with self._lock:
-            if not self._draining:  # else a callback of ours closed us: _drain finishes
+            if self._drainer is None:  # else a callback of ours closed us: _drain finishes
                 self._close_transport()
 
     def _close_transport(self) -> None:

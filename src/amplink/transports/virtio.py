@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ..errors import LinkDown, PeerTimeout, RemoteProtocolError
 from ..memory.region import SharedRegion
@@ -57,6 +57,8 @@ def ring_layout(region: SharedRegion, vring: VringEntry) -> VringLayout:
 
 
 class _VirtioRpmsgTransport(Transport):
+    role: ClassVar[str]  # "driver" or "device"
+
     def __init__(self, region: SharedRegion, vdev: VdevControl, doorbell: Doorbell,
                  waiter: Waiter, features: int, buf_size: int) -> None:
         if buf_size <= RPMSG_HDR_SIZE or buf_size > 0xFFFF + RPMSG_HDR_SIZE:

@@ -14,6 +14,7 @@ Every value read from the table is untrusted and checked before use.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
@@ -57,7 +58,7 @@ VRING_MAX_NUM = 32768  # the largest split-virtqueue size
 VDEV_MAX_VRINGS = 2  # rpmsg uses exactly two (RX and TX)
 FEATURES_MASK = 0xFFFF_FFFF  # remoteproc vdevs carry 32 feature bits
 
-BufferLike = bytes | bytearray | memoryview
+BufferLike = bytes | bytearray | memoryview | mmap.mmap
 
 _HEADER = struct.Struct("<IIIIIBBH")
 _VRING = struct.Struct("<IIIII")
