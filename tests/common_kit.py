@@ -1,4 +1,5 @@
-"""Helpers shared by several test folders: waiting with a deadline, collecting events.
+"""Helpers shared by several test folders: waiting with a deadline, a call run in a
+thread, collecting events.
 
 Importable everywhere under tests/ (tests/conftest.py puts this folder on sys.path).
 """
@@ -22,6 +23,30 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+class Outcome:
+    """Runs ``fn`` in a thread; records its result or exception and when it ended."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.ended: float | None = None
+        self._fn = fn
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+        finally:
+            self.ended = time.monotonic()
+
+    def join(self, timeout: float) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
 
 
 class Events:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from amplink import SimProcessor
@@ -31,30 +28,6 @@ def stop_quietly(proc: SimProcessor, timeout: float = 3.0) -> None:
         if child is not None and child.poll() is None:
             child.kill()
             child.wait(5.0)
-
-
-class Outcome:
-    """Runs ``fn`` in a thread; records its result or exception and when it ended."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self.result: object = None
-        self.error: BaseException | None = None
-        self.ended: float | None = None
-        self._fn = fn
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.result = self._fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            self.error = exc
-        finally:
-            self.ended = time.monotonic()
-
-    def join(self, timeout: float) -> bool:
-        self.thread.join(timeout)
-        return not self.thread.is_alive()
 
 
 # -- leak accounting ------------------------------------------------------------------------

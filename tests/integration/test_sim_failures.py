@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-from common_kit import wait_for
-from sim_kit import ECHO, Outcome, fixture_firmware, process_gone, stop_quietly
+from common_kit import Outcome, wait_for
+from sim_kit import ECHO, fixture_firmware, process_gone, stop_quietly
 
 from amplink import LinkConfig, LinkDown, NoBufferAvailable, SendTimeout, SimProcessor
 from amplink.platforms.sim import FirmwareStartError

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from common_kit import Events
-from sim_kit import Outcome, process_gone
+from common_kit import Events, Outcome
+from sim_kit import process_gone
 
 from amplink import FirmwareError, SimRemoteProc
 from amplink.platforms import sim_layout as L

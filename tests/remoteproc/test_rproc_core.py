@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from common_kit import Events
+from common_kit import Events, Outcome
 from elftools.elf.elffile import ELFFile
 from rproc_firmware import Firmware
 from rproc_kit import ANY, POOL_DA, SERVICE, FakeImage, FakeOps, rpmsg_vdev
@@ -152,20 +152,10 @@ def test_a_crash_wakes_a_thread_blocked_in_recv() -> None:
     rproc, ops = make(recovery=False)
     with rproc.acquire():
         ep = rproc.link.open_channel(SERVICE, timeout=TIMEOUT)
-        outcome: list[BaseException] = []
-
-        def blocked() -> None:
-            try:
-                ep.recv(timeout=30.0)
-            except BaseException as exc:  # noqa: BLE001 - handed to the test
-                outcome.append(exc)
-
-        thread = threading.Thread(target=blocked)
-        thread.start()
+        blocked = Outcome(lambda: ep.recv(timeout=30.0))
         ops.report(CrashReason.FATAL_ERROR, "boom")
-        thread.join(TIMEOUT)
-        assert not thread.is_alive()
-        (error,) = outcome
+        assert blocked.join(TIMEOUT)
+        error = blocked.error
         assert isinstance(error, LinkDown) and "fatal error: boom" in str(error)
 
 

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from common_kit import Outcome
 
 from amplink import (
     RPMSG_ADDR_ANY,
@@ -85,21 +86,11 @@ def test_open_channel_exchange_and_remote_destroy(pair):
 def test_destroy_wakes_a_blocked_receiver(pair):
     d = announce(pair)
     h = pair.host.open_channel("svc", timeout=2)
-    result: list[BaseException] = []
-
-    def receiver():
-        try:
-            h.recv(timeout=5)
-        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
-            result.append(exc)
-
-    t = threading.Thread(target=receiver)
-    t.start()
+    blocked = Outcome(lambda: h.recv(timeout=5))
     time.sleep(0.05)
     d.close()
-    t.join(3)
-    assert not t.is_alive()
-    assert len(result) == 1 and isinstance(result[0], EndpointClosed)
+    assert blocked.join(3)
+    assert isinstance(blocked.error, EndpointClosed)
 
 
 def test_duplicate_announcement_is_counted(pair):
@@ -412,23 +403,13 @@ def test_iteration_stops_when_the_peer_destroys(pair):
 @pytest.mark.timeout(10)
 def test_blocked_recv_is_woken_by_local_close(pair):
     h = pair.host.create_endpoint()
-    result: list[BaseException] = []
-
-    def receiver():
-        try:
-            h.recv(timeout=5)
-        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
-            result.append(exc)
-
-    t = threading.Thread(target=receiver)
-    t.start()
+    blocked = Outcome(lambda: h.recv(timeout=5))
     time.sleep(0.05)
     t0 = time.monotonic()
     h.close()
-    t.join(3)
-    assert not t.is_alive()
+    assert blocked.join(3)
     assert time.monotonic() - t0 < 1.0
-    assert len(result) == 1 and isinstance(result[0], EndpointClosed)
+    assert isinstance(blocked.error, EndpointClosed)
 
 
 # -- asyncio --

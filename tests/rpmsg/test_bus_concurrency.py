@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from common_kit import Outcome
 
 from amplink import EndpointClosed, NoBufferAvailable, ReceiveTimeout, SendTimeout
 from amplink.platforms.inprocess import LinkPair
@@ -170,20 +171,9 @@ def test_an_awaiting_coroutine_hears_what_another_thread_delivered(pair):
 def test_close_under_blocked_receivers_says_closed(options):
     pair = LinkPair.create(**options)
     eps = [pair.host.create_endpoint(f"r{i}") for i in range(4)]
-    results: list[BaseException] = []
-
-    def receiver(ep) -> None:
-        try:
-            ep.recv(timeout=5.0)
-        except BaseException as exc:  # noqa: BLE001 - the test records what came out
-            results.append(exc)
-
-    threads = [threading.Thread(target=receiver, args=(ep,)) for ep in eps]
-    for t in threads:
-        t.start()
+    receivers = [Outcome(lambda ep=ep: ep.recv(timeout=5.0)) for ep in eps]
     time.sleep(0.2)
     pair.close()
-    for t in threads:
-        t.join(5)
-    assert len(results) == 4
+    assert all(r.join(5) for r in receivers)
+    results = [r.error for r in receivers]
     assert all(isinstance(exc, EndpointClosed) for exc in results), results

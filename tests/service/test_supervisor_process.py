@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from pathlib import Path
 
 import pytest
+from common_kit import Outcome
 from rig_kit import ECHO, children_of, process_alive, wait_for
 
 from amplink.platforms.linux import LinuxRemoteProc, SupervisorError
@@ -27,20 +27,10 @@ TIMEOUT = 10.0
 
 
 def test_concurrent_starts_make_one_supervisor(runtime: Path) -> None:
-    pids: list[int] = []
-    errors: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            pids.append(ensure_supervisor(runtime).hello())
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT)
+    starts = [Outcome(lambda: ensure_supervisor(runtime).hello()) for _ in range(3)]
+    assert all(s.join(TIMEOUT) for s in starts)
+    errors = [s.error for s in starts if s.error is not None]
+    pids = [s.result for s in starts if s.error is None]
     assert not errors and len(pids) == 3 and len(set(pids)) == 1
     # detached: not our child, and in a session of its own (no signal from our terminal)
     assert pids[0] not in children_of(os.getpid()) and os.getsid(pids[0]) == pids[0]
