@@ -47,8 +47,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
 
 __version__ = "0.1.0"
 
-# imported on first use: see amplink._lazy
-__getattr__, __dir__ = lazy_exports(__name__, {
+# name -> the module defining it, imported on first use: see amplink._lazy
+_EXPORTS = {
     "AddressError": ".errors",
     "AmplinkError": ".errors",
     "EndpointClosed": ".errors",
@@ -96,7 +96,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "VIRTIO_ID_RPMSG": ".virtio.vdev",
     "VdevEntry": ".virtio.vdev",
     "VringEntry": ".virtio.vdev",
-})
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "FW_RSC_ADDR_ANY", "RPMSG_ADDR_ANY", "RPMSG_NS_ADDR", "VIRTIO_ID_RPMSG", "AddressError",

@@ -15,6 +15,7 @@ PACKAGES = ["amplink", "amplink.remoteproc"]
 @pytest.mark.parametrize("name", PACKAGES)
 def test_every_exported_name_resolves_and_is_listed(name: str) -> None:
     package = importlib.import_module(name)
+    assert set(package._EXPORTS) == set(package.__all__)  # the two lists agree
     for export in package.__all__:
         value = getattr(package, export)
         assert getattr(package, export) is value  # cached after the first lookup

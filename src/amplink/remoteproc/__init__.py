@@ -45,8 +45,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .states import ALLOWED_TRANSITIONS, InvalidTransition, RprocState, check_transition
     from .trace import TraceFollower, read_trace
 
-# imported on first use: see amplink._lazy
-__getattr__, __dir__ = lazy_exports(__name__, {
+# name -> the module defining it, imported on first use: see amplink._lazy
+_EXPORTS = {
     "DeviceAddressMap": ".addrmap",
     "CrashReason": ".api",
     "RemoteProcessor": ".api",
@@ -95,7 +95,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "check_transition": ".states",
     "TraceFollower": ".trace",
     "read_trace": ".trace",
-})
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
