@@ -56,3 +56,12 @@ class FirmwareError(AmplinkError, ValueError):
 
 class AddressError(AmplinkError, ValueError):
     """An address or offset is outside the region or otherwise not acceptable."""
+
+
+class InvalidArgument(AmplinkError, ValueError):
+    """A public call got an argument value it cannot use; the message names the argument."""
+
+
+class InvalidArgumentType(AmplinkError, TypeError):
+    """A public call got an argument of a type it cannot use; the message names the argument
+    and what is accepted."""

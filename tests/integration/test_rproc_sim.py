@@ -6,15 +6,31 @@ import io
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from common_kit import Events, wait_for
+from common_kit import Events, Outcome, wait_for
 from elftools.elf.elffile import ELFFile
-from rproc_sim_kit import TIMEOUT, assert_no_leaks, echo, snapshot
-from sim_kit import ECHO, child_pids, fixture_firmware, open_fds, process_gone
+from rproc_sim_kit import TIMEOUT, echo
+from sim_kit import (
+    ECHO,
+    assert_no_leaks,
+    child_pids,
+    fixture_firmware,
+    open_fds,
+    process_gone,
+    snapshot,
+)
 
-from amplink import EndpointClosed, FirmwareError, LinkDown, SimRemoteProc
+from amplink import (
+    Endpoint,
+    FirmwareError,
+    LinkConfig,
+    LinkDown,
+    RpmsgDriver,
+    SimRemoteProc,
+)
 from amplink.firmware.device import FATAL_EXIT_STATUS
 from amplink.platforms.sim import FirmwareStartError
 from amplink.remoteproc import CoredumpMode, RprocState
@@ -47,8 +63,10 @@ def test_killed_firmware_is_dumped_recovered_and_leaks_nothing(tmp_path: Path) -
         assert crash.detail.startswith(CrashReason.PROCESS_EXIT) and "signal 9" in crash.detail
         assert rproc.crash_count == 1 and rproc.state is RprocState.RUNNING
         assert not old_link.is_up and old_ep.closed  # the old vdev was removed
-        with pytest.raises(EndpointClosed):
-            old_ep.send(b"into the void", timeout=TIMEOUT)
+        for call in (lambda: old_ep.send(b"into the void", timeout=TIMEOUT),
+                     lambda: old_ep.recv(timeout=TIMEOUT), lambda: old_ep.try_send(b"x")):
+            with pytest.raises(LinkDown, match="crashed"):  # the peer went away: broken
+                call()
         assert rproc.pid not in (None, old_pid) and process_gone(old_pid)
         echo(rproc, [b"after", b"recovery"])  # the service was announced again
         assert events.wait("coredump")
@@ -84,6 +102,37 @@ def test_two_users_boot_once_and_stop_once() -> None:
     rproc.shutdown()
     assert rproc.state is RprocState.OFFLINE and rproc.pid is None
     assert rproc.ops.last_exit_status == 0  # it left by itself when the host hung up
+
+
+@pytest.mark.timeout(60)
+def test_a_kill_under_recovery_fails_blocked_and_later_calls_with_link_down() -> None:
+    """Every kill, not most: the peer going away is LinkDown (broken), never EndpointClosed,
+    for a send blocked on a full ring, for a driver's endpoint, and for later calls; the
+    error says how many messages the firmware never consumed."""
+    n = 4
+    rproc = SimRemoteProc(fixture_firmware("sink.py"), config=LinkConfig(num_buffers=n))
+    bound: list[Endpoint] = []
+    rproc.register_driver(RpmsgDriver(["sink"], probe=lambda ch: bound.append(ch.endpoint)))
+    events = Events(rproc)
+    with rproc.acquire():
+        for kill in range(1, 6):
+            ep = rproc.link.open_channel("sink", timeout=TIMEOUT)
+            assert wait_for(lambda k=kill: len(bound) == k, TIMEOUT)
+            driver_ep = bound[-1]
+            for i in range(n):
+                ep.try_send(b"fill %d" % i)
+            blocked = Outcome(lambda ep=ep: ep.send(b"blocked", timeout=30))
+            time.sleep(0.05)
+            assert rproc.process is not None
+            rproc.process.kill()
+            assert blocked.join(10), "the blocked send did not end after the kill"
+            assert isinstance(blocked.error, LinkDown), repr(blocked.error)
+            assert f"{n} messages sent before were never consumed" in str(blocked.error)
+            for call in (lambda ep=ep: ep.send(b"x", timeout=1), lambda ep=ep: ep.recv(1),
+                         lambda ep=driver_ep: ep.send(b"x", timeout=1)):
+                with pytest.raises(LinkDown):
+                    call()
+            assert events.wait("recovered", kill)
 
 
 def test_recovery_disabled_stays_crashed_until_recover() -> None:

@@ -107,10 +107,12 @@ def test_duplicate_address_is_refused(pair):
         pair.host.create_endpoint(addr=dyn.addr)
 
 
-@pytest.mark.parametrize("addr", [-1, 1 << 32, 2.5])
-def test_bad_explicit_address_is_refused(pair, addr):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("addr", "kind"), [(-1, ValueError), (1 << 32, ValueError),
+                                             (2.5, TypeError), ("5", TypeError)])
+def test_bad_explicit_address_is_refused(pair, addr, kind):
+    with pytest.raises(AmplinkError, match="addr") as info:
         pair.host.create_endpoint(addr=addr)
+    assert isinstance(info.value, kind)
 
 
 # -- ANY is never a source or destination on the wire --
@@ -200,22 +202,41 @@ def test_over_mtu_from_the_device_is_refused(pair):
 
 
 # -- timeouts --
-@pytest.mark.parametrize("bad", [-1, -0.001, math.nan, -math.inf, "1", object()])
+@pytest.mark.parametrize("bad", [-1, -0.001, math.nan, -math.inf, "1", object(), True])
 def test_bad_timeouts_are_refused(pair, bad):
+    """A typed error naming the argument; a ValueError for a bad number, a TypeError else."""
+    kind = ValueError if isinstance(bad, float | int) and not isinstance(bad, bool) else TypeError
     h, d = connect(pair)
-    with pytest.raises(ValueError):
-        h.send(b"x", timeout=bad)
-    with pytest.raises(ValueError):
-        h.sendto(b"x", d.addr, timeout=bad)
-    with pytest.raises(ValueError):
-        h.send_offchannel(h.addr, d.addr, b"x", timeout=bad)
-    with pytest.raises(ValueError):
-        d.recv(timeout=bad)
-    with pytest.raises(ValueError):
-        d.recvfrom(timeout=bad)
-    with pytest.raises(ValueError):
-        pair.host.wait_channel("svc", timeout=bad)
+    calls = [
+        lambda: h.send(b"x", timeout=bad),
+        lambda: h.sendto(b"x", d.addr, timeout=bad),
+        lambda: h.send_offchannel(h.addr, d.addr, b"x", timeout=bad),
+        lambda: d.recv(timeout=bad),
+        lambda: d.recvfrom(timeout=bad),
+        lambda: pair.host.wait_channel("svc", timeout=bad),
+    ]
+    for call in calls:
+        with pytest.raises(AmplinkError, match="timeout") as info:
+            call()
+        assert isinstance(info.value, kind)
     device_gets_nothing(pair, d)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("forever", [math.inf, 1e10, 1e300])
+def test_huge_timeouts_mean_forever_even_while_another_thread_holds_the_link(pair, forever):
+    """A timeout too large for lock and poll primitives (OverflowError) waits forever."""
+    h, d = connect(pair)
+    h.send(b"later", timeout=forever)
+    assert d.recv(timeout=forever) == b"later"
+    got = []
+    reader = threading.Thread(target=lambda: got.append(d.recv(timeout=forever)))
+    reader.start()  # this thread now sleeps on the link
+    time.sleep(0.05)
+    h.send(b"two", timeout=forever)
+    reader.join(5)
+    assert got == [b"two"]
+    assert h.statistics() is not None
 
 
 @pytest.mark.parametrize("bad", [-1, math.nan])

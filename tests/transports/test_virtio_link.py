@@ -6,10 +6,11 @@ import socket
 
 import pytest
 
-from amplink import LinkDown
+from amplink import FirmwareError, LinkDown
 from amplink.notify.doorbell import EventfdDoorbell
 from amplink.platforms.sim_layout import LinkConfig, place_link
 from amplink.transports.virtio_link import device_link, driver_link, watch_lifeline
+from amplink.virtio.vdev import VDEV_NUM_VRINGS_OFFSET
 
 
 @pytest.fixture
@@ -74,3 +75,23 @@ def test_links_pair_up_own_their_extras_and_see_a_lifeline_hang_up(placed):
         host.close()
         device.close()
     assert ours.fileno() == -1  # closed with the device's link
+
+
+@pytest.mark.parametrize("nvrings", [0, 1])
+@pytest.mark.parametrize("role", ["driver", "device"])
+def test_a_peer_written_vdev_without_two_vrings_is_a_firmware_error(placed, role, nvrings):
+    """The table in shared memory is the peer's: its num_of_vrings is checked, and the error
+    names the field and its offset (not a bare ValueError from deep inside)."""
+    region, resources = placed
+    vdev = resources.vdevs[0]
+    control = resources.vdev_control(vdev)
+    region.write_u8(control.entry_offset + VDEV_NUM_VRINGS_OFFSET, nvrings)
+    bell, peer = EventfdDoorbell.pair()
+    at = f"0x{control.entry_offset + VDEV_NUM_VRINGS_OFFSET:x}"
+    with pytest.raises(FirmwareError, match=f"num_of_vrings = {nvrings}.*{at}"):
+        if role == "driver":
+            driver_link(region, control, vdev.buffers.offset, bell, name="host")
+        else:
+            device_link(region, control, bell, name="device")
+    assert _closed(bell)
+    peer.close()

@@ -118,13 +118,7 @@ def remove_vdevs(links: list[RpmsgBus], reason: str, *, crashed: bool = False) -
     for bus in links:
         if crashed:
             bus.mark_down(reason)
-        for channel in bus.channels():
-            if channel.driver is not None:
-                try:
-                    bus.unregister_driver(channel.driver)
-                except Exception:  # noqa: BLE001 - the link must still be closed
-                    log.exception("%s: unbinding channel %r failed", bus.name, channel.name)
-            channel.removed = True
+        bus.remove_channels(reason, lost=crashed)
         # close() returns once no thread touches the rings; after a crash, endpoints
         # report LinkDown with the reason
         bus.close(reason if crashed else None)

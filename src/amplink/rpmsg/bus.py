@@ -13,9 +13,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._args import callable_arg, int_arg, payload_arg, timeout_arg
 from ..errors import (
     AddressError,
+    AmplinkError,
     EndpointClosed,
+    InvalidArgument,
+    InvalidArgumentType,
     LinkDown,
     MessageTooLarge,
     NoBufferAvailable,
@@ -23,7 +27,7 @@ from ..errors import (
     SendTimeout,
 )
 from .channel import RpmsgChannel, RpmsgDriver
-from .endpoint import DEFAULT_SEND_TIMEOUT, Callback, Endpoint, check_timeout
+from .endpoint import DEFAULT_SEND_TIMEOUT, Callback, Endpoint
 from .stats import LinkStatistics
 from .transport import Transport
 from .wire import (
@@ -56,9 +60,7 @@ MAX_REMOTE_CHANNELS = 1024
 
 
 def _check_addr(addr: int, what: str) -> int:
-    if not isinstance(addr, int) or not 0 <= addr < RPMSG_ADDR_ANY:
-        raise ValueError(f"{what} must be an rpmsg address in 0..0xfffffffe, got {addr!r}")
-    return addr
+    return int_arg(addr, what, minimum=0, maximum=RPMSG_ADDR_ANY - 1)
 
 
 class RpmsgBus:
@@ -82,7 +84,7 @@ class RpmsgBus:
         self.name = name
         self.mtu = transport.mtu
         self.poll_mode = poll_mode
-        self.spin = check_timeout(spin) or 0.0
+        self.spin = timeout_arg(spin) or 0.0
         self.safety_timeout = safety_timeout
         # OpenAMP announces the end of a service only for dynamic addresses (>= 1024)
         self.announce_destroy_min_addr = announce_destroy_min_addr
@@ -96,6 +98,7 @@ class RpmsgBus:
         self._channels: list[RpmsgChannel] = []
         self._drivers: list[RpmsgDriver] = []
         self._closed = False
+        self._lost: str | None = None  # why the link was closed because the peer is gone
         self._async_futures: set[asyncio.Future[None]] = set()
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._async_fd = -1
@@ -144,16 +147,19 @@ class RpmsgBus:
             check_name(name)
         if dst != RPMSG_ADDR_ANY:
             _check_addr(dst, "dst")
+        if addr != RPMSG_ADDR_ANY:
+            _check_addr(addr, "addr")
+        callable_arg(callback, "callback")
+        if announce and name is None:
+            raise InvalidArgument("an announced endpoint needs a name")
         with self._lock:
             self._check_usable()
             if addr == RPMSG_ADDR_ANY:
                 addr = self._allocate_addr()
             else:
-                _check_addr(addr, "addr")
                 if addr in self._endpoints:
-                    raise ValueError(f"rpmsg address 0x{addr:x} is in use: pick another or ANY")
-            if announce and name is None:
-                raise ValueError("an announced endpoint needs a name")
+                    raise AddressError(f"rpmsg address 0x{addr:x} is in use: pick another or "
+                                       "RPMSG_ADDR_ANY")
             ep = Endpoint(self, addr, name=name, dst=dst, callback=callback,
                           announced=announce and self.transport.supports_ns, priv=priv)
             self._endpoints[addr] = ep
@@ -177,6 +183,9 @@ class RpmsgBus:
                 return
             del self._endpoints[ep.addr]
             ep._mark_closed("closed by this side")
+            for channel in self._channels:  # the channel is free for the next opener
+                if channel.endpoint is ep:
+                    channel.endpoint = None
             announce = (ep.announced and self.transport.down is None and not self._closed
                         and ep.addr >= self.announce_destroy_min_addr and announce_timeout > 0)
         if announce:
@@ -202,7 +211,10 @@ class RpmsgBus:
 
     def register_driver(self, driver: RpmsgDriver) -> None:
         """Register ``driver`` and probe it on every matching channel without an endpoint."""
+        if not isinstance(driver, RpmsgDriver):
+            raise InvalidArgumentType(f"driver must be an RpmsgDriver, got {driver!r}")
         with self._lock:
+            self._check_usable()
             self._drivers.append(driver)
             for channel in self._channels:
                 if channel.endpoint is None and driver.matches(channel.name):
@@ -250,7 +262,7 @@ class RpmsgBus:
             found[:] = [c for c in self._channels if c.name == name and not c.removed]
             return bool(found)
 
-        if not self.wait_until(ready, check_timeout(timeout), tx=False):
+        if not self.wait_until(ready, timeout_arg(timeout), tx=False):
             raise PeerTimeout(f"channel {name!r} was not announced within {timeout} s: is the "
                               "firmware offering it?")
         return found[0]
@@ -275,7 +287,17 @@ class RpmsgBus:
                               channel.name)
                 self._unbind(channel, "probe failed", run_remove=False)
 
-    def _unbind(self, channel: RpmsgChannel, reason: str, *, run_remove: bool = True) -> None:
+    def remove_channels(self, reason: str, *, lost: bool) -> None:
+        """Unbind every channel (drivers' ``remove`` runs) and close their endpoints with
+        ``reason``: LinkDown when ``lost`` (the peer went away), else EndpointClosed."""
+        with self._lock:
+            for channel in list(self._channels):
+                channel.removed = True
+                self._unbind(channel, reason, link_lost=lost)
+            self._channels.clear()
+
+    def _unbind(self, channel: RpmsgChannel, reason: str, *, run_remove: bool = True,
+                link_lost: bool = False) -> None:
         driver = channel.driver
         if driver is not None:
             if run_remove and driver.remove is not None:
@@ -289,12 +311,13 @@ class RpmsgBus:
         ep = channel.endpoint
         channel.endpoint = None
         if ep is not None:
-            self._endpoints.pop(ep.addr, None)
-            ep._mark_closed(reason)
+            if self._endpoints.get(ep.addr) is ep:  # its address may be another's by now
+                del self._endpoints[ep.addr]
+            ep._mark_closed(reason, link_lost=link_lost)
         for other in list(self._endpoints.values()):
             if other.priv is channel:
                 self._endpoints.pop(other.addr, None)
-                other._mark_closed(reason)
+                other._mark_closed(reason, link_lost=link_lost)
 
     def _on_ns_message(self, _ep: Endpoint, payload: bytes, src: int) -> None:
         try:
@@ -412,9 +435,15 @@ class RpmsgBus:
         finally:
             self._lock.release()
 
+    def _closed_error(self) -> AmplinkError:
+        """The error for a call on the closed link: LinkDown if the peer went away."""
+        if self._lost is not None:
+            return LinkDown(f"link {self.name}: {self._lost}")
+        return EndpointClosed(f"link {self.name} is closed")
+
     def _check_usable(self) -> None:
         if self._closed:
-            raise EndpointClosed(f"link {self.name} is closed")
+            raise self._closed_error()
         transport = self.transport
         if transport.down is None and transport.waiter.poll_sources():
             poller = self._poller  # we may have taken the kick the sleeping thread waits for
@@ -447,7 +476,7 @@ class RpmsgBus:
         if ready():
             return True
         if self._closed:
-            raise EndpointClosed(f"link {self.name} is closed")
+            raise self._closed_error()
         broken = self.transport.broken(tx=tx)
         if broken is not None:
             raise LinkDown(str(broken))
@@ -614,8 +643,10 @@ class RpmsgBus:
 
     # -- sending --
     def _check_send(self, src: int, dst: int, data: bytes | bytearray | memoryview) -> None:
+        """The checks of a send (``data`` already a byte payload)."""
         if src == RPMSG_ADDR_ANY or dst == RPMSG_ADDR_ANY:
-            raise ValueError("rpmsg has no broadcast: src and dst must not be ANY (0xffffffff)")
+            raise InvalidArgument(
+                "rpmsg has no broadcast: src and dst must not be RPMSG_ADDR_ANY (0xffffffff)")
         _check_addr(src, "src")
         _check_addr(dst, "dst")
         if len(data) > self.mtu:
@@ -627,16 +658,19 @@ class RpmsgBus:
     def send_message(self, ep: Endpoint | None, src: int, dst: int,
                      data: bytes | bytearray | memoryview, timeout: float | None) -> None:
         """Send one message, waiting up to ``timeout`` s (0: not at all) for a buffer."""
-        # The common case is checked inline: this is the hot path.
+        # The common case is checked inline: this is the hot path. Everything is checked
+        # before a buffer is taken, so a bad argument never costs the ring a buffer.
+        if type(data) is not bytes:
+            data = payload_arg(data)
         if not (type(src) is int and type(dst) is int and 0 <= src < RPMSG_ADDR_ANY
                 and 0 <= dst < RPMSG_ADDR_ANY and len(data) <= self.mtu):
             self._check_send(src, dst, data)
         if timeout != DEFAULT_SEND_TIMEOUT:
-            timeout = check_timeout(timeout)
+            timeout = timeout_arg(timeout)
         transport = self.transport
         with self._lock:
             if self._closed:
-                raise EndpointClosed(f"link {self.name} is closed")
+                raise self._closed_error()
             if transport.down is not None:
                 raise LinkDown(str(transport.down))
             if transport.try_send(src, dst, data):
@@ -653,10 +687,11 @@ class RpmsgBus:
     async def async_send_message(self, ep: Endpoint, src: int, dst: int,
                                  data: bytes | bytearray | memoryview,
                                  timeout: float | None) -> None:
+        data = payload_arg(data)
         self._check_send(src, dst, data)
         transport = self.transport
         ok = await self.async_wait_until(lambda: transport.try_send(src, dst, data),
-                                         check_timeout(timeout), tx=True)
+                                         timeout_arg(timeout), tx=True)
         if not ok:
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         self._count_sent(ep)
@@ -720,6 +755,9 @@ class RpmsgBus:
                 self.destroy_endpoint(ep, max(0.0, end - time.monotonic()))
         with self._lock:
             self._closed = True
+            if reason is not None:
+                down = self.transport.down
+                self._lost = str(down) if down is not None else reason
             for ep in self._endpoints.values():
                 ep._mark_closed(reason or "link closed", link_lost=reason is not None)
             self._endpoints.clear()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
+from .._args import timeout_arg
 from ..errors import AddressError, AmplinkError, EndpointClosed, LinkDown, ReceiveTimeout
 from .stats import EndpointStatistics
 from .wire import RPMSG_ADDR_ANY
@@ -20,15 +20,6 @@ DEFAULT_SEND_TIMEOUT = 15.0
 DEFAULT_MAX_QUEUED = 65536
 
 Callback = Callable[["Endpoint", bytes, int], None]
-
-
-def check_timeout(timeout: float | None) -> float | None:
-    """Validate a user timeout: None (forever) or a finite number >= 0."""
-    if timeout is None:
-        return None
-    if not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
-    return float(timeout)
 
 
 class Endpoint:
@@ -78,7 +69,13 @@ class Endpoint:
 
     def _check_open(self) -> None:
         if self._closed_reason is not None:
-            raise EndpointClosed(f"endpoint 0x{self.addr:x}: {self._closed_reason}")
+            raise self._closed_error()
+
+    def _closed_error(self) -> AmplinkError:
+        """Why this closed endpoint cannot be used: the peer went away (LinkDown), or this
+        side closed it (EndpointClosed)."""
+        what = f"endpoint 0x{self.addr:x}: {self._closed_reason}"
+        return LinkDown(what) if self._link_lost else EndpointClosed(what)
 
     def _dst(self) -> int:
         if self.dst == RPMSG_ADDR_ANY:
@@ -145,9 +142,7 @@ class Endpoint:
     def _no_message(self, timeout: float | None) -> AmplinkError:
         if self._closed_reason is None:
             return ReceiveTimeout(f"no message for endpoint 0x{self.addr:x} in {timeout} s")
-        if self._link_lost:  # closed because the processor behind the link is gone
-            return LinkDown(f"endpoint 0x{self.addr:x}: {self._closed_reason}")
-        return EndpointClosed(f"endpoint 0x{self.addr:x}: {self._closed_reason}")
+        return self._closed_error()
 
     def recvfrom(self, timeout: float | None = None) -> tuple[bytes, int]:
         """Return ``(payload, src)`` of the next message, waiting up to ``timeout`` s.
@@ -158,7 +153,7 @@ class Endpoint:
         if self.callback is not None:
             raise RuntimeError("this endpoint delivers to its callback; it has no queue")
         if timeout is not None:
-            timeout = check_timeout(timeout)
+            timeout = timeout_arg(timeout)
         if self._queue:
             try:
                 return self._queue.popleft()
@@ -195,7 +190,7 @@ class Endpoint:
     async def arecvfrom(self, timeout: float | None = None) -> tuple[bytes, int]:
         """Await the next message without a thread: the loop watches the doorbell."""
         if timeout is not None:
-            timeout = check_timeout(timeout)
+            timeout = timeout_arg(timeout)
         if self._queue:
             return self._queue.popleft()  # one loop thread: nobody can take it meanwhile
         ready, got = self._taker()

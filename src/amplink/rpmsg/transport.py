@@ -67,9 +67,25 @@ class Transport(ABC):
     def disarm(self) -> None:
         """Tell the peer not to ring (we are busy or polling)."""
 
+    #: messages sent before the peer went away that it never consumed (set by mark_down)
+    unconsumed_at_down: int = 0
+
+    def in_flight(self) -> int:
+        """Messages sent that the peer has not consumed yet (0 if the transport cannot tell)."""
+        return 0
+
     def mark_down(self, reason: str) -> None:
-        """Record that the peer is gone; wakes every waiter."""
+        """Record that the peer is gone; wakes every waiter.
+
+        rpmsg has no acknowledgements, so sends into the ring succeed until the peer's
+        death is noticed: the error says how many of them the peer never consumed.
+        """
         if self.down is None:
+            lost = self.in_flight()
+            self.unconsumed_at_down = lost
+            if lost:
+                reason += (f"; {lost} message{'s' if lost != 1 else ''} sent before were "
+                           "never consumed by the peer")
             self.down = LinkDown(reason)
         self.waiter.wake()
 

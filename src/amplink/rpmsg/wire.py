@@ -5,7 +5,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..errors import RemoteProtocolError
+from .._args import str_arg
+from ..errors import InvalidArgument, RemoteProtocolError
 
 RPMSG_ADDR_ANY = 0xFFFFFFFF
 RPMSG_NS_ADDR = 53
@@ -36,9 +37,9 @@ def decode_header(raw: bytes | memoryview) -> tuple[int, int, int]:
 
 def check_name(name: str) -> bytes:
     """Encode a channel name: ASCII/UTF-8, at most 31 bytes so the NUL fits."""
-    raw = name.encode()
+    raw = str_arg(name, "name").encode()
     if not raw or len(raw) >= RPMSG_NAME_SIZE or b"\0" in raw:
-        raise ValueError(f"rpmsg names are 1..31 bytes without NUL, got {name!r}")
+        raise InvalidArgument(f"name: rpmsg names are 1..31 bytes without NUL, got {name!r}")
     return raw
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from ..errors import LinkDown, PeerTimeout, RemoteProtocolError
+from ..errors import FirmwareError, InvalidArgument, LinkDown, PeerTimeout, RemoteProtocolError
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell
 from ..notify.waiter import Waiter
@@ -21,6 +21,7 @@ from ..virtio.device import DeviceQueue
 from ..virtio.driver import DriverQueue
 from ..virtio.ring import VIRTIO_RING_F_EVENT_IDX, VringLayout, vring_size
 from ..virtio.vdev import (
+    VDEV_NUM_VRINGS_OFFSET,
     VIRTIO_CONFIG_S_ACKNOWLEDGE,
     VIRTIO_CONFIG_S_DRIVER,
     VIRTIO_CONFIG_S_DRIVER_OK,
@@ -56,13 +57,21 @@ def ring_layout(region: SharedRegion, vring: VringEntry) -> VringLayout:
     return layout
 
 
+def _check_two_vrings(vdev: VdevControl, entry: VdevEntry) -> None:
+    if len(entry.vrings) != 2:
+        raise FirmwareError(
+            f"RSC_VDEV entry: field num_of_vrings = {len(entry.vrings)}, rpmsg needs 2 (at "
+            f"byte 0x{vdev.entry_offset + VDEV_NUM_VRINGS_OFFSET:x} of the shared memory)")
+
+
 class _VirtioRpmsgTransport(Transport):
     role: ClassVar[str]  # "driver" or "device"
 
     def __init__(self, region: SharedRegion, vdev: VdevControl, doorbell: Doorbell,
                  waiter: Waiter, features: int, buf_size: int) -> None:
         if buf_size <= RPMSG_HDR_SIZE or buf_size > 0xFFFF + RPMSG_HDR_SIZE:
-            raise ValueError(f"rpmsg buffer size must be in 17..65551, got {buf_size}")
+            raise InvalidArgument(
+                f"buf_size: the rpmsg buffer size must be in 17..65551, got {buf_size}")
         self.region = region
         self.vdev = vdev
         self.doorbell = doorbell
@@ -111,6 +120,7 @@ class _VirtioRpmsgTransport(Transport):
             "features": self.features,
             "event_idx": self.event_idx, "kicks_sent": getattr(self.doorbell, "kicks_sent", 0),
             "malformed_rx": self.malformed_rx, "protocol_faults": faults,
+            "unconsumed_at_down": self.unconsumed_at_down,
         }
 
     def close(self) -> None:
@@ -139,10 +149,9 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
         features, then 7; "openamp" writes the features and kicks, then (after the
         rings) only DRIVER_OK (0x04), as OpenAMP's driver does.
         """
-        if len(entry.vrings) != 2:
-            raise ValueError(f"rpmsg needs two vrings, the vdev has {len(entry.vrings)}")
+        _check_two_vrings(vdev, entry)
         if handshake not in ("linux", "openamp"):
-            raise ValueError(f"handshake must be 'linux' or 'openamp', got {handshake!r}")
+            raise InvalidArgument(f"handshake must be 'linux' or 'openamp', got {handshake!r}")
         accepted = entry.dfeatures & features & 0xFFFFFFFF
         super().__init__(region, vdev, doorbell, waiter, accepted, buf_size)
         rx_layout = ring_layout(region, entry.vrings[0])
@@ -233,6 +242,9 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
     def rx_pending(self) -> bool:
         return self.rx.used_pending()
 
+    def in_flight(self) -> int:
+        return 0 if self._closed else self.tx.outstanding()
+
     def tx_available(self) -> bool:
         return bool(self._fresh_tx) or self.tx.used_pending()
 
@@ -250,8 +262,18 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
 
     def statistics(self) -> Mapping[str, Any]:
         stats = dict(super().statistics())
-        stats["tx_buffers_free"] = len(self._fresh_tx)
+        stats.update(self._buffer_counts if self._closed else self._count_buffers())
         return stats
+
+    def _count_buffers(self) -> dict[str, int]:
+        # idle buffers: never used, or returned by the device (whether reclaimed yet or not)
+        return {"tx_buffers": self.tx.num, "tx_buffers_free": self.tx.num - self.tx.outstanding(),
+                "tx_buffers_never_used": len(self._fresh_tx)}
+
+    def close(self) -> None:
+        if not self._closed:  # the last look at the rings: the memory may go after this
+            self._buffer_counts = self._count_buffers()
+        super().close()
 
 
 class DeviceRpmsgTransport(_VirtioRpmsgTransport):
@@ -261,8 +283,7 @@ class DeviceRpmsgTransport(_VirtioRpmsgTransport):
 
     def __init__(self, region: SharedRegion, vdev: VdevControl, entry: VdevEntry,
                  doorbell: Doorbell, waiter: Waiter, *, buf_size: int = 512) -> None:
-        if len(entry.vrings) != 2:
-            raise RemoteProtocolError(f"rpmsg needs two vrings, the vdev has {len(entry.vrings)}")
+        _check_two_vrings(vdev, entry)
         accepted = vdev.gfeatures
         if accepted & ~entry.dfeatures:
             raise RemoteProtocolError(
@@ -349,6 +370,9 @@ class DeviceRpmsgTransport(_VirtioRpmsgTransport):
 
     def rx_pending(self) -> bool:
         return self.rx.avail_pending()
+
+    def in_flight(self) -> int:
+        return 0 if self._closed else self.tx.returned_unconsumed()
 
     def tx_available(self) -> bool:
         return self._spare is not None or self.tx.avail_pending()

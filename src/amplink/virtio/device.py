@@ -42,6 +42,8 @@ class DeviceQueue(RingHalf):
         self.device_writes = device_writes
         self.event_idx = event_idx
         self._held = bytearray(layout.num)  # 1 while the device holds that head
+        # 1 from a return with data until the driver offers that head again (consumed it)
+        self._with_driver = bytearray(layout.num)
         self._last_avail = 0
         self._next_used = 0
         self._notify_checked_idx = 0
@@ -79,6 +81,7 @@ class DeviceQueue(RingHalf):
                 self.faults("avail ring offers a descriptor the device already holds")
                 continue
             held[head] = 1
+            self._with_driver[head] = 0
             da, length, flags, _next = DESC.unpack_from(mm, self._desc + DESC_SIZE * head)
             if flags & _UNSUPPORTED_FLAGS:
                 self.faults("chained or indirect descriptor (rpmsg uses single buffers)")
@@ -101,6 +104,8 @@ class DeviceQueue(RingHalf):
         if not self._held[head]:
             raise ValueError(f"descriptor {head} is not held by the device")
         self._held[head] = 0
+        if written:
+            self._with_driver[head] = 1
         idx = self._next_used
         elem = self._used_ring + 2 * (idx & self._mask)
         self._u32[elem] = head
@@ -108,6 +113,20 @@ class DeviceQueue(RingHalf):
         idx = (idx + 1) & 0xFFFF
         self._next_used = idx
         self._u16[self._used_idx] = idx  # after the entry (TSO keeps the order)
+
+    def returned_unconsumed(self) -> int:
+        """Buffers returned with data that the driver has not offered again (not consumed).
+
+        Heads already offered again but not yet popped count as consumed.
+        """
+        with_driver = self._with_driver
+        count = with_driver.count(1)
+        last = self._last_avail
+        pending = (self._u16[self._avail_idx] - last) & 0xFFFF
+        if self.broken is not None or pending > self.num:
+            return count
+        offered = {self._u16[self._avail_ring + ((last + i) & self._mask)] for i in range(pending)}
+        return count - sum(1 for head in offered if head < self.num and with_driver[head])
 
     def notify_needed(self) -> bool:
         """After returning buffers: True if the driver asked to be notified of them."""

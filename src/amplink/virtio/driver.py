@@ -141,6 +141,17 @@ class DriverQueue(RingHalf):
             return token, used_len
         return None
 
+    def outstanding(self) -> int:
+        """Buffers published to the device that it has not returned.
+
+        A buffer in the used ring counts as returned even before :meth:`pop_used` takes it.
+        """
+        held = self._state.count(2)
+        pending = (self._u16[self._used_idx] - self._last_used) & 0xFFFF
+        if self.broken is not None or pending > self.num:
+            return held
+        return max(0, held - pending)
+
     # -- notifications from the device --
     def enable_interrupts(self) -> bool:
         """Ask to be notified of new used buffers; True if some arrived meanwhile."""
