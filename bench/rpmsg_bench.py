@@ -50,8 +50,8 @@ from benchkit import (
 )
 
 from amplink import SimProcessor
-from amplink.firmware.examples.sink import REPORT as SINK_REPORT
 from amplink.perf import (
+    SINK_REPORT,
     OneWayResult,
     Summary,
     make_payloads,

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         AmplinkError,
         EndpointClosed,
         FirmwareError,
+        InvalidArgument,
+        InvalidArgumentType,
         LinkDown,
         MessageTooLarge,
         NoBufferAvailable,
@@ -33,7 +35,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .platforms.sim_layout import LinkConfig
     from .remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
     from .remoteproc.constants import FW_RSC_ADDR_ANY
-    from .remoteproc.core import RemoteProc
+    from .remoteproc.core import RemoteProc, RestartPolicy
     from .remoteproc.coredump import CoredumpMode
     from .remoteproc.errors import NotBooted, RprocBusy
     from .remoteproc.rsc_table import Carveout, DevMem, ResourceTable, Trace
@@ -53,6 +55,8 @@ _EXPORTS = {
     "AmplinkError": ".errors",
     "EndpointClosed": ".errors",
     "FirmwareError": ".errors",
+    "InvalidArgument": ".errors",
+    "InvalidArgumentType": ".errors",
     "LinkDown": ".errors",
     "MessageTooLarge": ".errors",
     "NoBufferAvailable": ".errors",
@@ -76,6 +80,7 @@ _EXPORTS = {
     "RprocEvent": ".remoteproc.api",
     "FW_RSC_ADDR_ANY": ".remoteproc.constants",
     "RemoteProc": ".remoteproc.core",
+    "RestartPolicy": ".remoteproc.core",
     "CoredumpMode": ".remoteproc.coredump",
     "NotBooted": ".remoteproc.errors",
     "RprocBusy": ".remoteproc.errors",
@@ -103,10 +108,11 @@ __all__ = [
     "FW_RSC_ADDR_ANY", "RPMSG_ADDR_ANY", "RPMSG_NS_ADDR", "VIRTIO_ID_RPMSG", "AddressError",
     "AmplinkError", "Carveout", "CoredumpMode", "CrashReason", "DevMem", "Endpoint",
     "EndpointClosed", "EndpointStatistics", "FirmwareError", "FirmwareStartError",
-    "InvalidTransition", "LinkConfig", "LinkDown", "LinkPair", "LinkStatistics", "LinuxRemoteProc",
-    "MessageTooLarge", "NoBufferAvailable", "NotBooted", "OpenAmpConfig", "OpenAmpLink",
-    "PeerTimeout", "ReceiveTimeout", "RemoteProc", "RemoteProcessor", "RemoteProtocolError",
-    "ResourceTable", "RpmsgBus", "RpmsgChannel", "RpmsgDriver", "RprocBusy", "RprocEvent",
-    "RprocState", "SendTimeout", "SharedRegion", "SimProcessor", "SimRemoteProc",
-    "StaleSharedMemory", "Trace", "VdevEntry", "VringEntry", "list_processors",
+    "InvalidArgument", "InvalidArgumentType", "InvalidTransition", "LinkConfig", "LinkDown",
+    "LinkPair", "LinkStatistics", "LinuxRemoteProc", "MessageTooLarge", "NoBufferAvailable",
+    "NotBooted", "OpenAmpConfig", "OpenAmpLink", "PeerTimeout", "ReceiveTimeout", "RemoteProc",
+    "RemoteProcessor", "RemoteProtocolError", "ResourceTable", "RestartPolicy", "RpmsgBus",
+    "RpmsgChannel", "RpmsgDriver", "RprocBusy", "RprocEvent", "RprocState", "SendTimeout",
+    "SharedRegion", "SimProcessor", "SimRemoteProc", "StaleSharedMemory", "Trace", "VdevEntry",
+    "VringEntry", "list_processors",
 ]

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 import statistics
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .firmware.examples.sink import REPORT as SINK_REPORT
-from .firmware.examples.sink import SERVICE as SINK_SERVICE
+from .errors import AmplinkError
 
 __all__ = [
-    "PERCENTILES", "SINK_SERVICE", "OneWayResult", "PayloadMismatch", "Summary",
+    "PERCENTILES", "SINK_REPORT", "SINK_SERVICE", "OneWayResult", "PayloadMismatch", "Summary",
     "format_percentiles", "make_payloads", "measure_one_way",
     "measure_round_trip", "percentile", "percentiles", "time_one_way", "time_round_trips",
 ]
@@ -29,8 +29,14 @@ PERCENTILES: tuple[float, ...] = (50.0, 90.0, 99.0, 99.9)
 
 DEFAULT_TIMEOUT = 10.0
 
+#: the service of a sink (``amplink.firmware.examples.sink``): it counts what it gets and
+#: answers an empty message with the counts since its last answer
+SINK_SERVICE = "rpmsg-sink"
+#: that answer: messages and payload bytes, two little-endian u64
+SINK_REPORT = struct.Struct("<QQ")
 
-class PayloadMismatch(RuntimeError):
+
+class PayloadMismatch(AmplinkError, RuntimeError):
     """A reply differed from what was expected (lost, reordered or corrupted message)."""
 
 

@@ -12,9 +12,10 @@ import pytest
 from amplink.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
+ECHO = "amplink.firmware.examples.echo"
 BENCH = ROOT / "bench" / "rpmsg_bench.py"
 SUBCOMMANDS = ["demo", "run", "ping", "openamp"]
-#: the remote-processor commands, all added by one registration function (cli_rproc)
+#: the remote-processor commands, all added by one registration function (amplink.cli.rproc)
 RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash"]
 
 
@@ -41,7 +42,7 @@ def test_subcommand_help(command: str) -> None:
 
 def test_every_registered_command_is_listed() -> None:
     parser = build_parser()
-    assert len(COMMANDS) == len(SUBCOMMANDS) + 1
+    assert len(COMMANDS) == 3  # sim (demo, run, ping), openamp, rproc
     for name in SUBCOMMANDS + RPROC_SUBCOMMANDS:
         args = parser.parse_args(_minimal(name))
         assert args.command == name and callable(args.func)
@@ -94,10 +95,70 @@ def test_ping_unknown_service_fails_clearly() -> None:
     assert "rpmsg-echo" in r.stderr
 
 
-def test_missing_firmware_fails_clearly() -> None:
-    r = amplink("ping", "amplink_no_such_firmware_module", "--service", "x")
+@pytest.mark.parametrize("argv, option", [
+    (["ping", ECHO, "-s", "rpmsg-echo", "--timeout", "-1"], "--timeout"),
+    (["ping", ECHO, "-s", "rpmsg-echo", "--wait", "-1"], "--wait"),
+    (["ping", ECHO, "-s", "rpmsg-echo", "--count", "-3"], "--count"),
+    (["ping", ECHO, "-s", "rpmsg-echo", "--interval", "nan"], "--interval"),
+    (["run", ECHO, "--boot-timeout", "-1"], "--boot-timeout"),
+    (["run", ECHO, "--boot-timeout", "0"], "--boot-timeout"),
+    (["run", ECHO, "--settle", "inf"], "--settle"),
+    (["demo", "--count", "0"], "--count"),
+    (["trace", "sim0", "--interval", "0"], "--interval"),
+    (["openamp", "host", "--client", "--timeout", "-5"], "--timeout"),
+])
+def test_a_bad_option_value_is_a_one_line_usage_error(argv: list[str], option: str) -> None:
+    r = amplink(*argv)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    error_lines = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and option in error_lines[0], r.stderr
+
+
+FAILING = [
+    ("missing-file", lambda tmp: str(tmp / "nope.py"), "No such file"),
+    ("missing-module", lambda tmp: "amplink_no_such_firmware_module", "no such module"),
+    ("raises-at-import", lambda tmp: _write(tmp / "bad.py", "1/0\ndef main(link): pass\n"),
+     "failed to load (exit status 1): ZeroDivisionError: division by zero"),
+    ("raises-in-main", lambda tmp: _write(tmp / "bad.py", "def main(link):\n"
+                                          "    raise ValueError('no config')\n"),
+     "fatal error: ValueError: no config"),
+]
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("command", ["run", "ping"])
+@pytest.mark.parametrize("firmware, cause", [(f, c) for _, f, c in FAILING],
+                         ids=[i for i, _, _ in FAILING])
+def test_failing_firmware_is_one_line_with_the_cause(tmp_path: Path, command: str, firmware,
+                                                     cause: str) -> None:
+    argv = [command, firmware(tmp_path)] + (["-s", "x", "--wait", "3"] if command == "ping"
+                                            else [])
+    r = amplink(*argv)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and cause in lines[0], r.stderr
+
+
+def test_verbose_shows_the_firmware_traceback(tmp_path: Path) -> None:
+    fw = _write(tmp_path / "bad.py", "def main(link):\n    raise ValueError('no config')\n")
+    r = amplink("-v", "run", fw)
     assert r.returncode == 1
-    assert "exited before coming up" in r.stderr
+    assert "Traceback" in r.stderr and "ValueError: no config" in r.stderr
+
+
+def test_run_passes_arguments_after_options_and_a_double_dash(tmp_path: Path) -> None:
+    fw = _write(tmp_path / "args.py", "def main(link, args):\n"
+                "    link.create_endpoint('-'.join(args), announce=True)\n"
+                "    link.run(timeout=0.5)\n")
+    r = amplink("run", fw, "--settle", "0.3", "--name", "p1", "--", "--rate", "10")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "--rate-10" in r.stdout
 
 
 def test_run_until_the_firmware_exits(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from amplink.firmware.device import FATAL_EXIT_STATUS
 from amplink.platforms.sim import FirmwareStartError
 from amplink.remoteproc import CoredumpMode, RprocState
 from amplink.remoteproc.api import CrashReason
+from amplink.remoteproc.core import RestartPolicy
 from amplink.remoteproc.rsc_table import Carveout, VdevEntry
 
 TRACED = fixture_firmware("rproc_traced.py")
@@ -135,6 +136,31 @@ def test_a_kill_under_recovery_fails_blocked_and_later_calls_with_link_down() ->
             assert events.wait("recovered", kill)
 
 
+@pytest.mark.timeout(60)
+def test_a_crash_loop_backs_off_and_stops_at_the_restart_limit() -> None:
+    policy = RestartPolicy(burst=3, interval=60.0, delay=0.1, max_delay=0.4)
+    rproc = SimRemoteProc(fixture_firmware("fails_in_main.py"), restart=policy,
+                          stderr=subprocess.DEVNULL)
+    events = Events(rproc, timeout=20)
+    crash_times: list[float] = []
+    rproc.subscribe(lambda e: e.kind == "crash" and crash_times.append(time.monotonic()))
+    with rproc.acquire():
+        assert events.wait("error"), events.kinds()
+        (error,) = events.of("error")
+        assert "restart limit reached: 4 crashes within 60 s (limit 3)" in error.detail
+        assert len(events.of("crash")) == 4 and len(events.of("recovered")) == 3
+        assert not events.wait("crash", 5, timeout=1.0)  # it stays down
+        assert rproc.state is RprocState.CRASHED
+        stats = rproc.statistics()
+        assert stats.crash_count == 4 and stats.recovery_stopped
+        assert "ValueError: firmware fixture: bad configuration" in stats.last_crash
+        gaps = [b - a for a, b in zip(crash_times, crash_times[1:], strict=False)]
+        assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4, gaps  # backing off
+        rproc.recover()  # by hand: the burst starts afresh
+        assert events.wait("crash", 5)
+        assert rproc.statistics().recovery_stopped == ""
+
+
 def test_recovery_disabled_stays_crashed_until_recover() -> None:
     rproc = SimRemoteProc(ECHO, recovery=False)
     events = Events(rproc)
@@ -231,5 +257,5 @@ def test_firmware_that_dies_while_booting_fails_the_boot() -> None:
     assert rproc.state is RprocState.OFFLINE and rproc.power == 0 and rproc.pid is None
     importing_fails = SimRemoteProc(fixture_firmware("exit_at_import.py"),
                                     stderr=subprocess.DEVNULL)
-    with pytest.raises(FirmwareError, match="exit status 3"):
+    with pytest.raises(FirmwareStartError, match="failed to load \\(exit status 3\\)"):
         importing_fails.boot()

@@ -84,27 +84,41 @@ def test_kill_wakes_a_thread_blocked_in_send(sim, poll_mode):
     _assert_down_for_good(link, ep)
 
 
-@pytest.mark.parametrize("firmware,status", [
-    (fixture_firmware("crash_at_import.py"), 1),
-    (fixture_firmware("exit_at_import.py"), 3),
-    ("amplink_no_such_firmware_module", 1),
-    ("amplink.firmware.examples", 1),  # a module without main()
+@pytest.mark.parametrize("firmware,cause", [
+    (fixture_firmware("crash_at_import.py"),
+     "failed to load (exit status 1): RuntimeError: firmware fixture: crash at import"),
+    (fixture_firmware("exit_at_import.py"), "failed to load (exit status 3)"),
+    ("amplink_no_such_firmware_module", "no such module"),
+    ("amplink.firmware.examples",  # a module without main()
+     "fatal error before coming up: AttributeError: 'amplink.firmware.examples' has no "
+     "function 'main'"),
 ], ids=["raises", "exit-3", "missing-module", "no-main"])
-def test_firmware_exits_before_coming_up(firmware, status):
+def test_firmware_that_fails_before_coming_up_is_one_clear_error(firmware, cause):
+    """One way for every failure: a typed error whose one line carries the cause."""
     proc = SimProcessor(firmware, boot_timeout=20.0, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
     try:
-        with pytest.raises(FirmwareStartError) as info:
+        with pytest.raises((FirmwareStartError, FileNotFoundError)) as info:
             proc.start()
         elapsed = time.monotonic() - t0
     finally:
         stop_quietly(proc)
-    assert isinstance(info.value, LinkDown)
-    assert f"exit status {status}" in str(info.value)
-    assert elapsed < 5.0, "start() waited for the boot timeout instead of noticing the exit"
-    assert proc.process is not None and proc.process.returncode == status
+    assert cause in str(info.value)
+    assert "\n" not in str(info.value)
+    assert elapsed < 5.0, "start() waited for the boot timeout instead of noticing the failure"
     with pytest.raises(RuntimeError):
         proc.link  # noqa: B018 - not started
+
+
+def test_firmware_whose_main_raises_takes_the_link_down_with_the_cause():
+    proc = SimProcessor(fixture_firmware("fails_in_main.py"), stderr=subprocess.DEVNULL)
+    try:
+        proc.start()
+        with pytest.raises(LinkDown) as info:
+            proc.link.wait_channel("never", timeout=5.0)
+        assert "fatal error: ValueError: firmware fixture: bad configuration" in str(info.value)
+    finally:
+        assert proc.stop(5.0) in (1, -signal.SIGKILL)  # a crashed processor may be killed
 
 
 def test_firmware_that_never_connects():

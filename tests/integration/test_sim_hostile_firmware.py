@@ -15,7 +15,7 @@ import pytest
 from common_kit import Events, Outcome
 from sim_kit import process_gone
 
-from amplink import FirmwareError, SimRemoteProc
+from amplink import FirmwareError, FirmwareStartError, SimRemoteProc
 from amplink.platforms import sim_layout as L
 from amplink.platforms.sim.images import MAX_TABLE_SIZE, PythonImage
 from amplink.platforms.sim.process import LifelineParser
@@ -165,7 +165,7 @@ def test_table_reader_keeps_only_the_end_of_a_huge_stderr(tmp_path: Path) -> Non
                      "    print(line)\n"
                      "raise RuntimeError('the last words')\n")
     start = time.monotonic()
-    with pytest.raises(FirmwareError, match="the last words"):
+    with pytest.raises(FirmwareStartError, match="failed to load .*: RuntimeError: the last words"):
         PythonImage.from_spec(spec, L.LinkConfig(), timeout=30.0)
     assert time.monotonic() - start < 15.0
 
@@ -173,6 +173,6 @@ def test_table_reader_keeps_only_the_end_of_a_huge_stderr(tmp_path: Path) -> Non
 def test_table_reader_timeout_kills_the_reader(tmp_path: Path) -> None:
     spec = _firmware(tmp_path, "slow.py", "import time\ntime.sleep(60)\n")
     start = time.monotonic()
-    with pytest.raises(FirmwareError, match="more than 0.5 s"):
+    with pytest.raises(FirmwareStartError, match="did not load within 0.5 s"):
         PythonImage.from_spec(spec, L.LinkConfig(), timeout=0.5)
     assert time.monotonic() - start < QUICK

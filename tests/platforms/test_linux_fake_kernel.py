@@ -168,8 +168,8 @@ def test_real_syscalls_on_plain_files(tmp_path: Path) -> None:
     tree = SysfsAttributes(tmp_path, debug_root=None, dev_root=tmp_path / "dev")
     assert tree.devices() == ["remoteproc2", "remoteproc10"]
     tree.write("remoteproc2", "state", "start")
-    # overwritten in place: no O_TRUNC (sysfs ignores it, a plain file shows it)
-    assert (tmp_path / "remoteproc2" / "state").read_text() == "startne\n"
+    # replaced, as a store to sysfs is (O_TRUNC: sysfs ignores it, a plain file needs it)
+    assert (tmp_path / "remoteproc2" / "state").read_text() == "start"
     with pytest.raises(ProcessorNotFound):
         tree.write("remoteproc2", "recovery", "enabled")  # no O_CREAT either
     with pytest.raises(RprocControlError) as info:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -13,8 +15,11 @@ from elftools.elf.elffile import ELFFile
 from rproc_firmware import Firmware
 
 from amplink.memory.region import SharedRegion
+from amplink.paths import ENV_RUNTIME_DIR, PrivateDirError, coredump_dir
 from amplink.remoteproc.addrmap import DeviceAddressMap
 from amplink.remoteproc.coredump import EM_NONE, CoredumpMode, write_coredump
+from amplink.remoteproc.devmem import Allocation
+from amplink.remoteproc.dumps import coredump_path, prune_coredumps, take_coredump
 from amplink.remoteproc.elf_loader import FirmwareImage
 
 SEGMENTS = [
@@ -116,3 +121,60 @@ def test_mode_strings() -> None:
     assert CoredumpMode.from_sysfs("enabled") is CoredumpMode.ENABLED
     with pytest.raises(ValueError):
         CoredumpMode.from_sysfs("Enabled")
+
+
+# -- where dumps go: per user, never overwritten, only the newest kept ---------------------
+def _dump(directory: Path, name: str = "p0", crash: int = 1) -> Path:
+    region = SharedRegion.memfd(4096, "dump-test")
+    done: list[tuple[Path | None, Exception | None]] = []
+    try:
+        seg = Allocation("mem", 0x1000, region, 0, 4096)
+        take_coredump(CoredumpMode.INLINE, [seg], coredump_path(directory, name, crash),
+                      lambda p, e: done.append((p, e)), machine=EM_NONE)
+    finally:
+        region.close()
+    ((path, error),) = done
+    assert error is None and path is not None
+    return path
+
+
+def test_dumps_with_the_same_name_never_overwrite_each_other(tmp_path: Path) -> None:
+    wanted = coredump_path(tmp_path, "p0", 1)
+    (tmp_path / wanted.name).write_bytes(b"an earlier dump")
+    first = _write_as(wanted, tmp_path)
+    second = _write_as(wanted, tmp_path)
+    assert (tmp_path / wanted.name).read_bytes() == b"an earlier dump"
+    assert len({wanted, first, second}) == 3
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob(".*"))
+
+
+def _write_as(path: Path, directory: Path) -> Path:
+    done: list[Path | None] = []
+    take_coredump(CoredumpMode.INLINE, [], path, lambda p, e: done.append(p), machine=EM_NONE)
+    assert done[0] is not None and done[0].parent == directory
+    return done[0]
+
+
+def test_names_taken_within_one_second_differ(tmp_path: Path) -> None:
+    assert coredump_path(tmp_path, "p0", 1) != coredump_path(tmp_path, "p0", 1)
+
+
+def test_only_the_newest_dumps_of_a_processor_are_kept(tmp_path: Path) -> None:
+    paths = [_dump(tmp_path, "p0", n) for n in range(1, 6)]
+    other = _dump(tmp_path, "p1", 1)
+    for i, path in enumerate(paths):
+        os.utime(path, ns=(i * 10**9, i * 10**9))
+    assert prune_coredumps(tmp_path, "p0", 2) == paths[:3]
+    assert sorted(tmp_path.iterdir()) == sorted([*paths[3:], other])
+
+
+def test_the_default_directory_is_private_to_the_user(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_RUNTIME_DIR, str(tmp_path / "run"))
+    directory = coredump_dir()
+    assert directory == tmp_path / "run" / "coredumps"
+    for d in (directory, directory.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700 and d.stat().st_uid == os.getuid()
+    directory.chmod(0o777)
+    with pytest.raises(PrivateDirError, match="others can write"):
+        coredump_dir()

@@ -42,8 +42,7 @@ def test_a_reader_is_woken_while_a_blocked_writer_sleeps_on_the_doorbell(pair):
     pair.device.create_endpoint("out", addr=1024, dst=1024)  # never read: host TX fills
     d_in = pair.device.create_endpoint("in", addr=1025, dst=1025)
     _fill_host_tx(h_out)
-    writer = threading.Thread(target=lambda: pytest.raises(SendTimeout, h_out.send, b"y", 3.0))
-    writer.start()
+    writer = Outcome(lambda: h_out.send(b"y", 3.0))
     time.sleep(0.1)  # the writer is now the thread sleeping on the doorbell
     try:
         for i in range(3):
@@ -55,7 +54,8 @@ def test_a_reader_is_woken_while_a_blocked_writer_sleeps_on_the_doorbell(pair):
             assert time.monotonic() - t0 < 1.0  # 0.2 s of delay, then a prompt wake-up
             later.join()
     finally:
-        writer.join(5)
+        assert writer.join(5)
+    assert isinstance(writer.error, SendTimeout), writer.error
 
 
 def test_a_blocked_writer_is_woken_while_a_reader_sleeps_on_the_doorbell(pair):
@@ -63,8 +63,7 @@ def test_a_blocked_writer_is_woken_while_a_reader_sleeps_on_the_doorbell(pair):
     h_in = pair.host.create_endpoint("in", addr=1025, dst=1025)
     d_out = pair.device.create_endpoint("out", addr=1024, dst=1024)
     _fill_host_tx(h_out)
-    reader = threading.Thread(target=lambda: pytest.raises(ReceiveTimeout, h_in.recv, 4.0))
-    reader.start()
+    reader = Outcome(lambda: h_in.recv(4.0))
     time.sleep(0.1)  # the reader is now the thread sleeping on the doorbell
     try:
         done = threading.Event()
@@ -81,7 +80,8 @@ def test_a_blocked_writer_is_woken_while_a_reader_sleeps_on_the_doorbell(pair):
         assert done.wait(2.0), "the blocked send did not notice the freed buffers"
         w.join(5)
     finally:
-        reader.join(6)
+        assert reader.join(6)
+    assert isinstance(reader.error, ReceiveTimeout), reader.error
 
 
 def test_a_callback_cannot_wait_for_messages(pair):
@@ -154,14 +154,14 @@ def test_an_awaiting_coroutine_hears_what_another_thread_delivered(pair):
     async def main() -> float:
         task = asyncio.ensure_future(h_a.arecv(timeout=5.0))
         await asyncio.sleep(0.05)
-        thread = threading.Thread(target=lambda: pytest.raises(ReceiveTimeout, h_b.recv, 1.5))
-        thread.start()
+        other = Outcome(lambda: h_b.recv(1.5))
         await asyncio.sleep(0.1)  # the thread now sleeps on the doorbell
         t0 = time.monotonic()
         d.sendto(b"for a", 1024)
         assert await task == b"for a"
         elapsed = time.monotonic() - t0
-        await asyncio.get_running_loop().run_in_executor(None, thread.join, 5)
+        assert await asyncio.get_running_loop().run_in_executor(None, other.join, 5)
+        assert isinstance(other.error, ReceiveTimeout), other.error
         return elapsed
 
     assert asyncio.run(main()) < 1.0

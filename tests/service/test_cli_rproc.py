@@ -15,8 +15,8 @@ from fake_sysfs import FakeRemoteprocKernel
 from rig_kit import ECHO, MISSING_MODULE, TRACE_FIRMWARE, children_of, process_alive, wait_for
 from trace_firmware import TRACE_LINE
 
-from amplink import cli_rproc
 from amplink.cli import main as amplink_main
+from amplink.cli import rproc as cli_rproc
 from amplink.service.supervisor import PID_FILE, read_pid_file
 
 TIMEOUT = 10.0

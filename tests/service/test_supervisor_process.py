@@ -11,16 +11,15 @@ import pytest
 from common_kit import Outcome
 from rig_kit import ECHO, children_of, process_alive, wait_for
 
+from amplink.paths import ENV_RUNTIME_DIR, runtime_dir
 from amplink.platforms.linux import LinuxRemoteProc, SupervisorError
 from amplink.platforms.linux.protocol import CONTROL_SOCKET
 from amplink.remoteproc.states import RprocState
 from amplink.service.supervisor import (
-    ENV_RUNTIME_DIR,
     PID_FILE,
     ensure_supervisor,
     prepare_runtime_dir,
     read_pid_file,
-    runtime_dir,
 )
 
 TIMEOUT = 10.0
@@ -79,6 +78,10 @@ def test_runtime_dir_defaults_and_checks(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv(ENV_RUNTIME_DIR, raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     assert runtime_dir() == tmp_path / "amplink"
+    # a session without its XDG_RUNTIME_DIR: not created here (the login manager's job)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "gone"))
+    assert runtime_dir() == Path(f"/tmp/amplink-{os.getuid()}")
+    assert not (tmp_path / "gone").exists()
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert runtime_dir() == Path(f"/tmp/amplink-{os.getuid()}")
     monkeypatch.setenv(ENV_RUNTIME_DIR, str(tmp_path / "mine"))

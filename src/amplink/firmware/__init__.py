@@ -6,11 +6,12 @@ link from what the host passed (see :mod:`amplink.platforms.sim_layout`)::
 
     def main(link):
         ep = link.create_endpoint("rpmsg-echo", announce=True)
-        for payload, src in iter(ep.recvfrom, None):
+        while True:  # until the host goes away: LinkDown ends the firmware normally
+            payload, src = ep.recvfrom()
             ep.sendto(payload, src)
 
-A module may declare its resource table (used by ``SimRemoteProc``; without one it
-gets a single rpmsg vdev)::
+A module may declare its resource table (every way of starting firmware uses it;
+without one it gets a single rpmsg vdev)::
 
     RESOURCE_TABLE = ResourceTable([
         Carveout(FW_RSC_ADDR_ANY, FW_RSC_ADDR_ANY, 0x10000, name="data"),
@@ -25,10 +26,13 @@ RSC_TRACE log), :func:`carveout` (its memory by name), :func:`feed_watchdog` and
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 from typing import NoReturn
 
+from .._args import str_arg
 from ..errors import RemoteProtocolError
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell
@@ -39,16 +43,19 @@ from ..rpmsg.bus import RpmsgBus
 from ..transports.virtio import wait_for_driver_ok
 from ..transports.virtio_link import device_link, watch_lifeline
 from ..virtio.vdev import VIRTIO_ID_RPMSG, VdevControl, VdevEntry
-from .device import Device, TraceWriter
+from .device import Device, TraceWriter, fatal_message
 
 __all__ = [
-    "Device", "TraceWriter", "carveout", "connect", "device", "feed_watchdog", "report_fatal",
-    "serve", "trace",
+    "Device", "TraceWriter", "carveout", "connect", "device", "feed_watchdog", "report_failure",
+    "report_fatal", "serve", "trace",
 ]
 
 DRIVER_OK_TIMEOUT = 20.0
 
+log = logging.getLogger(__name__)
+
 _device: Device | None = None
+_trace_missing_warned = False
 
 
 def _find_rpmsg_vdev(table: ResourceTable, table_offset: int, index: int
@@ -113,8 +120,19 @@ def device() -> Device:
 
 
 def trace(text: str) -> None:
-    """Append ``text`` to the first RSC_TRACE buffer (the host reads it with rproc.trace())."""
-    device().trace().write(text)
+    """Append ``text`` to the first RSC_TRACE buffer (the host reads it with rproc.trace()).
+
+    Without a trace buffer in the resource table (the default table has none) this does
+    nothing; the first call logs a warning saying so.
+    """
+    global _trace_missing_warned
+    writer = device().trace()
+    if writer is not None:
+        writer.write(str_arg(text, "text"))
+    elif not _trace_missing_warned:
+        _trace_missing_warned = True
+        log.warning("trace(): the resource table has no RSC_TRACE entry, so the trace text is "
+                    "dropped (declare a Trace in RESOURCE_TABLE to keep it)")
 
 
 def carveout(name: str) -> memoryview:
@@ -130,6 +148,21 @@ def feed_watchdog() -> None:
 def report_fatal(reason: str) -> NoReturn:
     """Report a fatal error to the host and halt until the host stops this processor."""
     device().report_fatal(reason)
+
+
+def report_failure(reason: str, env: Mapping[str, str] | None = None) -> None:
+    """Tell the host, in one line on the lifeline, why this firmware fails (and return:
+    the caller exits). Works before :func:`connect` too; a host that is gone is ignored."""
+    if _device is not None:
+        _device.send(fatal_message(reason))
+        return
+    try:
+        fd = int((os.environ if env is None else env)[L.ENV_LIFELINE_FD])
+        with socket.socket(fileno=os.dup(fd)) as lifeline:
+            lifeline.settimeout(1.0)
+            lifeline.sendall(fatal_message(reason))
+    except (KeyError, ValueError, OSError):
+        pass  # not started by a host, or the host is gone: nobody to tell
 
 
 def serve(link: RpmsgBus, until: Callable[[], bool] | None = None) -> None:

@@ -23,7 +23,9 @@ from types import ModuleType
 from ..errors import EndpointClosed, LinkDown
 from ..platforms import sim_layout as L
 from ..remoteproc.rsc_table import ResourceTable
-from . import connect
+from . import connect, report_failure
+
+log = logging.getLogger("amplink.firmware")
 
 
 def load_module(target: str) -> ModuleType:
@@ -31,7 +33,7 @@ def load_module(target: str) -> ModuleType:
     if target.endswith(".py") or os.sep in target:
         mod_spec = importlib.util.spec_from_file_location("amplink_firmware_main", target)
         if mod_spec is None or mod_spec.loader is None:
-            raise SystemExit(f"amplink.firmware: cannot load {target!r}")
+            raise ImportError(f"cannot load {target!r} as a Python module")
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
         return module
@@ -43,7 +45,7 @@ def load_entry(spec: str):
     module = load_module(target)
     entry = getattr(module, func or "main", None)
     if not callable(entry):
-        raise SystemExit(f"amplink.firmware: {target!r} has no function {func or 'main'!r}")
+        raise AttributeError(f"{target!r} has no function {func or 'main'!r}")
     return entry
 
 
@@ -59,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             print("usage: python -m amplink.firmware --resource-table SPEC", file=sys.stderr)
             return 2
         return write_resource_table(argv[1])
-    entry = load_entry(argv[0])
-    link = connect()
+    try:
+        entry = load_entry(argv[0])
+        link = connect()
+    except Exception as exc:  # noqa: BLE001 - reported to the host in one line
+        return _failed(exc)
     try:
         if len(inspect.signature(entry).parameters) >= 2:
             entry(link, argv[1:])
@@ -68,9 +73,19 @@ def main(argv: list[str] | None = None) -> int:
             entry(link)
     except (LinkDown, EndpointClosed):
         pass  # the host went away or closed the channel: a normal end for firmware
+    except Exception as exc:  # noqa: BLE001 - reported to the host in one line
+        return _failed(exc)
     finally:
         link.close()
     return 0
+
+
+def _failed(exc: Exception) -> int:
+    """Tell the host why the firmware fails (a fatal error on the lifeline, one line); the
+    traceback is logged at INFO level (``amplink -v`` shows it)."""
+    log.info("firmware failed", exc_info=exc)
+    report_failure(f"{type(exc).__name__}: {exc}")
+    return 1
 
 
 def write_resource_table(spec: str) -> int:
@@ -93,9 +108,9 @@ def write_resource_table(spec: str) -> int:
     elif table is None:
         raw = b""
     else:
-        print(f"amplink.firmware: RESOURCE_TABLE of {spec!r} is a {type(table).__name__}, "
-              "not a ResourceTable or bytes", file=sys.stderr)
-        return 2
+        print(f"RESOURCE_TABLE is a {type(table).__name__}, not a ResourceTable or bytes",
+              file=sys.stderr)
+        return L.TABLE_READER_BAD_TABLE
     sys.stdout.buffer.write(raw)
     sys.stdout.buffer.flush()
     return 0

@@ -25,6 +25,12 @@ FATAL_EXIT_STATUS = 70
 FATAL_HALT_TIMEOUT = 60.0
 
 
+def fatal_message(reason: str) -> bytes:
+    """The lifeline message that reports a fatal error: one line, cut to the limit."""
+    text = reason.replace("\n", " ").encode("utf-8")[:L.FATAL_REASON_MAX]
+    return L.LIFELINE_FATAL + text + L.LIFELINE_FATAL_END
+
+
 class TraceWriter:
     """Appends text to an RSC_TRACE buffer, NUL-terminated, starting over when it is full.
 
@@ -104,13 +110,13 @@ class Device:
                 return self._view(entry.da, entry.len, f"carveout {name!r}")
         raise KeyError(f"the resource table has no carveout {name!r}")
 
-    def trace(self, index: int = 0) -> TraceWriter:
-        """The writer of trace buffer ``index`` (KeyError if there is none)."""
+    def trace(self, index: int = 0) -> TraceWriter | None:
+        """The writer of trace buffer ``index`` (None if the resource table has none)."""
         writer = self._traces.get(index)
         if writer is None:
             traces = self.table.items(Trace)
-            if index >= len(traces):
-                raise KeyError(f"the resource table has no trace buffer {index}")
+            if not 0 <= index < len(traces):
+                return None
             entry = traces[index][1]
             writer = TraceWriter(self._view(entry.da, entry.len, f"trace buffer {index}"))
             self._traces[index] = writer
@@ -149,9 +155,8 @@ class Device:
 
     def report_fatal(self, reason: str) -> NoReturn:
         """Tell the host about a fatal error, then halt until it stops the processor."""
-        text = reason.replace("\n", " ").encode("utf-8")[:L.FATAL_REASON_MAX]
         self.lifeline.settimeout(1.0)
-        self.send(L.LIFELINE_FATAL + text + L.LIFELINE_FATAL_END)
+        self.send(fatal_message(reason))
         deadline = time.monotonic() + FATAL_HALT_TIMEOUT
         while (left := deadline - time.monotonic()) > 0:
             if wait_readable(self.lifeline, left):

@@ -54,6 +54,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .._args import int_arg
+from ..errors import InvalidArgument, InvalidArgumentType
 from ..memory.allocator import align_up
 from ..memory.region import SharedRegion
 from ..remoteproc.constants import FW_RSC_ADDR_ANY
@@ -61,7 +63,7 @@ from ..remoteproc.devmem import PAGE_SIZE, DeviceMemory
 from ..remoteproc.resources import ProcessedResources, process_resources
 from ..remoteproc.rsc_table import ResourceTable
 from ..rpmsg.wire import RPMSG_BUF_SIZE
-from ..virtio.ring import VIRTIO_RING_F_EVENT_IDX, check_ring_params, vring_size
+from ..virtio.ring import VIRTIO_RING_F_EVENT_IDX, VRING_MAX_SIZE, vring_size
 from ..virtio.vdev import VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS, VdevEntry, VringEntry
 
 ENV_SHM_FD = "AMPLINK_SHM_FD"          # inherited fd of the shared memory (memfd)
@@ -91,6 +93,8 @@ FATAL_REASON_MAX = 200
 #: exit status of ``python -m amplink.firmware --resource-table SPEC`` (how the host reads
 #: a Python firmware's table) when the module does not exist
 TABLE_READER_NO_MODULE = 66  # EX_NOINPUT
+#: ... and when its RESOURCE_TABLE is neither a ResourceTable nor bytes
+TABLE_READER_BAD_TABLE = 65  # EX_DATAERR
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,17 @@ class LinkConfig:
     event_idx: bool = False
 
     def __post_init__(self) -> None:
-        check_ring_params(self.num_buffers, self.align)
-        if not 16 < self.buf_size <= 0xFFFF + 16 or self.buf_size % 8:
-            raise ValueError(f"buf_size must be a multiple of 8 in 24..65551, got {self.buf_size}")
+        int_arg(self.num_buffers, "num_buffers", minimum=1, maximum=VRING_MAX_SIZE)
+        int_arg(self.align, "align", minimum=1)
+        if self.num_buffers & (self.num_buffers - 1):
+            raise InvalidArgument(f"num_buffers must be a power of two, got {self.num_buffers}")
+        if self.align & (self.align - 1):
+            raise InvalidArgument(f"align must be a power of two, got {self.align}")
+        int_arg(self.buf_size, "buf_size", minimum=24, maximum=0xFFFF + 16)
+        if self.buf_size % 8:
+            raise InvalidArgument(f"buf_size must be a multiple of 8, got {self.buf_size}")
+        if not isinstance(self.event_idx, bool):
+            raise InvalidArgumentType(f"event_idx must be a bool, got {self.event_idx!r}")
 
 
 def default_resource_table(config: LinkConfig) -> ResourceTable:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         RSC_VENDOR_END,
         RSC_VENDOR_START,
     )
-    from .core import RemoteProc, RprocStatistics, RprocTraceFollower
+    from .core import RemoteProc, RestartPolicy, RprocStatistics, RprocTraceFollower
     from .coredump import CoredumpMode, write_coredump
     from .devmem import Allocation, DeviceMemory
     from .elf_loader import FirmwareImage, ResourceTableSection, Segment
@@ -59,6 +59,7 @@ _EXPORTS = {
     "RSC_VENDOR_END": ".constants",
     "RSC_VENDOR_START": ".constants",
     "RemoteProc": ".core",
+    "RestartPolicy": ".core",
     "RprocStatistics": ".core",
     "RprocTraceFollower": ".core",
     "CoredumpMode": ".coredump",
@@ -126,6 +127,7 @@ __all__ = [
     "RemoteProcessor",
     "Resource",
     "ResourceTable",
+    "RestartPolicy",
     "ResourceTableSection",
     "RprocBusy",
     "RprocEvent",

@@ -96,7 +96,7 @@ class RemoteProcessor(ABC):
         """The trace buffer's text (empty if the firmware has none)."""
 
     @abstractmethod
-    def subscribe(self, callback: Callable[[RprocEvent], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[RprocEvent], object]) -> Callable[[], None]:
         """Call ``callback`` on every event; returns a function that unsubscribes."""
 
     @contextlib.contextmanager

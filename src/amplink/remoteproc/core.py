@@ -31,21 +31,22 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EndpointClosed, LinkDown
+from .._args import finite_seconds_arg, int_arg, str_arg
+from ..errors import EndpointClosed, InvalidArgument, InvalidArgumentType, LinkDown
+from ..paths import coredump_dir
 from ..rpmsg.bus import RpmsgBus
 from ..rpmsg.channel import RpmsgDriver
 from ..rpmsg.wire import RPMSG_BUF_SIZE
 from .api import CrashReason, RemoteProcessor, RprocEvent
-from .coredump import CoredumpMode
+from .coredump import CoredumpMode, coredump_mode
 from .devmem import Allocation, DeviceMemory
-from .dumps import coredump_path, take_coredump
+from .dumps import coredump_path, prune_coredumps, take_coredump
 from .errors import NotBooted, RprocBusy
 from .image import LoadableImage
 from .ops import PlatformOps, StartInfo
@@ -64,9 +65,26 @@ _CAN_CRASH = frozenset({_S.RUNNING, _S.SUSPENDED, _S.ATTACHED})
 COREDUMP_JOIN_TIMEOUT = 30.0
 
 
-def default_coredump_dir() -> Path:
-    """Where coredumps go unless told otherwise: ``$TMPDIR/amplink-coredumps``."""
-    return Path(tempfile.gettempdir()) / "amplink-coredumps"
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How automatic recovery backs off, and when it gives up (as systemd's Restart=).
+
+    The n-th crash within ``interval`` seconds waits ``delay * 2**(n-1)`` seconds (at most
+    ``max_delay``) before the restart; more than ``burst`` crashes within ``interval``
+    stop automatic recovery: the processor stays crashed until ``recover()`` or the last
+    ``shutdown()``, and an "error" event says why.
+    """
+
+    burst: int = 5
+    interval: float = 10.0
+    delay: float = 0.1
+    max_delay: float = 5.0
+
+    def __post_init__(self) -> None:
+        int_arg(self.burst, "burst", minimum=1)
+        finite_seconds_arg(self.interval, "interval", positive=True)
+        finite_seconds_arg(self.delay, "delay")
+        finite_seconds_arg(self.max_delay, "max_delay")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +100,17 @@ class RprocStatistics:
     last_crash: str
     coredumps: tuple[str, ...]
     links: int
+    #: why automatic recovery stopped ("" while it goes on)
+    recovery_stopped: str = ""
 
 
 class RemoteProc(RemoteProcessor):
     """A remote processor whose platform specifics are ``ops``.
 
-    ``coredump_dir`` receives one ELF core file per crash (when coredumps are enabled);
+    ``coredump_dir`` (default: ``coredumps/`` in the per-user runtime directory) receives
+    one ELF core file per crash when coredumps are enabled, of which the newest
+    ``coredump_keep`` of this processor are kept; ``restart`` is the back-off and limit of
+    automatic recovery;
     ``buf_size`` is the rpmsg buffer size of the host's links.
     """
 
@@ -98,19 +121,28 @@ class RemoteProc(RemoteProcessor):
         *,
         name: str = "rproc0",
         recovery: bool = True,
-        coredump: CoredumpMode = CoredumpMode.DISABLED,
+        coredump: CoredumpMode | str = CoredumpMode.DISABLED,
         coredump_dir: str | os.PathLike[str] | None = None,
         buf_size: int = RPMSG_BUF_SIZE,
+        restart: RestartPolicy | None = None,
+        coredump_keep: int = 20,
     ) -> None:
-        if not firmware:
-            raise ValueError("the firmware name must not be empty")
+        if not str_arg(firmware, "firmware"):
+            raise InvalidArgument("firmware: the firmware name must not be empty")
+        str_arg(name, "name")
+        if restart is not None and not isinstance(restart, RestartPolicy):
+            raise InvalidArgumentType(f"restart must be a RestartPolicy, got {restart!r}")
         self.name = name
+        self.restart = restart or RestartPolicy()
         self.buf_size = buf_size
-        self.coredump_dir = Path(coredump_dir) if coredump_dir else default_coredump_dir()
+        #: where dumps go (None: coredumps/ in the per-user runtime directory, made 0700)
+        self.coredump_dir = Path(coredump_dir) if coredump_dir else None
+        #: the newest dumps of this processor kept in that directory; older ones are deleted
+        self.coredump_keep = int_arg(coredump_keep, "coredump_keep", minimum=1)
         self._ops = ops
         self._firmware = firmware
-        self._recovery = recovery
-        self._coredump = CoredumpMode(coredump)
+        self._recovery = bool(recovery)
+        self._coredump = coredump_mode(coredump)
         self._op_lock = threading.RLock()
         self._state_lock = threading.Lock()
         self._state_changed = threading.Condition(self._state_lock)
@@ -124,10 +156,12 @@ class RemoteProc(RemoteProcessor):
         self._resources: ProcessedResources | None = None
         self._links: list[RpmsgBus] = []
         self._drivers: list[RpmsgDriver] = []
-        self._subscribers: list[Callable[[RprocEvent], None]] = []
+        self._subscribers: list[Callable[[RprocEvent], object]] = []
         self._crash_count = 0
         self._recoveries = 0
         self._last_crash = ""
+        self._recent_crashes: list[float] = []  # monotonic times, within restart.interval
+        self._recovery_stopped = ""
         self._dump_pending = False
         self._coredumps: list[Path] = []
         self._handlers: list[threading.Thread] = []  # crash handlers
@@ -165,8 +199,8 @@ class RemoteProc(RemoteProcessor):
         return self._coredump
 
     @coredump.setter
-    def coredump(self, mode: CoredumpMode) -> None:
-        mode = CoredumpMode(mode)
+    def coredump(self, mode: CoredumpMode | str) -> None:
+        mode = coredump_mode(mode)
         with self._state_lock:
             if self._state is _S.CRASHED:
                 raise RprocBusy(errno.EBUSY, f"{self.name} is crashed: coredump cannot change now")
@@ -195,6 +229,16 @@ class RemoteProc(RemoteProcessor):
         if not links:
             raise LinkDown(f"{self.name} is {self._state} and has no rpmsg link now")
         return links[0]
+
+    @property
+    def memory(self) -> DeviceMemory | None:
+        """The processor's memory (None while offline)."""
+        return self._memory
+
+    @property
+    def resources(self) -> ProcessedResources | None:
+        """Where the processed table, carveouts, vrings and buffers lie (None while offline)."""
+        return self._resources
 
     @property
     def resource_table(self) -> ResourceTable | None:
@@ -228,7 +272,7 @@ class RemoteProc(RemoteProcessor):
             name=self.name, state=self._state, firmware=self._firmware, power=self._power,
             crash_count=self._crash_count, recoveries=self._recoveries,
             last_crash=self._last_crash, coredumps=tuple(str(p) for p in self._coredumps),
-            links=len(self._links),
+            links=len(self._links), recovery_stopped=self._recovery_stopped,
         )
 
     def wait_for_state(self, state: RprocState | str, timeout: float | None = None) -> bool:
@@ -257,7 +301,7 @@ class RemoteProc(RemoteProcessor):
                 self._links[0].unregister_driver(driver)
 
     # -- events ------------------------------------------------------------------------------
-    def subscribe(self, callback: Callable[[RprocEvent], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[RprocEvent], object]) -> Callable[[], None]:
         self._subscribers.append(callback)
 
         def unsubscribe() -> None:
@@ -344,6 +388,8 @@ class RemoteProc(RemoteProcessor):
         with self._state_lock:
             self._run += 1  # from here on, a report about the stopped run is stale
         links, self._links = self._links, []
+        with self._state_changed:
+            self._state_changed.notify_all()  # a crash handler backing off stops waiting
         try:
             remove_vdevs(links, reason, crashed=crashed)
         finally:
@@ -405,22 +451,46 @@ class RemoteProc(RemoteProcessor):
 
     def _handle_crash(self, run: int, old: RprocState, links: list[RpmsgBus]) -> None:
         what = self._last_crash
-        log.warning("%s crashed (%s)", self.name, what)
+        # Recovered, a crash would go unseen: a warning. Without recovery its users see it
+        # (LinkDown, the state, the event): information.
+        log.log(logging.WARNING if self._recovery else logging.INFO, "%s crashed (%s)",
+                self.name, what)
         for bus in links:
             bus.mark_down(f"{self.name} crashed ({what})")
         self._emit("state", f"{old} -> {_S.CRASHED}")
         self._emit("crash", what)
+        if not self._recovery:
+            log.info("%s: recovery is disabled; it stays crashed until recover() or "
+                     "shutdown()", self.name)
+            return
+        delay = self._restart_delay()
+        if delay is None:
+            return
+        with self._state_changed:  # a shutdown or manual recovery meanwhile ends the wait
+            if self._state_changed.wait_for(lambda: run != self._run, delay):
+                return
         with self._op_lock:
             if run != self._run or self._state is not _S.CRASHED:
                 return  # shut down (or recovered) meanwhile
-            if not self._recovery:
-                log.warning("%s: recovery is disabled; it stays crashed until recover() or "
-                            "shutdown()", self.name)
-                return
             try:
                 self._recover_locked()
             except Exception:  # noqa: BLE001 - reported as an "error" event; stays crashed
                 log.exception("%s: recovery failed", self.name)
+
+    def _restart_delay(self) -> float | None:
+        """The back-off before this restart, or None when the burst limit is reached."""
+        policy = self.restart
+        now = time.monotonic()
+        recent = [t for t in self._recent_crashes if now - t < policy.interval] + [now]
+        self._recent_crashes = recent
+        if len(recent) > policy.burst:
+            self._recovery_stopped = (f"{len(recent)} crashes within {policy.interval:g} s "
+                                      f"(limit {policy.burst})")
+            log.error("%s: %s: automatic recovery stopped; recover() or shutdown() it",
+                      self.name, self._recovery_stopped)
+            self._emit("error", f"restart limit reached: {self._recovery_stopped}")
+            return None
+        return min(policy.delay * 2 ** (len(recent) - 1), policy.max_delay)
 
     def recover(self) -> None:
         """Recover a crashed processor now, whatever the recovery setting (no-op if running)."""
@@ -430,9 +500,11 @@ class RemoteProc(RemoteProcessor):
             if self._state is not _S.CRASHED:
                 raise InvalidTransition(f"{self.name} is {self._state}: only a crashed "
                                         "processor can be recovered")
+            self._recent_crashes = []  # as systemd's reset-failed: the burst starts afresh
             self._recover_locked()
 
     def _recover_locked(self) -> None:
+        self._recovery_stopped = ""
         self._stop_run(f"{self.name} crashed ({self._last_crash})", crashed=True)
         if self._dump_pending and self._coredump is not CoredumpMode.DISABLED:
             self._dump()
@@ -448,7 +520,12 @@ class RemoteProc(RemoteProcessor):
     def _dump(self) -> None:
         res, image = self._resources, self._image
         assert res is not None and image is not None
-        path = coredump_path(self.coredump_dir, self.name, self._crash_count)
+        try:
+            directory = self.coredump_dir or coredump_dir()
+        except OSError as exc:
+            self._dump_done(None, exc)
+            return
+        path = coredump_path(directory, self.name, self._crash_count)
         thread = take_coredump(self._coredump, res.dump_segments, path, self._dump_done,
                                machine=image.machine, elfclass=image.elfclass)
         if thread is not None:
@@ -460,12 +537,14 @@ class RemoteProc(RemoteProcessor):
             self._emit("error", f"coredump failed: {error}")
             return
         log.warning("%s: coredump written to %s", self.name, path)
-        self._coredumps.append(path)
+        pruned = set(prune_coredumps(path.parent, self.name, self.coredump_keep))
+        self._coredumps = [p for p in self._coredumps if p not in pruned] + [path]
         self._emit("coredump", str(path))
 
     # -- trace -------------------------------------------------------------------------------
     def trace(self, index: int = 0) -> str:
         """The text of trace buffer ``index`` ("" if there is none or the processor is off)."""
+        int_arg(index, "index", minimum=0)
         with self._mem_lock:
             buf = self._trace_buffer(index)
             return "" if buf is None else read_trace(buf.region, buf.offset, buf.length)
@@ -478,6 +557,7 @@ class RemoteProc(RemoteProcessor):
 
     def trace_follower(self, index: int = 0) -> RprocTraceFollower:
         """A follower of trace buffer ``index`` that survives restarts and shutdowns."""
+        int_arg(index, "index", minimum=0)
         return RprocTraceFollower(self, index)
 
 

@@ -13,6 +13,8 @@ import struct
 from collections.abc import Iterable
 from typing import BinaryIO, Self
 
+from ..errors import InvalidArgument
+
 EM_NONE = 0
 ET_CORE = 4
 PT_LOAD = 1
@@ -43,6 +45,15 @@ class CoredumpMode(enum.StrEnum):
     def from_sysfs(cls, text: str) -> Self:
         """Parse a sysfs value (one trailing newline allowed); ValueError otherwise."""
         return cls(text.removesuffix("\n"))
+
+
+def coredump_mode(value: object) -> CoredumpMode:
+    """A :class:`CoredumpMode` from itself or its string ("disabled", "enabled", "inline")."""
+    try:
+        return CoredumpMode(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise InvalidArgument(f"coredump must be one of {', '.join(CoredumpMode)}, got "
+                              f"{value!r}") from None
 
 
 def write_coredump(

@@ -10,14 +10,18 @@ The two modes follow Linux's remoteproc coredump setting, mapped onto files:
   but the restart is delayed by the write.
 
 Either way the file appears under its final name only when complete (written to a
-``.part`` name and renamed), and ``on_done`` reports it.
+private temporary file and linked to its name, which must not exist: two dumps never
+overwrite each other), and ``on_done`` reports the name it got. :func:`prune_coredumps`
+keeps the newest dumps of a processor and deletes the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,13 +33,27 @@ from .devmem import Allocation
 log = logging.getLogger(__name__)
 
 #: ``on_done(path, error)``: exactly one of them is None
+_MAX_SUFFIX = 1000
 DoneCallback = Callable[[Path | None, Exception | None], None]
 
 
 def coredump_path(directory: str | os.PathLike[str], name: str, crash_count: int) -> Path:
-    """``DIRECTORY/NAME-crashN-YYYYmmddTHHMMSS.core``."""
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    """``DIRECTORY/NAME-crashN-YYYYmmddTHHMMSS.ffffff.core`` (the name a dump asks for; a
+    taken one gets a ``-2``, ``-3``, ... suffix when written)."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1e6):06d}"
     return Path(directory) / f"{name}-crash{crash_count}-{stamp}.core"
+
+
+def prune_coredumps(directory: str | os.PathLike[str], name: str, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` newest dumps of processor ``name``; return the deleted."""
+    dumps = sorted(Path(directory).glob(f"{glob.escape(name)}-crash*.core"),
+                   key=lambda p: p.stat().st_mtime_ns if p.exists() else 0)
+    doomed = dumps[:max(0, len(dumps) - keep)]
+    for path in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return doomed
 
 
 def _elfclass(segments: Sequence[Allocation], elfclass: int | None) -> int:
@@ -45,15 +63,23 @@ def _elfclass(segments: Sequence[Allocation], elfclass: int | None) -> int:
 
 
 def _write(path: Path, segments: Sequence[tuple[int, bytes | memoryview]], machine: int,
-           elfclass: int) -> None:
-    part = path.with_name(path.name + ".part")
+           elfclass: int) -> Path:
+    """Write the dump and give it ``path``, or the first free ``path-N``; return the name."""
+    fd, part = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".part", dir=path.parent)
+    os.close(fd)
     try:
-        write_coredump(part, segments, machine=machine, elfclass=elfclass)
-        os.replace(part, path)
-    except BaseException:
+        write_coredump(Path(part), segments, machine=machine, elfclass=elfclass)
+        for n in range(1, _MAX_SUFFIX + 1):
+            final = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+            try:
+                os.link(part, final)  # fails if the name is taken: never overwrites
+                return final
+            except FileExistsError:
+                continue
+        raise FileExistsError(f"{path} and {_MAX_SUFFIX - 1} variants of it exist")
+    finally:
         with contextlib.suppress(OSError):
             os.unlink(part)
-        raise
 
 
 def take_coredump(
@@ -79,21 +105,21 @@ def take_coredump(
             with contextlib.ExitStack() as stack:
                 views = [(s.da, stack.enter_context(s.region.view(s.offset, s.length)))
                          for s in segments]
-                _write(path, views, machine, cls)
+                written = _write(path, views, machine, cls)
         except (OSError, ValueError) as exc:
             on_done(None, exc)
         else:
-            on_done(path, None)
+            on_done(written, None)
         return None
     snapshot = [(s.da, s.read()) for s in segments]
 
     def writer() -> None:
         try:
-            _write(path, snapshot, machine, cls)
+            written = _write(path, snapshot, machine, cls)
         except (OSError, ValueError) as exc:
             on_done(None, exc)
         else:
-            on_done(path, None)
+            on_done(written, None)
 
     thread = threading.Thread(target=writer, name=f"amplink-coredump-{path.name}", daemon=True)
     thread.start()

@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._args import callable_arg
+from ..errors import InvalidArgumentType
 from .wire import RPMSG_ADDR_ANY
 
 if TYPE_CHECKING:
@@ -45,6 +47,14 @@ class RpmsgDriver:
     callback: Callback | None = None
     name: str = ""
     channels: list[RpmsgChannel] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.id_table, str) or not all(isinstance(n, str) for n in self.id_table):
+            raise InvalidArgumentType(f"id_table must be a sequence of channel names, got "
+                                      f"{self.id_table!r}")
+        for name, fn in (("probe", self.probe), ("remove", self.remove),
+                         ("callback", self.callback)):
+            callable_arg(fn, name)
 
     def matches(self, channel_name: str) -> bool:
         return channel_name in self.id_table

@@ -41,7 +41,6 @@ import selectors
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -49,6 +48,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from ..paths import COREDUMP_DIR, ENV_RUNTIME_DIR, PrivateDirError, private_dir, runtime_dir
 from ..platforms.linux import protocol
 from ..platforms.linux.attributes import DEVICE_NAME, ControlSocketTree
 from ..platforms.linux.errors import (
@@ -60,16 +60,15 @@ from ..platforms.linux.errors import (
 from ..platforms.linux.model import RemoteprocModel
 from ..platforms.sim import SimRemoteProc
 from ..remoteproc.api import RemoteProcessor
+from ..remoteproc.core import RemoteProc
 
 log = logging.getLogger(__name__)
 
-ENV_RUNTIME_DIR = "AMPLINK_RUNTIME_DIR"
 PID_FILE = "supervisor.pid"
 LOCK_FILE = "supervisor.lock"
 SPAWN_LOCK = "spawn.lock"
 LOG_FILE = "supervisor.log"
 DEBUG_DIR = "debug"
-COREDUMP_DIR = "coredumps"
 STDERR_FD = 2  # the fd itself: sys.stderr may be replaced (and have no fd) in-process
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the NUL
 _PROCESSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
@@ -111,6 +110,14 @@ class Channel(NamedTuple):
     dst: int
 
 
+class Crashes(NamedTuple):
+    """A simulated processor's crash record, as ``amplink ls`` shows it."""
+
+    total: int
+    last: str
+    recovery_stopped: str
+
+
 def make_sim_processor(name: str, firmware: str, *, coredump_dir: Path) -> SimRemoteProc:
     """The supervisor's processors: simulated, with the remoteproc lifecycle (a missing
     firmware fails the boot with ENOENT). Crash dumps go to ``coredump_dir``; the
@@ -119,34 +126,14 @@ def make_sim_processor(name: str, firmware: str, *, coredump_dir: Path) -> SimRe
 
 
 # -- the runtime directory --------------------------------------------------------------
-def runtime_dir() -> Path:
-    """$AMPLINK_RUNTIME_DIR, else $XDG_RUNTIME_DIR/amplink, else /tmp/amplink-$UID."""
-    override = os.environ.get(ENV_RUNTIME_DIR)
-    if override:
-        return Path(override).absolute()
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "amplink"
-    return Path(f"/tmp/amplink-{os.getuid()}")
-
-
 def prepare_runtime_dir(path: Path | str) -> Path:
     """Create ``path`` (mode 0700) or check that it is a directory of ours that nobody
-    else can write to; SupervisorError with what to do otherwise."""
-    path = Path(path).absolute()
+    else can write to and short enough for the control socket; SupervisorError with what
+    to do otherwise."""
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.lstat(path)
-    except OSError as exc:
-        raise SupervisorError(f"cannot create the runtime directory {path}: {exc.strerror}; "
-                              f"set {ENV_RUNTIME_DIR} to a directory of yours") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise SupervisorError(f"{path} is not a directory (a symlink?): remove it or set "
-                              f"{ENV_RUNTIME_DIR}")
-    if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise SupervisorError(f"{path} belongs to uid {st.st_uid} or others can write to it "
-                              f"(mode {stat.S_IMODE(st.st_mode):o}): others could control your "
-                              f"processors; remove it or set {ENV_RUNTIME_DIR}")
+        path = private_dir(path)
+    except PrivateDirError as exc:
+        raise SupervisorError(str(exc)) from None
     if len(os.fsencode(path / protocol.CONTROL_SOCKET)) > MAX_SOCKET_PATH:
         raise SupervisorError(f"{path} is too long for a Unix socket path: set "
                               f"{ENV_RUNTIME_DIR} to a shorter directory")
@@ -237,7 +224,8 @@ class Supervisor:
             "hello": self._op_hello, "list": self._op_list, "read": self._op_read,
             "write": self._op_write, "debug_read": self._op_debug_read,
             "debug_write": self._op_debug_write, "add": self._op_add, "remove": self._op_remove,
-            "channels": self._op_channels, "dev_open": self._op_dev_open,
+            "channels": self._op_channels, "crashes": self._op_crashes,
+            "dev_open": self._op_dev_open,
             "dev_write": self._op_dev_write, "dev_set_release": self._op_dev_set_release,
             "dev_get_release": self._op_dev_get_release,
         }
@@ -505,6 +493,14 @@ class Supervisor:
             raise _fail(errno.EOPNOTSUPP, f"{rproc.name} cannot list its channels")
         return {"channels": [{"name": n, "src": s, "dst": d} for n, s, d in rproc.channels()]}
 
+    def _op_crashes(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
+        rproc = self._m.processor(self._dev(m))
+        if not isinstance(rproc, RemoteProc):
+            raise _fail(errno.EOPNOTSUPP, f"{rproc.name} does not count its crashes")
+        stats = rproc.statistics()
+        return {"count": stats.crash_count, "last": stats.last_crash,
+                "recovery_stopped": stats.recovery_stopped}
+
     def _op_dev_open(self, c: _Client, m: dict[str, Any]) -> None:
         dev = self._dev(m)
         if c.dev is not None:
@@ -605,6 +601,18 @@ class SupervisorClient:
         except (ValueError, TypeError, AttributeError) as exc:
             raise SupervisorError(f"{dev}: malformed channel list: {exc}") from None
         return channels
+
+
+    def crashes(self, dev: str) -> Crashes:
+        """How often ``dev`` crashed, the last reason, and why recovery stopped (if it did)."""
+        response = self.tree.request({"op": "crashes", "dev": dev}, dev)
+        try:
+            crashes = Crashes(protocol.field(response, "count", int),
+                              protocol.field(response, "last", str),
+                              protocol.field(response, "recovery_stopped", str))
+        except (ValueError, TypeError) as exc:
+            raise SupervisorError(f"{dev}: malformed crash record: {exc}") from None
+        return crashes
 
 
 def connect_supervisor(root: Path | str | None = None, *, timeout: float = 30.0

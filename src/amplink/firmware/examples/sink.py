@@ -9,15 +9,10 @@ counting afresh. The host uses this to measure one-way throughput
 
 from __future__ import annotations
 
-import struct
-
+from amplink.perf import SINK_REPORT as REPORT
+from amplink.perf import SINK_SERVICE as SERVICE
 from amplink.rpmsg.bus import RpmsgBus
 from amplink.rpmsg.endpoint import Endpoint
-
-SERVICE = "rpmsg-sink"
-
-#: the answer to a control message: messages and payload bytes counted since the last one
-REPORT = struct.Struct("<QQ")
 
 
 class SinkCounter:

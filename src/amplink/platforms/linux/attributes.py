@@ -148,8 +148,10 @@ class OsFileOps:
     """The real system calls."""
 
     def write(self, path: Path, data: bytes) -> None:
-        # no O_CREAT, no O_TRUNC: a sysfs attribute exists or the write is wrong
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        # No O_CREAT: a sysfs attribute exists or the write is wrong. O_TRUNC, as the shell's
+        # `echo start > state`: sysfs ignores it, and a tree of plain files (a test rig, a
+        # copy) then holds the value written, as a read of sysfs would give it.
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
         try:
             written = os.write(fd, data)  # sysfs takes a value in exactly one write
         finally:

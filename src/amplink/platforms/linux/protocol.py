@@ -44,6 +44,7 @@ OPS: Mapping[str, tuple[str, ...]] = {
     "add": ("firmware",),                      # name: optional (default simN) -> dev, name
     "remove": ("dev",),
     "channels": ("dev",),                      # -> channels [{name, src, dst}]
+    "crashes": ("dev",),                       # -> count, last, recovery_stopped
     "dev_open": ("dev",),                      # this connection is now /dev/remoteprocN
     "dev_write": ("value",),
     "dev_set_release": ("value",),             # RPROC_SET_SHUTDOWN_ON_RELEASE

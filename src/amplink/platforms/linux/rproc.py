@@ -112,7 +112,7 @@ class LinuxRemoteProc(RemoteProcessor):
         self._lock = threading.Lock()
         self._users = 0
         self._device: RprocDevice | None = None
-        self._subscribers: list[Callable[[RprocEvent], None]] = []
+        self._subscribers: list[Callable[[RprocEvent], object]] = []
         self._poll_stop: threading.Event | None = None
         self._poller: threading.Thread | None = None
 
@@ -379,7 +379,7 @@ class LinuxRemoteProc(RemoteProcessor):
         return text if end < 0 else text[:end]
 
     # -- events -------------------------------------------------------------------------
-    def subscribe(self, callback: Callable[[RprocEvent], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[RprocEvent], object]) -> Callable[[], None]:
         with self._lock:
             self._subscribers.append(callback)
             if self._poller is None:

@@ -22,6 +22,7 @@ into memory the host allocates, not over the executable's section.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import selectors
 import subprocess
@@ -35,7 +36,15 @@ from ...errors import FirmwareError
 from ...remoteproc.addrmap import DeviceAddressMap
 from ...remoteproc.elf_loader import ELFMAG, FirmwareImage
 from ...remoteproc.image import LoadableImage
-from ..sim_layout import TABLE_READER_NO_MODULE, LinkConfig, default_resource_table
+from ..sim_layout import (
+    TABLE_READER_BAD_TABLE,
+    TABLE_READER_NO_MODULE,
+    LinkConfig,
+    default_resource_table,
+)
+from .process import FirmwareStartError
+
+log = logging.getLogger(__name__)
 
 #: the largest table a Python firmware may declare
 MAX_TABLE_SIZE = 1 << 20
@@ -82,8 +91,9 @@ def _declared_table(spec: str, timeout: float) -> bytes:
     cmd = [sys.executable, "-m", "amplink.firmware", "--resource-table", spec]
     deadline = time.monotonic() + timeout
     out, err = bytearray(), bytearray()
+    # its own process group: the terminal's Ctrl-C is the host's to handle
     with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as proc:
+                          stderr=subprocess.PIPE, process_group=0) as proc:
         try:
             if not _collect(proc, out, err, deadline, spec):
                 raise _too_slow(spec, timeout)
@@ -97,9 +107,13 @@ def _declared_table(spec: str, timeout: float) -> bytes:
     if status == TABLE_READER_NO_MODULE:
         raise FileNotFoundError(errno.ENOENT, f"Python firmware {spec!r}: no such module")
     if status != 0:
-        lines = err.decode("utf-8", errors="replace").strip().splitlines()
-        raise FirmwareError(f"Python firmware {spec!r}: reading its RESOURCE_TABLE failed "
-                            f"(exit status {status}): {lines[-1] if lines else ''}")
+        text = err.decode("utf-8", errors="replace").strip()
+        log.info("firmware %r failed to load; its output:\n%s", spec, text)
+        cause = text.splitlines()[-1] if text else "no message"
+        if status == TABLE_READER_BAD_TABLE:
+            raise FirmwareError(f"Python firmware {spec!r}: {cause}")
+        raise FirmwareStartError(f"firmware {spec!r} failed to load (exit status {status}): "
+                                 f"{cause}")
     return bytes(out)
 
 
@@ -132,9 +146,9 @@ def _collect(proc: subprocess.Popen[bytes], out: bytearray, err: bytearray,
     return True
 
 
-def _too_slow(spec: str, timeout: float) -> FirmwareError:
-    return FirmwareError(f"Python firmware {spec!r}: reading its RESOURCE_TABLE took "
-                         f"more than {timeout} s")
+def _too_slow(spec: str, timeout: float) -> FirmwareStartError:
+    return FirmwareStartError(f"firmware {spec!r} did not load within {timeout} s (reading "
+                              "its RESOURCE_TABLE)")
 
 
 class PythonImage(SimImage):

@@ -128,8 +128,11 @@ class FirmwareProcess:
                 poll_mode=poll_mode, spin=spin, watchdog=watchdog,
             ).to_env())
             fds = (region.fd, child_end.fileno(), *(fd for pair in pairs for fd in pair))
+            # Its own process group: the terminal's Ctrl-C (SIGINT to the foreground group)
+            # is the host's to handle, which then stops the firmware in order. A host that
+            # dies any other way hangs up the lifeline, and the firmware exits.
             popen = subprocess.Popen(list(argv), env=env, pass_fds=fds, stdin=subprocess.DEVNULL,
-                                     stdout=stdout, stderr=stderr)
+                                     stdout=stdout, stderr=stderr, process_group=0)
         except BaseException:
             for fd in (fd for pair in pairs for fd in pair):
                 os.close(fd)

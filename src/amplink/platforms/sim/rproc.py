@@ -16,11 +16,13 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..._args import finite_seconds_arg, int_arg, str_arg
+from ...errors import InvalidArgumentType
 from ...memory.region import SharedRegion
 from ...notify.doorbell import Doorbell
-from ...remoteproc.core import RemoteProc
+from ...remoteproc.core import RemoteProc, RestartPolicy
 from ...remoteproc.coredump import CoredumpMode
-from ...remoteproc.devmem import DeviceMemory
+from ...remoteproc.devmem import PAGE_SIZE, DeviceMemory
 from ...remoteproc.ops import CrashReport, PlatformOps, StartInfo
 from ...remoteproc.resources import VdevResource
 from ..sim_layout import LinkConfig
@@ -55,11 +57,20 @@ class SimOptions:
     stderr: Output = None
 
     def __post_init__(self) -> None:
-        if not self.spin >= 0:
-            raise ValueError(f"spin must be a time in seconds >= 0, got {self.spin}")
-        if self.watchdog is not None and not self.watchdog > 0:
-            raise ValueError(
-                f"watchdog must be a period in seconds > 0 or None, got {self.watchdog}")
+        str_arg(self.name, "name")
+        if self.native is not None and not isinstance(self.native, bool):
+            raise InvalidArgumentType(f"native must be True, False or None, got {self.native!r}")
+        for arg in self.args:
+            str_arg(arg, "args[]")
+        if not isinstance(self.config, LinkConfig):
+            raise InvalidArgumentType(f"config must be a LinkConfig, got {self.config!r}")
+        finite_seconds_arg(self.spin, "spin")
+        int_arg(self.memory_size, "memory_size", minimum=PAGE_SIZE)
+        int_arg(self.da_base, "da_base", minimum=0, maximum=(1 << 64) - self.memory_size)
+        if self.watchdog is not None:
+            finite_seconds_arg(self.watchdog, "watchdog", positive=True)
+        finite_seconds_arg(self.boot_timeout, "boot_timeout", positive=True)
+        finite_seconds_arg(self.stop_timeout, "stop_timeout")
 
 
 class SimOps(PlatformOps):
@@ -71,8 +82,12 @@ class SimOps(PlatformOps):
         self.spin = options.spin
         #: the current run's firmware process
         self.process: FirmwareProcess | None = None
+        #: the last firmware process started (kept after it stopped, for its exit status)
+        self.last_process: subprocess.Popen[bytes] | None = None
         #: exit status of the last firmware process that was stopped
         self.last_exit_status: int | None = None
+        #: how long a stopped firmware may take to exit before it is killed
+        self.stop_timeout = options.stop_timeout
         self._image: SimImage | None = None
         self._rpmsg_order: list[int] = []
         self._monitor: CrashMonitor | None = None
@@ -106,6 +121,7 @@ class SimOps(PlatformOps):
             vdevs=len(self._rpmsg_order), watchdog=o.watchdog,
             stdout=o.stdout, stderr=o.stderr,
         )
+        self.last_process = self.process.popen
 
     def doorbell(self, vdev: VdevResource) -> Doorbell:
         assert self.process is not None
@@ -134,7 +150,7 @@ class SimOps(PlatformOps):
                     process.lifeline.shutdown(socket.SHUT_RDWR)
             monitor.stop()  # joins with a timeout
         if process is not None:
-            self.last_exit_status = process.stop(0.0 if crashed else self.options.stop_timeout)
+            self.last_exit_status = process.stop(0.0 if crashed else self.stop_timeout)
             self.process = None
 
 
@@ -145,7 +161,9 @@ class SimRemoteProc(RemoteProc):
     ``:function``) or a native executable (detected by its ELF magic unless ``native``
     says so). ``watchdog`` is the heartbeat period in seconds the firmware must keep
     (None: no watchdog); ``config`` sizes the default resource table and the rpmsg
-    buffers; ``spin`` (seconds) lets the firmware spin that long before each sleep. See
+    buffers; ``spin`` (seconds) lets the firmware spin that long before each sleep;
+    ``restart`` (a :class:`~amplink.remoteproc.core.RestartPolicy`) is how recovery backs
+    off and when it gives up; :meth:`kill` crashes the firmware on purpose. See
     :class:`~amplink.remoteproc.core.RemoteProc` for the lifecycle::
 
         rproc = SimRemoteProc("amplink.firmware.examples.echo")
@@ -167,8 +185,10 @@ class SimRemoteProc(RemoteProc):
         da_base: int = DEFAULT_DA_BASE,
         watchdog: float | None = None,
         recovery: bool = True,
-        coredump: CoredumpMode = CoredumpMode.DISABLED,
+        restart: RestartPolicy | None = None,
+        coredump: CoredumpMode | str = CoredumpMode.DISABLED,
         coredump_dir: str | os.PathLike[str] | None = None,
+        coredump_keep: int = 20,
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         stdout: Output = None,
@@ -181,14 +201,22 @@ class SimRemoteProc(RemoteProc):
             stdout=stdout, stderr=stderr,
         )
         self.ops = SimOps(options)
-        super().__init__(self.ops, firmware, name=name, recovery=recovery, coredump=coredump,
-                         coredump_dir=coredump_dir, buf_size=options.config.buf_size)
+        super().__init__(self.ops, firmware, name=name, recovery=recovery, restart=restart,
+                         coredump=coredump, coredump_dir=coredump_dir,
+                         coredump_keep=coredump_keep, buf_size=options.config.buf_size)
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:
         """The current firmware process (None unless a run is active)."""
         child = self.ops.process
         return None if child is None else child.popen
+
+    def kill(self) -> None:
+        """Kill the firmware process at once: a crash, handled as any other (no-op unless a
+        run is active)."""
+        child = self.ops.process
+        if child is not None and child.popen.poll() is None:
+            child.popen.kill()
 
     @property
     def pid(self) -> int | None:

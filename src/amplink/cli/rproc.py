@@ -8,7 +8,7 @@ $AMPLINK_SYSFS) they act on that remoteproc tree instead, e.g. the real
 ``/sys/class/remoteproc``, through the same code
 (:class:`~amplink.platforms.linux.LinuxRemoteProc`).
 
-``cli.py`` adds these commands with :func:`register`; :func:`main` runs them alone.
+``amplink.cli`` adds these commands with :func:`register`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import AmplinkError
-from .platforms.linux import (
+from ..errors import AmplinkError
+from ..platforms.linux import (
     CLASS_ROOT,
     DEBUG_ROOT,
     ControlTree,
@@ -35,16 +35,17 @@ from .platforms.linux import (
     list_processors,
     open_tree,
 )
-from .platforms.linux.errors import MalformedAttribute
-from .remoteproc.api import CrashReason
-from .remoteproc.coredump import CoredumpMode
-from .rpmsg.wire import RPMSG_ADDR_ANY
-from .service.supervisor import (
+from ..platforms.linux.errors import MalformedAttribute
+from ..remoteproc.api import CrashReason
+from ..remoteproc.coredump import CoredumpMode
+from ..rpmsg.wire import RPMSG_ADDR_ANY
+from ..service.supervisor import (
     SupervisorClient,
     connect_supervisor,
     ensure_supervisor,
     runtime_dir,
 )
+from .common import EXIT_INTERRUPTED, CommandError, add_command, out, positive_seconds, table
 
 ENV_SYSFS = "AMPLINK_SYSFS"
 ENV_DEBUGFS = "AMPLINK_DEBUGFS"
@@ -54,14 +55,6 @@ CRASH_REASONS = {
     "watchdog": CrashReason.WATCHDOG,
     "fatal-error": CrashReason.FATAL_ERROR,
 }
-
-
-class CommandError(AmplinkError):
-    """A failure the command reports as one clear line (exit status 1)."""
-
-
-def _out(*parts: object) -> None:
-    print(*parts, flush=True)
 
 
 # -- which tree -------------------------------------------------------------------------
@@ -114,12 +107,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """amplink ls: the processors, their settings and (simulated) channels."""
     target = _target(args)
     if target.tree is None:
-        _out("no simulated processors (start one with `amplink boot FIRMWARE`; for hardware: "
+        out("no simulated processors (start one with `amplink boot FIRMWARE`; for hardware: "
              f"`amplink ls --sysfs {CLASS_ROOT}`)")
         return 0
     processors = list_processors(target.tree)
     if not processors:
-        _out(f"no remote processors in {target.where}")
+        out(f"no remote processors in {target.where}")
         return 0
     rows = [("NAME", "DEVICE", "STATE", "RECOVERY", "COREDUMP", "FIRMWARE")]
     details: dict[str, list[str]] = {}
@@ -132,14 +125,26 @@ def cmd_ls(args: argparse.Namespace) -> int:
         rows.append((name, dev, _field(lambda r=rproc: r.state), recovery,
                      _field(lambda r=rproc: r.coredump), _field(lambda r=rproc: r.firmware)))
         if target.supervisor is not None:
-            details[name] = _channel_lines(target.supervisor, dev)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        _out("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths, strict=False)) +
-             "  " + row[-1])
-        for line in details.get(row[0], []):
-            _out(line)
+            details[name] = _detail_lines(target.supervisor, dev)
+    for row, line in zip(rows, table(rows), strict=True):
+        out(line)
+        for detail in details.get(row[0], []):
+            out(detail)
     return 0
+
+
+def _detail_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
+    """What a simulated processor adds to its row: crashes, then channels."""
+    lines = []
+    try:
+        crashes = supervisor.crashes(dev)
+    except RprocControlError:
+        crashes = None  # gone meanwhile, or a processor that does not count crashes
+    if crashes is not None and crashes.total:
+        lines.append(f"    crashes: {crashes.total}, last: {crashes.last}")
+        if crashes.recovery_stopped:
+            lines.append(f"    automatic recovery stopped: {crashes.recovery_stopped}")
+    return lines + _channel_lines(supervisor, dev)
 
 
 def _channel_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
@@ -149,9 +154,9 @@ def _channel_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
         return []  # this processor cannot list its channels
     lines = []
     for channel in channels:
-        local = "-" if channel.src == RPMSG_ADDR_ANY else f"0x{channel.src:x}"
-        lines.append(f"    channel {channel.name}: remote endpoint 0x{channel.dst:x}, "
-                     f"local endpoint {local}")
+        local = ("no local endpoint open" if channel.src == RPMSG_ADDR_ANY
+                 else f"local endpoint 0x{channel.src:x}")
+        lines.append(f"    channel {channel.name}: remote endpoint 0x{channel.dst:x}, {local}")
     return lines
 
 
@@ -183,7 +188,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         with contextlib.suppress(AmplinkError):
             supervisor.remove(dev)  # a processor that never ran is not kept
         raise
-    _out(f"{name} ({dev}): running {firmware} (up in {time.monotonic() - t0:.2f} s); "
+    out(f"{name} ({dev}): running {firmware} (up in {time.monotonic() - t0:.2f} s); "
          f"`amplink stop {name}` stops it")
     return 0
 
@@ -209,7 +214,7 @@ def _boot_tree(args: argparse.Namespace) -> int:
     if rproc.firmware != args.firmware:
         rproc.firmware = args.firmware
     rproc.boot()
-    _out(f"{rproc.label}: {rproc.state}, firmware {rproc.firmware}")
+    out(f"{rproc.label}: {rproc.state}, firmware {rproc.firmware}")
     return 0
 
 
@@ -218,17 +223,17 @@ def cmd_stop(args: argparse.Namespace) -> int:
     rproc, target = _processor(args)
     if target.supervisor is not None:
         target.supervisor.remove(rproc.dev)  # stops whatever the state, crashed included
-        _out(f"{rproc.label}: stopped and removed")
+        out(f"{rproc.label}: stopped and removed")
     else:
         rproc.stop()
-        _out(f"{rproc.label}: {rproc.state}")
+        out(f"{rproc.label}: {rproc.state}")
     return 0
 
 
 def cmd_state(args: argparse.Namespace) -> int:
     """amplink state NAME."""
     rproc, _ = _processor(args)
-    _out(rproc.state)
+    out(rproc.state)
     return 0
 
 
@@ -238,11 +243,11 @@ def cmd_recovery(args: argparse.Namespace) -> int:
     rproc, _ = _processor(args)
     if args.value == "recover":
         rproc.recover()
-        _out(f"{rproc.label}: {rproc.state}")
+        out(f"{rproc.label}: {rproc.state}")
     elif args.value is not None:
         rproc.recovery = args.value == "enabled"
     if args.value != "recover":
-        _out("enabled" if rproc.recovery else "disabled")
+        out("enabled" if rproc.recovery else "disabled")
     return 0
 
 
@@ -251,7 +256,7 @@ def cmd_coredump(args: argparse.Namespace) -> int:
     rproc, _ = _processor(args)
     if args.value is not None:
         rproc.coredump = CoredumpMode(args.value)
-    _out(rproc.coredump)
+    out(rproc.coredump)
     return 0
 
 
@@ -259,15 +264,13 @@ def cmd_crash(args: argparse.Namespace) -> int:
     """amplink crash NAME [--reason R]."""
     rproc, _ = _processor(args)
     rproc.crash(CRASH_REASONS[args.reason])
-    _out(f"{rproc.label}: crash reported ({args.reason}); now {rproc.state} (recovery "
+    out(f"{rproc.label}: crash reported ({args.reason}); now {rproc.state} (recovery "
          f"{'enabled' if rproc.recovery else 'disabled'})")
     return 0
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     """amplink trace NAME [-f]."""
-    if args.interval <= 0:
-        raise CommandError("--interval must be positive")
     rproc, _ = _processor(args)
     seen = rproc.trace()
     sys.stdout.write(seen)
@@ -280,7 +283,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
             try:
                 text = rproc.trace()
             except (ProcessorNotFound, SupervisorUnavailable):
-                _out(f"\n{rproc.label} is gone")
+                out(f"\n{rproc.label} is gone")
                 return 0
             # the buffer has no head/tail: print what was appended, or all of a rewrite
             new = text[len(seen):] if text.startswith(seen) else text
@@ -289,15 +292,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
             seen = text
     except KeyboardInterrupt:
-        return 0
+        return EXIT_INTERRUPTED
 
 
 # -- registration -----------------------------------------------------------------------
-def _common_options() -> argparse.ArgumentParser:
+def _target_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: without -v after the command, the value given before it stays
-    parent.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                        help="log more (-v: info, -vv: debug)")
     parent.add_argument("--sysfs", metavar="ROOT", default=None,
                         help=f"act on this remoteproc tree, e.g. {CLASS_ROOT} (default: "
                              f"${ENV_SYSFS}, else the simulator)")
@@ -309,13 +309,11 @@ def _common_options() -> argparse.ArgumentParser:
 
 def register(sub: Any) -> None:
     """Add ls, boot, stop, state, recovery, coredump, trace and crash to ``sub``."""
-    common = [_common_options()]
+    target = _target_options()
 
     def add(name: str, func: Any, help_: str, description: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, parents=common, help=help_,
-                                                    description=description)
-        p.set_defaults(func=func)
-        return p
+        return add_command(sub, name, func, parents=[target], help=help_,
+                           description=description)
 
     add("ls", cmd_ls, "list remote processors",
         "List the remote processors with their state, recovery and coredump settings and "
@@ -357,7 +355,7 @@ def register(sub: Any) -> None:
             "Ctrl-C or until the processor is gone.")
     p.add_argument("name", metavar="NAME", help=NAME_HELP)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new text")
-    p.add_argument("--interval", type=float, default=0.5, metavar="S",
+    p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S",
                    help="with -f: poll every S seconds (default 0.5)")
     p = add("crash", cmd_crash, "inject a crash",
             "Report a crash of running processor NAME (debugfs crash: root only on real "

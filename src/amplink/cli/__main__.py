@@ -1,0 +1,7 @@
+"""``python -m amplink.cli``: the ``amplink`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
