@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import __version__, cli_rproc
+from . import __version__, cli_rproc, cli_vhost
 from .errors import AmplinkError, EndpointClosed, LinkDown, ReceiveTimeout
 from .perf import (
     PayloadMismatch,
@@ -513,6 +513,7 @@ def register_openamp(sub: Any) -> None:
 #: subcommand registration functions, in the order ``--help`` lists them
 COMMANDS: list[Callable[[Any], None]] = [
     register_demo, register_run, register_ping, register_openamp, cli_rproc.register,
+    cli_vhost.register,
 ]
 
 

@@ -58,7 +58,9 @@ class VhostUserDoorbell(Doorbell):
 
     def track_used(self, readers: Sequence[Callable[[], int]]) -> None:
         """Give each queue's used index (a reader per queue); until then kicks signal all."""
-        self._used = readers
+        with self._lock:
+            self._used = readers
+            self._signalled = [read() for read in readers]
 
     def replace_call(self, queue: int, fd: int | None) -> None:
         """SET_VRING_CALL while running: signal ``fd`` (None: no interrupts) from now on."""
