@@ -13,7 +13,7 @@ from amplink.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "rpmsg_bench.py"
-SUBCOMMANDS = ["demo", "run", "ping", "openamp"]
+SUBCOMMANDS = ["demo", "run", "ping", "openamp", "vhost-user"]
 #: the remote-processor commands, all added by one registration function (cli_rproc)
 RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash"]
 
@@ -52,7 +52,8 @@ def _minimal(name: str) -> list[str]:
             "openamp": ["openamp", "host", "--client"], "ls": ["ls"], "boot": ["boot", "fw"],
             "stop": ["stop", "p"], "state": ["state", "p"],
             "recovery": ["recovery", "p", "enabled"], "coredump": ["coredump", "p", "inline"],
-            "trace": ["trace", "p"], "crash": ["crash", "p"]}[name]
+            "trace": ["trace", "p"], "crash": ["crash", "p"],
+            "vhost-user": ["vhost-user", "fw", "--socket", "s"]}[name]
 
 
 def test_no_command_is_an_error() -> None:
