@@ -157,3 +157,21 @@ def test_firmware_that_raises_is_counted_and_the_server_goes_on(tmp_path: Path) 
             assert fe.get_u64(Request.GET_FEATURES) & (1 << P.VHOST_USER_F_PROTOCOL_FEATURES)
         finally:
             fe.close()
+
+
+def test_call_fd_replaced_while_running(tmp_path: Path) -> None:
+    """SET_VRING_CALL during a run (QEMU does it when masking): signals go to the new fd."""
+    new_call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    with serving(tmp_path / "s", ECHO) as server:
+        fe = FakeFrontEnd(server.path)
+        try:
+            ep = fe.boot().open_channel("rpmsg-echo", timeout=5)
+            fe.call_acked(Request.SET_VRING_CALL, P.pack_u64(0), [new_call])
+            run = server.backend.run if server.backend else None
+            assert run is not None and run.running  # the firmware was not restarted
+            ep.send(b"after the swap")  # the echo arrives by the driver's safety-net poll
+            assert ep.recv(timeout=2) == b"after the swap"
+            assert wait_until(lambda: _count(new_call) > 0)
+        finally:
+            fe.close()
+            os.close(new_call)

@@ -65,6 +65,8 @@ class VhostUserDoorbell(Doorbell):
     def replace_call(self, queue: int, fd: int | None) -> None:
         """SET_VRING_CALL while running: signal ``fd`` (None: no interrupts) from now on."""
         with self._lock:
+            if self._epoll.closed:  # the run already ended: nothing to signal any more
+                return
             old = self._calls[queue]
             self._calls[queue] = None if fd is None else self._own(fd)
             self._signalled[queue] = -1
@@ -73,8 +75,10 @@ class VhostUserDoorbell(Doorbell):
 
     def replace_kick(self, queue: int, fd: int) -> None:
         """SET_VRING_KICK while running: wait on ``fd`` for this queue from now on."""
-        new = self._own(fd)
         with self._lock:
+            if self._epoll.closed:
+                return
+            new = self._own(fd)
             old = self._kicks[queue]
             self._epoll.unregister(old)
             self._kicks[queue] = new
