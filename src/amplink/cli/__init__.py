@@ -1,8 +1,9 @@
 """The ``amplink`` command.
 
 One module per group of subcommands (:mod:`.sim`: demo, run, ping; :mod:`.openamp`;
-:mod:`.rproc`: the remote-processor commands); each has a ``register(sub)`` that adds
-its commands. What they share (errors, output, option types) is in :mod:`.common`.
+:mod:`.vhost_user`; :mod:`.rproc`: the remote-processor commands); each has a
+``register(sub)`` that adds its commands. What they share (errors, output, option
+types) is in :mod:`.common`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from typing import Any
 
 from .. import __version__
 from ..errors import AmplinkError
-from . import openamp, rproc, sim
+from . import openamp, rproc, sim, vhost_user
 from .common import EXIT_INTERRUPTED, setup_logging
 
 log = logging.getLogger(__name__)
 
 #: subcommand registration functions, in the order ``--help`` lists them
-COMMANDS: list[Callable[[Any], None]] = [sim.register, openamp.register, rproc.register]
+COMMANDS: list[Callable[[Any], None]] = [
+    sim.register, openamp.register, vhost_user.register, rproc.register,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ class SharedRegion:
         name: str | None = None,
         da_base: int = 0,
         unlink_path: str | None = None,
+        map_offset: int = 0,
     ) -> None:
         self.size = _checked_size(size)
         if da_base < 0 or da_base + size > 1 << 64:
@@ -53,7 +54,9 @@ class SharedRegion:
         self.name = name
         self.da_base = da_base
         self._unlink_path = unlink_path
-        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # map_offset: where the region starts in the file (a multiple of the page size)
+        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                            offset=map_offset)
         # Typed views for fields the peer reads while we write them: an item store is
         # one machine store, whereas struct.pack_into zero-fills the field first.
         self._whole = memoryview(self.mm)
@@ -130,14 +133,19 @@ class SharedRegion:
             raise
 
     @classmethod
-    def from_fd(cls, fd: int, size: int | None = None, *, da_base: int = 0) -> Self:
-        """Map an inherited or received fd; the region takes ownership of ``fd``."""
+    def from_fd(cls, fd: int, size: int | None = None, *, da_base: int = 0,
+                map_offset: int = 0) -> Self:
+        """Map an inherited or received fd; the region takes ownership of ``fd``.
+
+        ``map_offset`` (a multiple of the page size) is where the region starts in the file.
+        """
         actual = os.fstat(fd).st_size
         if size is None:
-            size = actual
-        if size > actual:
-            raise AddressError(f"fd {fd} holds {actual} bytes, {size} requested")
-        return cls(fd, size, kind="fd", da_base=da_base)
+            size = actual - map_offset
+        if map_offset < 0 or map_offset + size > actual:
+            raise AddressError(f"fd {fd} holds {actual} bytes, {size} requested at offset "
+                               f"{map_offset}")
+        return cls(fd, size, kind="fd", da_base=da_base, map_offset=map_offset)
 
     # -- address translation --
     def check(self, offset: int, length: int = 1) -> int:

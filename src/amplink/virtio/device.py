@@ -157,3 +157,20 @@ class DeviceQueue(RingHalf):
             self._u16[self._used_flags] = VRING_USED_F_NO_NOTIFY
         if self.event_idx:
             self._u16[self._avail_event] = (self._last_avail - 0x8000) & 0xFFFF
+
+    @property
+    def last_avail(self) -> int:
+        """The free-running index of the next avail entry the device will read."""
+        return self._last_avail
+
+    def start_at(self, last_avail: int) -> None:
+        """Continue a ring from a position another device instance reached.
+
+        For vhost-user's SET_VRING_BASE: the device reads avail entries from
+        ``last_avail`` on and continues the used ring from its index in memory. Call it
+        before the first :meth:`pop_avail`.
+        """
+        if not 0 <= last_avail <= 0xFFFF:
+            raise ValueError(f"a ring index is 16 bits, got {last_avail}")
+        self._last_avail = last_avail
+        self._next_used = self._notify_checked_idx = self._u16[self._used_idx]
