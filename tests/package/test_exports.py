@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-PACKAGES = ["amplink", "amplink.remoteproc"]
+PACKAGES = ["amplink", "amplink.memory", "amplink.remoteproc"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

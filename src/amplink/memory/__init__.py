@@ -1,7 +1,29 @@
-"""Shared memory: regions, device-address translation, allocation, a memory fence."""
+"""Shared memory: regions, device-address translation, allocation, a memory fence.
 
-from .allocator import RegionAllocator, align_up
-from .fence import full_fence
-from .region import SharedRegion
+Names are imported on first use (see :mod:`amplink._lazy`): every process imports this
+package, firmware included, and most need only the regions.
+"""
 
-__all__ = ["RegionAllocator", "SharedRegion", "align_up", "full_fence"]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from .allocator import RegionAllocator, align_up
+    from .fence import full_fence
+    from .region import SharedRegion
+
+# name -> the module defining it, imported on first use
+_EXPORTS = {
+    "RegionAllocator": ".allocator",
+    "align_up": ".allocator",
+    "full_fence": ".fence",
+    "SharedRegion": ".region",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = [
+    "RegionAllocator", "SharedRegion", "align_up", "full_fence",
+]
