@@ -1,4 +1,6 @@
-"""Shared memory: regions, device-address translation, allocation, a memory fence.
+"""Shared memory: regions, device-address translation, allocation, a memory fence, and
+shared buffers (the dma-buf model: run-time allocation from providers, attachment to a
+processor through its IOMMU, CPU/device ownership, fd hand-over, a table of lent buffers).
 
 Names are imported on first use (see :mod:`amplink._lazy`): every process imports this
 package, firmware included, and most need only the regions.
@@ -11,12 +13,14 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from .access import Access
     from .allocator import RegionAllocator, align_up
     from .fence import full_fence
     from .region import SharedRegion
 
 # name -> the module defining it, imported on first use
 _EXPORTS = {
+    "Access": ".access",
     "RegionAllocator": ".allocator",
     "align_up": ".allocator",
     "full_fence": ".fence",
@@ -25,5 +29,5 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
-    "RegionAllocator", "SharedRegion", "align_up", "full_fence",
+    "Access", "RegionAllocator", "SharedRegion", "align_up", "full_fence",
 ]

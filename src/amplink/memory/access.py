@@ -1,0 +1,26 @@
+"""Access directions, shared by CPU access brackets and device attachments.
+
+The values are both libmetal's shared-memory directions (device reads = 1, device
+writes = 2, both = 3) and dma-buf's CPU sync flags (``DMA_BUF_SYNC_READ`` = 1,
+``DMA_BUF_SYNC_WRITE`` = 2, ``DMA_BUF_SYNC_RW`` = 3): each says what the accessor, the
+device or the CPU, does to the memory.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Access(enum.IntFlag):
+    """What an accessor does to a buffer: read it, write it, or both."""
+
+    READ = 1
+    WRITE = 2
+    READ_WRITE = 3
+
+
+def checked_access(value: object) -> Access:
+    """``value`` as an :class:`Access` if it is 1, 2 or 3; ``ValueError`` otherwise."""
+    if isinstance(value, int) and type(value) is not bool and 1 <= value <= 3:
+        return Access(value)
+    raise ValueError(f"access must be READ (1), WRITE (2) or READ_WRITE (3), got {value!r}")
