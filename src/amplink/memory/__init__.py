@@ -15,7 +15,24 @@ from .._lazy import lazy_exports
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .access import Access
     from .allocator import RegionAllocator, align_up
+    from .buffers import CPU, BufferSlice, CpuAccess, SharedBuffer
+    from .errors import (
+        BufferClosed,
+        OwnershipError,
+        ProviderUnavailable,
+        ReadOnlyBuffer,
+        ViewsOutstanding,
+    )
     from .fence import full_fence
+    from .providers import (
+        BufferProvider,
+        CarveoutProvider,
+        DmaHeapProvider,
+        MemfdProvider,
+        UdmabufProvider,
+        allocate_buffer,
+        list_dma_heaps,
+    )
     from .region import SharedRegion
 
 # name -> the module defining it, imported on first use
@@ -23,11 +40,30 @@ _EXPORTS = {
     "Access": ".access",
     "RegionAllocator": ".allocator",
     "align_up": ".allocator",
+    "CPU": ".buffers",
+    "BufferSlice": ".buffers",
+    "CpuAccess": ".buffers",
+    "SharedBuffer": ".buffers",
+    "BufferClosed": ".errors",
+    "OwnershipError": ".errors",
+    "ProviderUnavailable": ".errors",
+    "ReadOnlyBuffer": ".errors",
+    "ViewsOutstanding": ".errors",
     "full_fence": ".fence",
+    "BufferProvider": ".providers",
+    "CarveoutProvider": ".providers",
+    "DmaHeapProvider": ".providers",
+    "MemfdProvider": ".providers",
+    "UdmabufProvider": ".providers",
+    "allocate_buffer": ".providers",
+    "list_dma_heaps": ".providers",
     "SharedRegion": ".region",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
-    "Access", "RegionAllocator", "SharedRegion", "align_up", "full_fence",
+    "CPU", "Access", "BufferClosed", "BufferProvider", "BufferSlice", "CarveoutProvider",
+    "CpuAccess", "DmaHeapProvider", "MemfdProvider", "OwnershipError", "ProviderUnavailable",
+    "ReadOnlyBuffer", "RegionAllocator", "SharedBuffer", "SharedRegion", "UdmabufProvider",
+    "ViewsOutstanding", "align_up", "allocate_buffer", "full_fence", "list_dma_heaps",
 ]
