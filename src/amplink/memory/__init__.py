@@ -18,12 +18,14 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .buffers import CPU, BufferSlice, CpuAccess, SharedBuffer
     from .errors import (
         BufferClosed,
+        IommuFault,
         OwnershipError,
         ProviderUnavailable,
         ReadOnlyBuffer,
         ViewsOutstanding,
     )
     from .fence import full_fence
+    from .iommu import Attachment, Fault, Iommu, IommuFaultReason, IommuStatistics
     from .providers import (
         BufferProvider,
         CarveoutProvider,
@@ -45,11 +47,17 @@ _EXPORTS = {
     "CpuAccess": ".buffers",
     "SharedBuffer": ".buffers",
     "BufferClosed": ".errors",
+    "IommuFault": ".errors",
     "OwnershipError": ".errors",
     "ProviderUnavailable": ".errors",
     "ReadOnlyBuffer": ".errors",
     "ViewsOutstanding": ".errors",
     "full_fence": ".fence",
+    "Attachment": ".iommu",
+    "Fault": ".iommu",
+    "Iommu": ".iommu",
+    "IommuFaultReason": ".iommu",
+    "IommuStatistics": ".iommu",
     "BufferProvider": ".providers",
     "CarveoutProvider": ".providers",
     "DmaHeapProvider": ".providers",
@@ -62,8 +70,10 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
-    "CPU", "Access", "BufferClosed", "BufferProvider", "BufferSlice", "CarveoutProvider",
-    "CpuAccess", "DmaHeapProvider", "MemfdProvider", "OwnershipError", "ProviderUnavailable",
-    "ReadOnlyBuffer", "RegionAllocator", "SharedBuffer", "SharedRegion", "UdmabufProvider",
-    "ViewsOutstanding", "align_up", "allocate_buffer", "full_fence", "list_dma_heaps",
+    "CPU", "Access", "Attachment", "BufferClosed", "BufferProvider", "BufferSlice",
+    "CarveoutProvider", "CpuAccess", "DmaHeapProvider", "Fault", "Iommu", "IommuFault",
+    "IommuFaultReason", "IommuStatistics", "MemfdProvider", "OwnershipError",
+    "ProviderUnavailable", "ReadOnlyBuffer", "RegionAllocator", "SharedBuffer", "SharedRegion",
+    "UdmabufProvider", "ViewsOutstanding", "align_up", "allocate_buffer", "full_fence",
+    "list_dma_heaps",
 ]

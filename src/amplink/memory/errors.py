@@ -1,4 +1,4 @@
-"""Errors of shared buffers: providers, CPU/device ownership.
+"""Errors of shared buffers: providers, CPU/device ownership, the IOMMU.
 
 Each derives from :class:`~amplink.errors.AmplinkError` (or one of its subclasses) and
 from the built-in exception ordinary Python code would catch for the same condition.
@@ -7,8 +7,12 @@ from the built-in exception ordinary Python code would catch for the same condit
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
 
-from ..errors import AmplinkError
+from ..errors import AddressError, AmplinkError
+
+if TYPE_CHECKING:
+    from .iommu import Fault
 
 
 class ProviderUnavailable(AmplinkError, OSError):
@@ -43,3 +47,11 @@ class ReadOnlyBuffer(AmplinkError, PermissionError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class IommuFault(AddressError):
+    """A device access that the IOMMU refused; ``fault`` is the recorded fault."""
+
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(str(fault))
+        self.fault = fault
