@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         BufferClosed,
         IommuFault,
         OwnershipError,
+        PeerBufferError,
         ProviderUnavailable,
         ReadOnlyBuffer,
         ViewsOutstanding,
@@ -36,6 +37,13 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         list_dma_heaps,
     )
     from .region import SharedRegion
+    from .table import (
+        LOCAL,
+        BufferFaultReason,
+        BufferRef,
+        BufferTable,
+        BufferTableStatistics,
+    )
 
 # name -> the module defining it, imported on first use
 _EXPORTS = {
@@ -49,6 +57,7 @@ _EXPORTS = {
     "BufferClosed": ".errors",
     "IommuFault": ".errors",
     "OwnershipError": ".errors",
+    "PeerBufferError": ".errors",
     "ProviderUnavailable": ".errors",
     "ReadOnlyBuffer": ".errors",
     "ViewsOutstanding": ".errors",
@@ -66,14 +75,19 @@ _EXPORTS = {
     "allocate_buffer": ".providers",
     "list_dma_heaps": ".providers",
     "SharedRegion": ".region",
+    "LOCAL": ".table",
+    "BufferFaultReason": ".table",
+    "BufferRef": ".table",
+    "BufferTable": ".table",
+    "BufferTableStatistics": ".table",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
-    "CPU", "Access", "Attachment", "BufferClosed", "BufferProvider", "BufferSlice",
-    "CarveoutProvider", "CpuAccess", "DmaHeapProvider", "Fault", "Iommu", "IommuFault",
-    "IommuFaultReason", "IommuStatistics", "MemfdProvider", "OwnershipError",
-    "ProviderUnavailable", "ReadOnlyBuffer", "RegionAllocator", "SharedBuffer", "SharedRegion",
-    "UdmabufProvider", "ViewsOutstanding", "align_up", "allocate_buffer", "full_fence",
-    "list_dma_heaps",
+    "CPU", "LOCAL", "Access", "Attachment", "BufferClosed", "BufferFaultReason", "BufferProvider",
+    "BufferRef", "BufferSlice", "BufferTable", "BufferTableStatistics", "CarveoutProvider",
+    "CpuAccess", "DmaHeapProvider", "Fault", "Iommu", "IommuFault", "IommuFaultReason",
+    "IommuStatistics", "MemfdProvider", "OwnershipError", "PeerBufferError", "ProviderUnavailable",
+    "ReadOnlyBuffer", "RegionAllocator", "SharedBuffer", "SharedRegion", "UdmabufProvider",
+    "ViewsOutstanding", "align_up", "allocate_buffer", "full_fence", "list_dma_heaps",
 ]

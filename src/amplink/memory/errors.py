@@ -1,4 +1,4 @@
-"""Errors of shared buffers: providers, CPU/device ownership, the IOMMU.
+"""Errors of shared buffers: providers, CPU/device ownership, the IOMMU, peers' references.
 
 Each derives from :class:`~amplink.errors.AmplinkError` (or one of its subclasses) and
 from the built-in exception ordinary Python code would catch for the same condition.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from ..errors import AddressError, AmplinkError
+from ..errors import AddressError, AmplinkError, RemoteProtocolError
 
 if TYPE_CHECKING:
     from .iommu import Fault
@@ -55,3 +55,12 @@ class IommuFault(AddressError):
     def __init__(self, fault: Fault) -> None:
         super().__init__(str(fault))
         self.fault = fault
+
+
+class PeerBufferError(RemoteProtocolError, ValueError):
+    """A peer sent a buffer reference that does not hold; ``reason`` says which check
+    failed (a :class:`~amplink.memory.table.BufferFaultReason`)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
