@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         ReadOnlyBuffer,
         ViewsOutstanding,
     )
+    from .fdpass import BufferHeader, FdPassFault, recv_buffer, send_buffer
     from .fence import full_fence
     from .iommu import Attachment, Fault, Iommu, IommuFaultReason, IommuStatistics
     from .providers import (
@@ -61,6 +62,10 @@ _EXPORTS = {
     "ProviderUnavailable": ".errors",
     "ReadOnlyBuffer": ".errors",
     "ViewsOutstanding": ".errors",
+    "BufferHeader": ".fdpass",
+    "FdPassFault": ".fdpass",
+    "recv_buffer": ".fdpass",
+    "send_buffer": ".fdpass",
     "full_fence": ".fence",
     "Attachment": ".iommu",
     "Fault": ".iommu",
@@ -84,10 +89,12 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
-    "CPU", "LOCAL", "Access", "Attachment", "BufferClosed", "BufferFaultReason", "BufferProvider",
-    "BufferRef", "BufferSlice", "BufferTable", "BufferTableStatistics", "CarveoutProvider",
-    "CpuAccess", "DmaHeapProvider", "Fault", "Iommu", "IommuFault", "IommuFaultReason",
-    "IommuStatistics", "MemfdProvider", "OwnershipError", "PeerBufferError", "ProviderUnavailable",
+    "CPU", "LOCAL", "Access", "Attachment", "BufferClosed", "BufferFaultReason",
+    "BufferHeader", "BufferProvider", "BufferRef", "BufferSlice", "BufferTable",
+    "BufferTableStatistics", "CarveoutProvider", "CpuAccess", "DmaHeapProvider",
+    "Fault", "FdPassFault", "Iommu", "IommuFault", "IommuFaultReason", "IommuStatistics",
+    "MemfdProvider", "OwnershipError", "PeerBufferError", "ProviderUnavailable",
     "ReadOnlyBuffer", "RegionAllocator", "SharedBuffer", "SharedRegion", "UdmabufProvider",
     "ViewsOutstanding", "align_up", "allocate_buffer", "full_fence", "list_dma_heaps",
+    "recv_buffer", "send_buffer",
 ]

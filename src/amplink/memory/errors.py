@@ -58,8 +58,9 @@ class IommuFault(AddressError):
 
 
 class PeerBufferError(RemoteProtocolError, ValueError):
-    """A peer sent a buffer reference that does not hold; ``reason`` says which check
-    failed (a :class:`~amplink.memory.table.BufferFaultReason`)."""
+    """A peer sent a buffer reference or buffer message that does not hold; ``reason`` says
+    which check failed (a :class:`~amplink.memory.table.BufferFaultReason` or a
+    :class:`~amplink.memory.fdpass.FdPassFault`)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
