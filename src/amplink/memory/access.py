@@ -19,8 +19,12 @@ class Access(enum.IntFlag):
     READ_WRITE = 3
 
 
+# by value: a lookup instead of an enum call (brackets are on the hot path)
+_BY_VALUE = {a.value: a for a in (Access.READ, Access.WRITE, Access.READ_WRITE)}
+
+
 def checked_access(value: object) -> Access:
     """``value`` as an :class:`Access` if it is 1, 2 or 3; ``ValueError`` otherwise."""
     if isinstance(value, int) and type(value) is not bool and 1 <= value <= 3:
-        return Access(value)
+        return _BY_VALUE[value]
     raise ValueError(f"access must be READ (1), WRITE (2) or READ_WRITE (3), got {value!r}")

@@ -39,6 +39,7 @@ PAGE_SIZE = mmap.PAGESIZE
 _MMAP_OPTIONS: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 #: the owner of a buffer that no device holds
 CPU = "cpu"
+_WRITE = int(Access.WRITE)  # a plain int: enum attribute and flag operations are slow
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,14 +202,14 @@ class SharedBuffer:
         with self.cpu_access(Access.WRITE, offset, len(data)) as view:
             view[:] = data
 
-    def _begin(self, access: Access) -> mmap.mmap:
+    def _begin(self, access: Access, writes: bool) -> mmap.mmap:
         with self._lock:
             self._check_open()
             if self._owner != CPU:
                 raise OwnershipError(
                     f"buffer {self.name!r} is owned by device {self._owner!r}: "
                     f"CPU access needs to_cpu() first")
-            if access & Access.WRITE and self.read_only:
+            if writes and self.read_only:
                 raise ReadOnlyBuffer(f"buffer {self.name!r} is read-only")
             mm = self._mm if self._mm is not None else self._map()
             self._brackets += 1
@@ -335,11 +336,13 @@ class CpuAccess:
     view; leaving releases the view and ends it (sync END).
     """
 
-    __slots__ = ("_buffer", "_access", "_start", "_stop", "_private", "_view", "_used")
+    __slots__ = ("_buffer", "_access", "_writes", "_start", "_stop", "_private", "_view",
+                 "_used")
 
     def __init__(self, buffer: SharedBuffer, access: Access, offset: int, length: int) -> None:
         self._buffer = buffer
         self._access = access
+        self._writes = bool(int(access) & _WRITE)
         self._start = offset
         self._stop = offset + length
         self._private: memoryview | None = None
@@ -351,13 +354,13 @@ class CpuAccess:
             raise RuntimeError("a CPU access bracket can be entered only once")
         self._used = True
         buffer = self._buffer
-        mm = buffer._begin(self._access)
+        mm = buffer._begin(self._access, self._writes)
         try:
             delta = buffer._delta
             whole = memoryview(mm)
             with whole:
                 window = whole[delta + self._start:delta + self._stop]
-                self._private = window if self._access & Access.WRITE else window.toreadonly()
+                self._private = window if self._writes else window.toreadonly()
             # the handed-out view holds an export of the private one: see the module doc
             exporter = pickle.PickleBuffer(self._private)
             try:

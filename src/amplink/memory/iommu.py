@@ -233,7 +233,7 @@ class Iommu:
                     attachment = self._attachments[at]
                     if da + length > attachment.end:
                         reason = IommuFaultReason.PARTIAL
-                    elif access | attachment.direction != attachment.direction:
+                    elif int(access) & ~int(attachment.direction):
                         reason = IommuFaultReason.DIRECTION
                     else:
                         return attachment.buffer, attachment.offset + (da - attachment.da)
