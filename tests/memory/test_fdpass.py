@@ -15,7 +15,7 @@ from buffer_kit import assert_nothing_left, fds_named, unique
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amplink.errors import LinkDown, ReceiveTimeout, RemoteProtocolError
+from amplink.errors import InvalidArgument, LinkDown, ReceiveTimeout, RemoteProtocolError
 from amplink.memory import (
     Access,
     BufferHeader,
@@ -106,7 +106,7 @@ def test_any_bytes_decode_strictly_or_fail_typed(data):
     BufferHeader(0, 0, 1, 0, "bad\nname"),
 ])
 def test_unsendable_headers(header):
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument):
         header.pack()
 
 
@@ -198,9 +198,10 @@ def test_timeout_and_peer_gone(pair):
 def test_only_message_sockets_carry_buffers(name):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with allocate_buffer(16, name=name) as buf, pytest.raises(ValueError, match="SEQPACKET"):
+        with allocate_buffer(16, name=name) as buf, pytest.raises(InvalidArgument,
+                                                                  match="SEQPACKET"):
             send_buffer(a, buf)
-        with pytest.raises(ValueError):
+        with pytest.raises(InvalidArgument):
             recv_buffer(b, timeout=1)
     finally:
         a.close()

@@ -10,7 +10,7 @@ from buffer_kit import assert_nothing_left, unique
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amplink.errors import AddressError
+from amplink.errors import AddressError, InvalidArgument, InvalidArgumentType
 from amplink.memory import (
     Access,
     BufferClosed,
@@ -138,10 +138,11 @@ def test_attach_refuses_writes_to_read_only_buffers_and_closed_buffers(iommu, na
 
 
 def test_bad_attach_arguments(iommu, buf):
-    for direction in (0, 4, True, "r"):
-        with pytest.raises(ValueError):
-            iommu.attach(buf, direction)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="empty"):
+    for direction, error in ((0, InvalidArgument), (4, InvalidArgument),
+                             (True, InvalidArgumentType), ("r", InvalidArgumentType)):
+        with pytest.raises(error):
+            iommu.attach(buf, direction)
+    with pytest.raises(InvalidArgument, match="empty"):
         iommu.attach(buf.slice(5, 0), Access.READ)
 
 
@@ -207,10 +208,10 @@ def test_faults_are_recorded_counted_and_sent_to_subscribers(iommu, buf, caplog)
 
 
 @pytest.mark.parametrize("base,size,page", [(0x100, 0x1000, PAGE), (0, 0x1800, PAGE),
-                                            (0, 0, PAGE), (1 << 64, PAGE, PAGE),
-                                            (0, PAGE, 3)])
+                                            (0, 0, PAGE), (-PAGE, PAGE, PAGE),
+                                            (1 << 64, PAGE, PAGE), (0, PAGE, 3), (0, PAGE, 0)])
 def test_bad_windows(base, size, page):
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument):
         Iommu("bad", base, size, page_size=page)
 
 

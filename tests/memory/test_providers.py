@@ -10,7 +10,7 @@ import os
 import pytest
 from buffer_kit import assert_nothing_left, fds_named, unique
 
-from amplink.errors import AddressError
+from amplink.errors import AddressError, InvalidArgument
 from amplink.memory import (
     Access,
     BufferClosed,
@@ -83,19 +83,19 @@ def test_carveout_exhaustion_names_the_carveout(region):
 def test_carveout_parameters_are_checked(region):
     with pytest.raises(AddressError):
         CarveoutProvider(region, 0x8000, 0x10000)
-    with pytest.raises(ValueError, match="page-aligned"):
+    with pytest.raises(InvalidArgument, match="page-aligned"):
         CarveoutProvider(region, 0x100, 0x1000)
-    with pytest.raises(ValueError, match="page-aligned"):
+    with pytest.raises(InvalidArgument, match="page-aligned"):
         CarveoutProvider(region, 0, 0x1000, da=0x10)
     carveout = CarveoutProvider(region)
-    with carveout.allocate(1) as buf, pytest.raises(ValueError, match="no fixed device"):
+    with carveout.allocate(1) as buf, pytest.raises(InvalidArgument, match="no fixed device"):
         carveout.device_address(buf)
 
 
 def test_device_address_refuses_a_foreign_buffer(region, name):
     carveout = CarveoutProvider(region, 0, 0x1000, da=0x1000, name="one")
     with MemfdProvider().allocate(16, name=name) as other:
-        with pytest.raises(ValueError, match="not from carveout 'one'"):
+        with pytest.raises(InvalidArgument, match="not from carveout 'one'"):
             carveout.device_address(other)
 
 
@@ -171,7 +171,7 @@ def test_a_node_that_is_not_the_device_is_reported(tmp_path, make):
 
 
 def test_heap_names_are_one_path_component():
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument, match="heap must be one path component"):
         DmaHeapProvider("../system")
 
 

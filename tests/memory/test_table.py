@@ -9,7 +9,7 @@ from buffer_kit import assert_nothing_left, unique
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amplink.errors import RemoteProtocolError
+from amplink.errors import InvalidArgument, InvalidArgumentType, RemoteProtocolError
 from amplink.memory import (
     CPU,
     LOCAL,
@@ -78,7 +78,7 @@ def test_any_bytes_decode_exactly_or_fail_typed(data):
 @pytest.mark.parametrize("fields", [(-1, 0, 0), (U32 + 1, 0, 0), (0, -1, 0), (0, U64 + 1, 0),
                                     (0, 0, -1), (0, 0, U64 + 1)])
 def test_unrepresentable_references_do_not_pack(fields):
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument):
         BufferRef(*fields).pack()
 
 
@@ -105,18 +105,19 @@ def test_lending_needs_the_buffer_to_be_the_cpus(table):
     with table.get(2).cpu_access(Access.READ), pytest.raises(OwnershipError, match="bracket"):
         table.lend(2, "dsp0")
     assert table.holder(2) == LOCAL  # nothing changed
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidArgument, match="peer must be"):
         table.lend(3, LOCAL)
 
 
 def test_ids_are_unique_and_explicit_ids_are_checked(table, name):
     assert sorted(table.held_by("nobody")) == []
     buf = allocate_buffer(16, name=name)
-    with pytest.raises(ValueError, match="already"):
+    with pytest.raises(InvalidArgument, match="already"):
         table.add(table.get(1))
-    for bad in (0, 1, U32 + 1, -5, "7"):
-        with pytest.raises(ValueError):
-            table.add(buf, id=bad)  # type: ignore[arg-type]
+    for bad, error in ((0, InvalidArgument), (1, InvalidArgument), (U32 + 1, InvalidArgument),
+                       (-5, InvalidArgument), ("7", InvalidArgumentType)):
+        with pytest.raises(error, match="id"):
+            table.add(buf, id=bad)
     assert table.add(buf, id=U32) == U32
     assert table.add(allocate_buffer(16, name=name)) == 4
     with pytest.raises(KeyError):
@@ -205,12 +206,14 @@ def test_reclaim_takes_back_everything_a_dead_peer_held(table):
         table.close()
 
 
-@pytest.mark.parametrize("peer", ["", LOCAL, None])
-def test_peer_names_are_checked(table, peer):
-    with pytest.raises(ValueError):
-        table.reclaim(peer)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        table.resolve(peer, BufferRef(1, 0, 1))  # type: ignore[arg-type]
+@pytest.mark.parametrize("peer,error", [("", InvalidArgument), (LOCAL, InvalidArgument),
+                                        (None, InvalidArgumentType)])
+def test_peer_names_are_checked(table, peer, error):
+    with pytest.raises(error, match="peer must be"):
+        table.reclaim(peer)
+    with pytest.raises(error, match="peer must be"):
+        table.resolve(peer, BufferRef(1, 0, 1))
+    assert table.statistics().faults == 0  # our own mistake, not the peer's
 
 
 @settings(max_examples=300, deadline=None)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import enum
 
+from ..errors import InvalidArgument, InvalidArgumentType
+
 
 class Access(enum.IntFlag):
     """What an accessor does to a buffer: read it, write it, or both."""
@@ -23,8 +25,12 @@ class Access(enum.IntFlag):
 _BY_VALUE = {a.value: a for a in (Access.READ, Access.WRITE, Access.READ_WRITE)}
 
 
-def checked_access(value: object) -> Access:
-    """``value`` as an :class:`Access` if it is 1, 2 or 3; ``ValueError`` otherwise."""
-    if isinstance(value, int) and type(value) is not bool and 1 <= value <= 3:
+def checked_access(value: object, name: str = "access") -> Access:
+    """``value`` as an :class:`Access` if it is 1, 2 or 3; else :class:`InvalidArgument`
+    (:class:`InvalidArgumentType` for a value that is not an int)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentType(f"{name} must be an Access (an int), got "
+                                  f"{type(value).__name__} {value!r}")
+    if 1 <= value <= 3:
         return _BY_VALUE[value]
-    raise ValueError(f"access must be READ (1), WRITE (2) or READ_WRITE (3), got {value!r}")
+    raise InvalidArgument(f"{name} must be READ (1), WRITE (2) or READ_WRITE (3), got {value!r}")

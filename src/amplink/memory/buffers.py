@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from ..errors import AddressError
+from .._args import int_arg, str_arg
+from ..errors import AddressError, InvalidArgument, InvalidArgumentType
 from .access import Access, checked_access
 from .dmabuf import dma_buf_sync
 from .errors import BufferClosed, OwnershipError, ReadOnlyBuffer, ViewsOutstanding
@@ -81,13 +82,9 @@ class SharedBuffer:
         ioctl around CPU access. ``check_fd`` raises if the fd's owner has closed it (a
         carveout's region) and ``on_close`` runs at :meth:`close` (returns a carveout
         block)."""
-        if type(size) is not int or size <= 0:
-            raise ValueError(f"buffer size must be a positive integer, got {size!r}")
-        if type(offset) is not int or offset < 0:
-            raise ValueError(f"buffer offset must be a non-negative integer, got {offset!r}")
-        self.name = name
-        self.size = size
-        self.offset = offset
+        self.size = int_arg(size, "size", minimum=1)
+        self.offset = int_arg(offset, "offset", minimum=0)
+        self.name = str_arg(name, "name")
         self.provider = provider
         self.read_only = read_only
         self.is_dmabuf = dmabuf
@@ -134,9 +131,13 @@ class SharedBuffer:
 
     def check(self, offset: int, length: int) -> None:
         """Raise :class:`~amplink.errors.AddressError` unless ``[offset, offset + length)``
-        lies inside the buffer (``length`` may be 0)."""
-        if (type(offset) is not int or type(length) is not int or offset < 0 or length < 0
-                or offset > self.size or length > self.size - offset):
+        lies inside the buffer (``length`` may be 0); :class:`InvalidArgumentType` unless
+        both are ints."""
+        for value, what in ((offset, "offset"), (length, "length")):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidArgumentType(f"{what} must be an int, got "
+                                          f"{type(value).__name__} {value!r}")
+        if offset < 0 or length < 0 or offset > self.size or length > self.size - offset:
             raise AddressError(
                 f"range {offset!r}+{length!r} is outside buffer {self.name!r} "
                 f"of 0x{self.size:x} bytes")
@@ -150,8 +151,9 @@ class SharedBuffer:
         """Hand the buffer to ``device``: from now on CPU access is an error until
         :meth:`to_cpu`. Refused while the CPU is inside an access bracket or still holds
         views derived from one."""
-        if not isinstance(device, str) or not device or device == CPU:
-            raise ValueError(f"device must be a non-empty name other than {CPU!r}: {device!r}")
+        if not str_arg(device, "device") or device == CPU:
+            raise InvalidArgument(f"device must be a non-empty name other than {CPU!r}, "
+                                  f"got {device!r}")
         with self._lock:
             self._check_open()
             if self._owner != CPU:

@@ -25,7 +25,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from ..errors import LinkDown, ReceiveTimeout
+from ..errors import InvalidArgument, LinkDown, ReceiveTimeout
 from .buffers import SharedBuffer
 from .dmabuf import is_dmabuf
 from .errors import PeerBufferError
@@ -69,12 +69,13 @@ class BufferHeader:
         return bool(self.flags & FLAG_READ_ONLY)
 
     def pack(self) -> bytes:
-        """The wire form; ``ValueError`` if a field does not fit or the name is too long."""
+        """The wire form; :class:`InvalidArgument` (a ``ValueError``) if a field does not
+        fit or the name is too long or not printable."""
         name = self.name.encode()
         if not (0 <= self.id <= _U32_MAX and 0 <= self.offset <= _U64_MAX
                 and 0 < self.size <= _U64_MAX and not self.flags & ~_KNOWN_FLAGS
                 and self.flags >= 0 and len(name) <= MAX_NAME and self.name.isprintable()):
-            raise ValueError(f"{self!r} cannot be sent")
+            raise InvalidArgument(f"{self!r} cannot be sent")
         return _HEADER.pack(MAGIC, self.id, self.flags, len(name), 0, self.offset,
                             self.size) + name
 
@@ -114,7 +115,7 @@ def _wire_name(name: str) -> str:
 def _check_socket(sock: socket.socket) -> None:
     if sock.family != socket.AF_UNIX or sock.type not in (socket.SOCK_SEQPACKET,
                                                           socket.SOCK_DGRAM):
-        raise ValueError("buffers travel on AF_UNIX SOCK_SEQPACKET or SOCK_DGRAM sockets")
+        raise InvalidArgument("sock must be an AF_UNIX SOCK_SEQPACKET or SOCK_DGRAM socket")
 
 
 def send_buffer(sock: socket.socket, buffer: SharedBuffer, *, id: int = 0,

@@ -22,7 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from ..errors import AddressError
+from .._args import int_arg
+from ..errors import AddressError, InvalidArgument
 from .access import Access, checked_access
 from .allocator import RegionAllocator, align_up
 from .buffers import PAGE_SIZE, BufferSlice, SharedBuffer
@@ -102,10 +103,13 @@ class Iommu:
 
     def __init__(self, name: str, window_base: int, window_size: int, *,
                  page_size: int = PAGE_SIZE) -> None:
-        align_up(0, page_size)  # raises unless a power of two
-        if (window_base % page_size or window_size % page_size or window_size <= 0
-                or window_base < 0 or window_base + window_size > _DA_LIMIT):
-            raise ValueError(f"IOMMU {name}: window 0x{window_base:x}+0x{window_size:x} must "
+        int_arg(window_base, "window_base", minimum=0)
+        int_arg(window_size, "window_size", minimum=1)
+        if int_arg(page_size, "page_size", minimum=1) & (page_size - 1):
+            raise InvalidArgument(f"page_size must be a power of two, got {page_size}")
+        if (window_base % page_size or window_size % page_size
+                or window_base + window_size > _DA_LIMIT):
+            raise InvalidArgument(f"IOMMU {name}: window 0x{window_base:x}+0x{window_size:x} must "
                              f"be page-aligned, non-empty and inside 64 bits")
         self.name = name
         self.window_base = window_base
@@ -138,7 +142,7 @@ class Iommu:
         else:
             buffer, offset, length = target, 0, target.size
         if length <= 0:
-            raise ValueError("cannot attach an empty range")
+            raise InvalidArgument("cannot attach an empty range")
         if direction & Access.WRITE and buffer.read_only:
             raise ReadOnlyBuffer(f"buffer {buffer.name!r} is read-only: the device may not "
                                  f"write it")

@@ -14,6 +14,8 @@ import os
 import threading
 from typing import Protocol, Self
 
+from .._args import int_arg
+from ..errors import InvalidArgument
 from .allocator import RegionAllocator, align_up
 from .buffers import PAGE_SIZE, SharedBuffer
 from .dmabuf import (
@@ -57,8 +59,7 @@ class MemfdProvider:
 
     def allocate(self, size: int, *, name: str = "amplink-buffer") -> SharedBuffer:
         """A new memfd of ``size`` bytes; nothing is allocated until pages are touched."""
-        if type(size) is not int or size <= 0:
-            raise ValueError(f"buffer size must be a positive integer, got {size!r}")
+        int_arg(size, "size", minimum=1)
         fd = _sealed_memfd(name, size)
         try:
             return SharedBuffer(fd, size, name=name, provider="memfd")
@@ -90,7 +91,7 @@ class CarveoutProvider:
             length = region.size - offset
         region.check(offset, length)
         if offset % PAGE_SIZE or (da is not None and da % PAGE_SIZE):
-            raise ValueError(f"carveout {name!r}: offset 0x{offset:x} and device address "
+            raise InvalidArgument(f"carveout {name!r}: offset 0x{offset:x} and device address "
                              f"must be page-aligned")
         self.region = region
         self.offset = offset
@@ -120,10 +121,10 @@ class CarveoutProvider:
     def device_address(self, buffer: SharedBuffer) -> int:
         """The fixed device address of a buffer from this carveout (needs ``da``)."""
         if self.da is None:
-            raise ValueError(f"carveout {self.name!r} has no fixed device address")
+            raise InvalidArgument(f"carveout {self.name!r} has no fixed device address")
         if buffer.provider != f"carveout:{self.name}" or not (
                 self.offset <= buffer.offset < self.offset + self.length):
-            raise ValueError(f"buffer {buffer.name!r} is not from carveout {self.name!r}")
+            raise InvalidArgument(f"buffer {buffer.name!r} is not from carveout {self.name!r}")
         return self.da + (buffer.offset - self.offset)
 
     @property
@@ -193,14 +194,13 @@ class DmaHeapProvider(_DeviceNode):
 
     def __init__(self, heap: str = "system", *, heap_dir: str = DMA_HEAP_DIR) -> None:
         if not heap or "/" in heap:
-            raise ValueError(f"a dma-buf heap name is one path component: {heap!r}")
+            raise InvalidArgument(f"heap must be one path component, got {heap!r}")
         self.heap = heap
         super().__init__(os.path.join(heap_dir, heap), "dma-buf heap", os.O_RDONLY)
 
     def allocate(self, size: int, *, name: str = "amplink-buffer") -> SharedBuffer:
         """A dma-buf of ``size`` bytes (the heap rounds it up to whole pages)."""
-        if type(size) is not int or size <= 0:
-            raise ValueError(f"buffer size must be a positive integer, got {size!r}")
+        int_arg(size, "size", minimum=1)
         arg = bytearray(HEAP_ALLOCATION.pack(size, 0, os.O_RDWR | os.O_CLOEXEC, 0))
         self._ioctl(DMA_HEAP_IOCTL_ALLOC, arg, "DMA_HEAP_IOCTL_ALLOC")
         fd = HEAP_ALLOCATION.unpack(arg)[1]
@@ -221,8 +221,7 @@ class UdmabufProvider(_DeviceNode):
     def allocate(self, size: int, *, name: str = "amplink-buffer") -> SharedBuffer:
         """A dma-buf over a new memfd of ``size`` bytes rounded up to whole pages (udmabuf
         wants the memfd sealed against shrinking and not against writing)."""
-        if type(size) is not int or size <= 0:
-            raise ValueError(f"buffer size must be a positive integer, got {size!r}")
+        int_arg(size, "size", minimum=1)
         length = align_up(size, PAGE_SIZE)
         memfd = _sealed_memfd(name, length)
         try:

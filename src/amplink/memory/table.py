@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from .._args import int_arg, str_arg
+from ..errors import InvalidArgument
 from .buffers import BufferSlice, SharedBuffer
 from .errors import OwnershipError, PeerBufferError
 
@@ -60,10 +62,11 @@ class BufferRef:
     SIZE: ClassVar[int] = _REF.size
 
     def pack(self) -> bytes:
-        """The 20-byte wire form; ``ValueError`` if a field does not fit its width."""
+        """The 20-byte wire form; :class:`InvalidArgument` (a ``ValueError``) if a field
+        does not fit its width."""
         if not (0 <= self.id <= U32_MAX and 0 <= self.offset <= U64_MAX
                 and 0 <= self.length <= U64_MAX):
-            raise ValueError(f"{self} does not fit u32 id, u64 offset, u64 length")
+            raise InvalidArgument(f"{self} does not fit u32 id, u64 offset, u64 length")
         return _REF.pack(self.id, self.offset, self.length)
 
     @classmethod
@@ -99,8 +102,7 @@ class BufferTable:
     """Buffer ids, and which side holds each buffer. Thread-safe."""
 
     def __init__(self, name: str = "buffers", *, max_entries: int = 65536) -> None:
-        if not 0 < max_entries <= U32_MAX:
-            raise ValueError(f"max_entries must be in 1..{U32_MAX}, got {max_entries}")
+        int_arg(max_entries, "max_entries", minimum=1, maximum=U32_MAX)
         self.name = name
         self.max_entries = max_entries
         self._entries: dict[int, _Entry] = {}
@@ -118,14 +120,15 @@ class BufferTable:
                 raise MemoryError(f"buffer table {self.name!r} is full "
                                   f"({self.max_entries} entries)")
             if any(e.buffer is buffer for e in self._entries.values()):
-                raise ValueError(f"buffer {buffer.name!r} is in table {self.name!r} already")
+                raise InvalidArgument(f"buffer {buffer.name!r} is in table {self.name!r} "
+                                      f"already")
             if id is None:
                 while self._next_id in self._entries:
                     self._next_id = self._next_id % U32_MAX + 1
                 id = self._next_id
                 self._next_id = id % U32_MAX + 1
-            elif type(id) is not int or not 0 < id <= U32_MAX or id in self._entries:
-                raise ValueError(f"buffer id {id!r} is not a free id in 1..{U32_MAX}")
+            elif int_arg(id, "id", minimum=1, maximum=U32_MAX) in self._entries:
+                raise InvalidArgument(f"id {id} is in use in table {self.name!r}")
             self._entries[id] = _Entry(buffer)
             return id
 
@@ -263,5 +266,6 @@ class BufferTable:
 
 
 def _check_peer(peer: str) -> None:
-    if not isinstance(peer, str) or not peer or peer == LOCAL:
-        raise ValueError(f"a peer is a non-empty name other than {LOCAL!r}: {peer!r}")
+    if not str_arg(peer, "peer") or peer == LOCAL:
+        raise InvalidArgument(f"peer must be a non-empty name other than {LOCAL!r}, "
+                              f"got {peer!r}")
