@@ -70,6 +70,20 @@ def test_carveout_buffers_are_blocks_of_the_region_at_their_offsets(name, region
     assert carveout.allocate(0x8000, name="all").offset == 0x4000  # blocks merged back
 
 
+def test_a_carveout_of_a_region_mapped_from_inside_its_file(name):
+    # a region may start inside its file (vhost-user guest memory): buffers map the
+    # right bytes of the file, and the region sees them at its own offsets
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.ftruncate(fd, 0x6000)
+    with SharedRegion.from_fd(fd, 0x4000, map_offset=0x2000) as region:
+        carveout = CarveoutProvider(region, 0x1000, 0x2000, da=0x4000_0000)
+        with carveout.allocate(0x100, name=name) as buf:
+            assert (buf.offset, carveout.device_address(buf)) == (0x3000, 0x4000_0000)
+            buf.write(b"inside")
+            assert region.read(0x1000, 6) == b"inside"
+            assert os.pread(region.fd, 6, 0x3000) == b"inside"
+
+
 def test_carveout_exhaustion_names_the_carveout(region):
     carveout = CarveoutProvider(region, name="tcm")
     buf = carveout.allocate(0x10000)

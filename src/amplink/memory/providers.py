@@ -76,7 +76,8 @@ def allocate_buffer(size: int, *, name: str = "amplink-buffer",
 
 class CarveoutProvider:
     """Buffers carved out of a fixed region: a resource-table carveout or a reserved memory
-    area of a processor. A buffer's fd is the region's fd; its offset says where it is.
+    area of a processor. A buffer's fd is the region's fd; its offset says where it is
+    in the file (the region's own ``map_offset`` included).
 
     The managed range is ``[offset, offset + length)`` of ``region``; ``da`` is the
     device address of its start, if the processor sees it at a fixed address (for a
@@ -111,7 +112,8 @@ class CarveoutProvider:
             block = self._allocator.alloc(size, align or self.align)
         try:
             return SharedBuffer(
-                self.region.fd, size, offset=block, name=name, provider=f"carveout:{self.name}",
+                self.region.fd, size, offset=self.region.map_offset + block, name=name,
+                provider=f"carveout:{self.name}",
                 owns_fd=False, check_fd=self._check_region,
                 on_close=lambda: self._free(block))
         except BaseException:
@@ -122,10 +124,11 @@ class CarveoutProvider:
         """The fixed device address of a buffer from this carveout (needs ``da``)."""
         if self.da is None:
             raise InvalidArgument(f"carveout {self.name!r} has no fixed device address")
+        block = buffer.offset - self.region.map_offset
         if buffer.provider != f"carveout:{self.name}" or not (
-                self.offset <= buffer.offset < self.offset + self.length):
+                self.offset <= block < self.offset + self.length):
             raise InvalidArgument(f"buffer {buffer.name!r} is not from carveout {self.name!r}")
-        return self.da + (buffer.offset - self.offset)
+        return self.da + (block - self.offset)
 
     @property
     def used_bytes(self) -> int:

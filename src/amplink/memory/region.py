@@ -54,6 +54,7 @@ class SharedRegion:
         self.name = name
         self.da_base = da_base
         self._unlink_path = unlink_path
+        self.map_offset = map_offset
         # map_offset: where the region starts in the file (a multiple of the page size)
         self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
                             offset=map_offset)
