@@ -124,8 +124,8 @@ class AmplinkSession:
         s = self.proc.link.statistics()
         return {"safety_net_wakeups": s.safety_net_wakeups, "sleeps": s.sleeps,
                 "messages_sent": s.messages_sent, "messages_received": s.messages_received,
-                "kicks_sent": int(s.transport.get("kicks_sent", 0)),
-                "protocol_faults": sum(dict(s.transport.get("protocol_faults", {})).values())}
+                "kicks_sent": int(s.backend.get("kicks_sent", 0)),
+                "protocol_faults": sum(dict(s.backend.get("protocol_faults", {})).values())}
 
     def close(self) -> None:
         code = self.proc.stop()

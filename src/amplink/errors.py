@@ -58,6 +58,13 @@ class AddressError(AmplinkError, ValueError):
     """An address or offset is outside the region or otherwise not acceptable."""
 
 
+class NotSupported(AmplinkError, OSError):
+    """The backend lacks the capability this call needs (EOPNOTSUPP, as Zephyr's -ENOTSUP)."""
+
+    def __init__(self, message: str, err: int = errno.EOPNOTSUPP) -> None:
+        super().__init__(err, message)
+
+
 class InvalidArgument(AmplinkError, ValueError):
     """A public call got an argument value it cannot use; the message names the argument."""
 

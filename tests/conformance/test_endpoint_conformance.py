@@ -1,7 +1,7 @@
 """One endpoint-API conformance suite, run against every transport configuration.
 
 Every test takes the ``link_pair_factory`` fixture: a connected ``(host_bus, device_bus)``
-pair of :class:`amplink.RpmsgBus` objects, built once per entry of ``LINK_FACTORIES``.
+pair of :class:`amplink.Link` objects, built once per entry of ``LINK_FACTORIES``.
 The tests use only the public bus and endpoint API, never the transport underneath.
 
 Adding a transport (fifo, mailbox, a real inter-process link, ...)
@@ -31,16 +31,16 @@ import pytest
 
 from amplink import (
     EndpointClosed,
+    Link,
     LinkConfig,
     MessageTooLarge,
     NoBufferAvailable,
     ReceiveTimeout,
-    RpmsgBus,
     SendTimeout,
 )
 from amplink.platforms.inprocess import LinkPair
 
-BusPair = tuple[RpmsgBus, RpmsgBus]
+BusPair = tuple[Link, Link]
 LinkFactory = Callable[[], AbstractContextManager[BusPair]]
 
 MARGIN = 0.75  # scheduling slack for timing assertions on a loaded machine, seconds
@@ -82,7 +82,7 @@ def sender_receiver(request: pytest.FixtureRequest, link_pair_factory: BusPair) 
     return (host, device) if request.param == "host-to-device" else (device, host)
 
 
-def connect(a: RpmsgBus, b: RpmsgBus):
+def connect(a: Link, b: Link):
     """Endpoints on ``a`` and ``b`` addressed to each other."""
     ea = a.create_endpoint()
     eb = b.create_endpoint(dst=ea.addr)

@@ -79,7 +79,7 @@ def _exchange(link, i: int) -> None:
 @given(config=st.sampled_from(CONFIGS), plan=steps)
 def test_random_writes_into_the_rings(config, plan):
     link = open_link(config)
-    assert link.host.statistics().transport["event_idx"] == config.event_idx
+    assert link.host.statistics().backend["event_idx"] == config.event_idx
     try:
         for i, writes in enumerate(plan):
             for where, pos, data in writes:

@@ -15,9 +15,9 @@ from frontend_kit import (
 )
 
 from amplink.errors import MessageTooLarge
+from amplink.link import Link
 from amplink.platforms.vhost_user import protocol as P
 from amplink.platforms.vhost_user.protocol import Request, VringState
-from amplink.rpmsg.bus import RpmsgBus
 
 ECHO = "amplink.firmware.examples.echo"
 
@@ -39,8 +39,8 @@ def test_echo_every_size_through_the_guest_rings(tmp_path: Path, event_idx: bool
             run = server.backend.run if server.backend else None
             assert run is not None
             stats = run.link.statistics()
-            assert stats.transport["event_idx"] is event_idx
-            assert stats.transport["protocol_faults"] == {} and stats.transport["malformed_rx"] == 0
+            assert stats.backend["event_idx"] is event_idx
+            assert stats.backend["protocol_faults"] == {} and stats.backend["malformed_rx"] == 0
             assert stats.messages_received == 497
             fe.shut_down()
         finally:
@@ -51,9 +51,9 @@ def test_echo_every_size_through_the_guest_rings(tmp_path: Path, event_idx: bool
 
 
 def test_a_new_connection_starts_a_fresh_firmware_run(tmp_path: Path) -> None:
-    runs: list[RpmsgBus] = []
+    runs: list[Link] = []
 
-    def firmware(link: RpmsgBus) -> None:
+    def firmware(link: Link) -> None:
         runs.append(link)
         link.create_endpoint(f"run-{len(runs)}", announce=True,
                              callback=lambda ep, data, src: ep.sendto(data, src))
@@ -141,7 +141,7 @@ def _count(efd: int) -> int:
 
 
 def test_firmware_that_raises_is_counted_and_the_server_goes_on(tmp_path: Path) -> None:
-    def broken(link: RpmsgBus) -> None:
+    def broken(link: Link) -> None:
         raise RuntimeError("firmware bug")
 
     with serving(tmp_path / "s", broken) as server:

@@ -25,6 +25,8 @@ from ...remoteproc.coredump import CoredumpMode
 from ...remoteproc.devmem import PAGE_SIZE, DeviceMemory
 from ...remoteproc.ops import CrashReport, PlatformOps, StartInfo
 from ...remoteproc.resources import VdevResource
+from ...transports.virtio_link import driver_link
+from ...virtio.vdev import VIRTIO_ID_RPMSG
 from ..sim_layout import LinkConfig
 from .images import NativeImage, PythonImage, SimImage, is_native
 from .monitor import CrashMonitor
@@ -75,6 +77,8 @@ class SimOptions:
 
 class SimOps(PlatformOps):
     """The simulator's platform operations (see the module docstring)."""
+
+    vdev_drivers = {VIRTIO_ID_RPMSG: driver_link}
 
     def __init__(self, options: SimOptions) -> None:
         self.options = options
