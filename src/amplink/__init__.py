@@ -45,7 +45,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .platforms.linux import LinuxRemoteProc, list_processors
     from .platforms.openamp import OpenAmpConfig, OpenAmpLink, StaleSharedMemory
     from .platforms.sim import FirmwareStartError, SimProcessor, SimRemoteProc
-    from .platforms.sim_layout import LinkConfig
+    from .platforms.sim.layout import LinkConfig
     from .remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
     from .remoteproc.constants import FW_RSC_ADDR_ANY
     from .remoteproc.core import RemoteProc, RestartPolicy
@@ -84,7 +84,7 @@ _EXPORTS = {
     "FirmwareStartError": ".platforms.sim",
     "SimProcessor": ".platforms.sim",
     "SimRemoteProc": ".platforms.sim",
-    "LinkConfig": ".platforms.sim_layout",
+    "LinkConfig": ".platforms.sim.layout",
     "CrashReason": ".remoteproc.api",
     "RemoteProcessor": ".remoteproc.api",
     "RprocEvent": ".remoteproc.api",

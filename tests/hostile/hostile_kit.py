@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from amplink import Endpoint
 from amplink.link import Link as AmplinkLink
 from amplink.platforms.inprocess import LinkPair
-from amplink.platforms.sim_layout import LinkConfig
+from amplink.platforms.sim.layout import LinkConfig
 from amplink.virtio.ring import DESC_SIZE, USED_ELEM_SIZE, VringLayout
 
 SERVICE = "hostile-svc"

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amplink import AmplinkError
-from amplink.platforms.sim_layout import LinkConfig
+from amplink.platforms.sim.layout import LinkConfig
 
 CALL_TIMEOUT = 0.02
 SLACK = 1.0  # a shared 2-core machine: generous, still far from a hang

@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _add_firmware_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("firmware", metavar="FIRMWARE",
                    help="Python module or .py file (optionally :function, default main), e.g. "
-                        f"{EXAMPLES}.echo, or an executable following the sim_layout "
+                        f"{EXAMPLES}.echo, or an executable following amplink.platforms.sim_abi "
                         "convention (recognised by its ELF header)")
     p.add_argument("--poll", action="store_true",
                    help="polling mode: both sides spin on the rings instead of sleeping")

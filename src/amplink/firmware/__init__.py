@@ -2,7 +2,7 @@
 
 Firmware is a module (or ``.py`` file) with a ``main(link)`` function; the simulator
 runs it as ``python -m amplink.firmware SPEC``. :func:`connect` builds the device-role
-link from what the host passed (see :mod:`amplink.platforms.sim_layout`)::
+link from what the host passed (see :mod:`amplink.platforms.sim_abi`)::
 
     def main(link):
         ep = link.create_endpoint("rpmsg-echo", announce=True)
@@ -37,8 +37,8 @@ from ..errors import RemoteProtocolError
 from ..link.runtime import Link
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell
-from ..platforms import sim_layout as L
-from ..platforms.sim_layout import SimEnv
+from ..platforms import sim_abi as L
+from ..platforms.sim_abi import SimEnv
 from ..remoteproc.rsc_table import ResourceTable
 from ..transports.virtio import wait_for_driver_ok
 from ..transports.virtio_link import device_link, watch_lifeline

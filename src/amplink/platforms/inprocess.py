@@ -2,7 +2,7 @@
 
 The host (driver) and device buses share one memfd region and a pair of doorbells, just
 as a simulated processor does, but without a child process: the memory is placed the
-same way (:func:`.sim_layout.place_link`) and the host's link registered the same way.
+same way (:func:`.sim.layout.place_link`) and the host's link registered the same way.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell, SocketDoorbell
 from ..remoteproc.resources import ProcessedResources
 from ..transports.virtio_link import device_link, driver_link
-from .sim_layout import LinkConfig, place_link
+from .sim.layout import LinkConfig, place_link
 
 Notify = Literal["eventfd", "socket", "poll"]
 

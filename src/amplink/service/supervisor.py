@@ -16,7 +16,7 @@ The processors are :class:`~amplink.platforms.sim.SimRemoteProc` (the remoteproc
 lifecycle: crash recovery, coredumps, the RSC_TRACE buffer; see :func:`make_sim_processor`);
 their firmware's output goes to the supervisor's log. Plain files cannot refuse a write,
 so every operation goes through the socket, which answers with the kernel's errno (see
-:class:`~amplink.platforms.linux.model.RemoteprocModel`);
+:class:`~amplink.service.model.RemoteprocModel`);
 :class:`~amplink.platforms.linux.LinuxRemoteProc` and the CLI therefore work unchanged on
 this tree and on ``/sys/class/remoteproc``.
 
@@ -57,10 +57,10 @@ from ..platforms.linux.errors import (
     SupervisorUnavailable,
     error_from_errno,
 )
-from ..platforms.linux.model import RemoteprocModel
 from ..platforms.sim import SimRemoteProc
 from ..remoteproc.api import RemoteProcessor
 from ..remoteproc.core import RemoteProc
+from .model import RemoteprocModel
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from ...link.runtime import Link
 from ...memory.region import SharedRegion
 from ...remoteproc.resources import ProcessedResources
 from ...remoteproc.states import RprocState
-from ..sim_layout import LinkConfig
+from .layout import LinkConfig
 from .process import Output
 from .rproc import DEFAULT_BOOT_TIMEOUT, SimRemoteProc
 
@@ -29,7 +29,7 @@ class SimProcessor:
 
     ``firmware`` is a Python module name or ``.py`` path (optionally ``:function``,
     default ``main``), run by :mod:`amplink.firmware`, or a native executable following
-    the convention of :mod:`..sim_layout` (detected by its ELF magic; ``native`` forces
+    the convention of :mod:`..sim_abi` (detected by its ELF magic; ``native`` forces
     either). After :meth:`start`, :attr:`link` is the host's rpmsg link. ``poll_mode``
     makes both sides spin on the rings; ``spin`` (seconds) lets both sides spin that long
     before each sleep; ``args`` go to the firmware.

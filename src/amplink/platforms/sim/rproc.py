@@ -3,7 +3,7 @@
 :class:`SimRemoteProc` is the engine (:class:`~amplink.remoteproc.core.RemoteProc`) with
 :class:`SimOps`: the processor's memory is one memfd (device addresses from
 ``da_base``), starting it spawns the firmware child by the convention of
-:mod:`..sim_layout`, kicks are eventfds, and crashes are watched by a
+:mod:`..sim_abi`, kicks are eventfds, and crashes are watched by a
 :class:`.monitor.CrashMonitor`.
 """
 
@@ -27,8 +27,8 @@ from ...remoteproc.ops import CrashReport, PlatformOps, StartInfo
 from ...remoteproc.resources import VdevResource
 from ...transports.virtio_link import driver_link
 from ...virtio.vdev import VIRTIO_ID_RPMSG
-from ..sim_layout import LinkConfig
 from .images import NativeImage, PythonImage, SimImage, is_native
+from .layout import LinkConfig
 from .monitor import CrashMonitor
 from .process import FirmwareProcess, Output
 
