@@ -184,16 +184,19 @@ def test_bench_quick(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
                        capture_output=True, text=True, timeout=55, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    for needle in ("amplink blocking", "amplink polling", "mp.Pipe", "os.pipe", "targets:",
+    for needle in ("amplink blocking", "amplink polling", "zero-copy blocking",
+                   "zero-copy polling", "mp.Pipe", "os.pipe", "targets:",
                    "RTT p50  16 B", "one-way 496 B"):
         assert needle in r.stdout, needle
     data = json.loads(out.read_text())
-    assert set(data["results"]) == {"amplink-blocking", "amplink-polling", "mp.Pipe",
+    assert set(data["results"]) == {"amplink-blocking", "amplink-polling",
+                                    "amplink-zc-blocking", "amplink-zc-polling", "mp.Pipe",
                                     "os.pipe"}
     for peer in data["results"].values():
         assert peer["rtt"]["16"]["p50"]["median"] > 0
         assert peer["one_way"]["496"]["msg_per_s"]["median"] > 0
-    for peer in ("amplink-blocking", "amplink-polling"):
+    for peer in ("amplink-blocking", "amplink-polling", "amplink-zc-blocking",
+                 "amplink-zc-polling"):
         for stats in data["results"][peer]["statistics"].values():
             assert stats["protocol_faults"] == 0
     assert {t["name"] for t in data["targets"]} >= {"RTT p50 16 B, polling <= 4 us"}

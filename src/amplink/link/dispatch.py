@@ -6,10 +6,10 @@ queue and the endpoint on the ready list; a driver event on the event list. Disp
 then run them with the lock released:
 
 * the link's dispatcher threads (mode "thread", the default for host-side links): one
-  starts with the first callback endpoint or driver, and stops at close. When every one
-  of them has been stuck in a callback for a while (it blocks, say in a send waiting for
-  a buffer) and another endpoint has work, one more starts (up to a limit); extra
-  threads leave again when idle. So a blocking callback stalls only its own endpoint.
+  starts with the first callback endpoint or driver, and they stop at close. One of them
+  is always free to watch the link: when the last free one takes work, another starts
+  (up to a limit), so a callback that blocks (say in a send waiting for a buffer)
+  stalls only its own endpoint. Beyond two, threads leave again after a second idle.
 * any thread in ``link.run()`` or ``link.poll()`` (mode "caller", the firmware runtime:
   its main loop dispatches).
 
@@ -39,11 +39,11 @@ log = logging.getLogger(__name__)
 #: ``link.run()`` / ``link.poll()`` dispatch
 DispatchMode = Literal["thread", "caller"]
 
-#: a dispatcher in one callback for this long is taken as blocked (another may start)
-BLOCKED_AFTER = 0.02
 #: dispatcher threads of one link, at most
 MAX_THREADS = 8
-#: an extra dispatcher thread leaves after this long without work
+#: threads kept however idle: one runs callbacks while another watches the link
+KEPT_THREADS = 2
+#: a thread beyond those leaves after this long without work
 IDLE_EXIT = 1.0
 
 
@@ -60,8 +60,9 @@ class Dispatcher:
         self.ready: deque[Endpoint] = deque()
         self.events: deque[Event] = deque()
         self._event_busy = False
-        self._busy_since: dict[int, float | None] = {}  # our threads: in a callback since
-        self._threads: dict[int, threading.Thread] = {}
+        self._threads: dict[int, threading.Thread] = {}  # ours, by thread ident
+        self._free = 0  # our threads not running a job
+        self._last_job: dict[int, float] = {}  # when each of ours last finished one
         self.threads_started = 0
         self._stopping = False
 
@@ -71,8 +72,6 @@ class Dispatcher:
         if not ep._scheduled:
             ep._scheduled = True
             self.ready.append(ep)
-            if self.mode == "thread" and self._all_blocked():
-                self._start_thread()
 
     def add_events(self, events: list[Event]) -> None:
         self.events.extend(events)
@@ -82,17 +81,15 @@ class Dispatcher:
     def has_work(self) -> bool:
         return bool(self.ready) or (bool(self.events) and not self._event_busy)
 
-    def _all_blocked(self) -> bool:
-        """True if no thread of ours could take new work soon (or there is none)."""
-        if not self._threads:
-            return True
-        if len(self._threads) >= MAX_THREADS:
-            return False
-        now = time.monotonic()
-        return all(since is not None and now - since > BLOCKED_AFTER
-                   for since in self._busy_since.values())
+    def _take(self, me: int) -> _Job | None:
+        job = self._next()
+        if job is not None and me in self._threads:
+            self._free -= 1
+            if not self._free:  # keep one of ours free to watch the link meanwhile
+                self._start_thread()
+        return job
 
-    def _take(self) -> _Job | None:
+    def _next(self) -> _Job | None:
         if self.events and not self._event_busy:
             self._event_busy = True
             return self.events.popleft()
@@ -122,27 +119,25 @@ class Dispatcher:
         ran = False
         while self.ready or self.events:  # read without the lock: a miss is seen next time
             with link._lock:
-                job = self._take()
+                job = self._take(me)
             if job is None:
                 return ran
             ran = True
-            ours = me in self._busy_since
-            if ours:
-                self._busy_since[me] = time.monotonic()
             try:
                 if isinstance(job, tuple):
                     self._run_callbacks(*job)
                 else:
                     self._run_event(job)
             finally:
-                if ours:
-                    self._busy_since[me] = None
-                self._finish(job)
+                self._finish(job, me)
         return ran
 
-    def _finish(self, job: _Job) -> None:
+    def _finish(self, job: _Job, me: int) -> None:
         link = self.link
         with link._lock:
+            if me in self._threads:
+                self._free += 1
+                self._last_job[me] = time.monotonic()
             if not isinstance(job, tuple):
                 self._event_busy = False
             else:
@@ -187,31 +182,33 @@ class Dispatcher:
     def _start_thread(self) -> None:  # link lock held
         if self._stopping or len(self._threads) >= MAX_THREADS:
             return
-        extra = bool(self._threads)
         self.threads_started += 1
-        thread = threading.Thread(target=self._thread_main, args=(extra,), daemon=True,
+        thread = threading.Thread(target=self._thread_main, daemon=True,
                                   name=f"amplink-{self.link.name}-dispatch{self.threads_started}")
-        self._threads[id(thread)] = thread
         thread.start()
+        assert thread.ident is not None
+        self._threads[thread.ident] = thread
+        self._free += 1
 
-    def _thread_main(self, extra: bool) -> None:
-        me = threading.get_ident()
-        key = id(threading.current_thread())
-        self._busy_since[me] = None
+    def _thread_main(self) -> None:
         link = self.link
+        me = threading.get_ident()
         try:
-            while not self._stopping:
-                link.run(timeout=IDLE_EXIT if extra else None, until=lambda: self._stopping)
-                if extra and not self.has_work():
-                    return  # the blocking that called for it is over
+            while not self._stopping:  # stop() closes the link first: run() raises then
+                link.run(timeout=IDLE_EXIT)
+                with link._lock:
+                    idle = time.monotonic() - self._last_job.get(me, 0.0) >= IDLE_EXIT
+                    if idle and len(self._threads) > KEPT_THREADS and self._free > 1:
+                        return  # the blocking that called for it is over
         except AmplinkError:
             return  # the link is closed or down: the dispatcher's job is over
         except Exception:  # noqa: BLE001 - a dispatcher must not die silently
             log.exception("%s: a dispatcher thread failed", link.name)
         finally:
             with link._lock:
-                self._threads.pop(key, None)
-                self._busy_since.pop(me, None)
+                if self._threads.pop(me, None) is not None:
+                    self._free -= 1
+                self._last_job.pop(me, None)
 
     def stop(self, timeout: float) -> None:
         """End the dispatcher threads (the link is closed); waits up to ``timeout`` s for

@@ -651,17 +651,18 @@ class Link:
     def loan(self, ep: Endpoint, timeout: float | None) -> TxLoan:
         """A transmit buffer for ``ep`` to fill (see :meth:`Endpoint.loan`)."""
         self._check_loan()
-        got: list[tuple[Any, memoryview]] = []
-        ready = self._loan_ready(got)
+        with self._lock:  # first without waiting, as a send: the common case
+            if self._closed:
+                raise self._closed_error()
+            if self.backend.down is not None:
+                raise LinkDown(str(self.backend.down))
+            slot = self.backend.loan()
+        if slot is not None:
+            return self._lend(ep, *slot)
         if timeout == 0:
-            with self._lock:
-                if self._closed:
-                    raise self._closed_error()
-                if self.backend.down is not None:
-                    raise LinkDown(str(self.backend.down))
-                if not ready():
-                    raise NoBufferAvailable()
-        elif not self.wait_until(ready, timeout, tx=True):
+            raise NoBufferAvailable()
+        got: list[tuple[Any, memoryview]] = []
+        if not self.wait_until(self._loan_ready(got), timeout, tx=True):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         return self._lend(ep, *got[0])
 
