@@ -229,6 +229,7 @@ class Link:
             announcement = None
             if self.backend.down is None and not self._closed and announce_timeout > 0:
                 announcement = self.core.announcement(ep, destroy=True)
+        self._wait.wake_all()  # its blocked calls (a callback's send among them) end now
         self._wait_callback_done(ep)
         if announcement is not None:
             try:
@@ -588,7 +589,13 @@ class Link:
                 return
         if timeout == 0:
             raise NoBufferAvailable()
-        if not self.wait_until(lambda: backend.try_send(src, dst, data), timeout, tx=True):
+
+        def sent() -> bool:
+            if ep is not None and ep._closed_reason is not None:
+                raise ep._closed_error()  # closed while it waited: no use waiting on
+            return backend.try_send(src, dst, data)
+
+        if not self.wait_until(sent, timeout, tx=True):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         self._count_sent(ep)
 
@@ -598,8 +605,13 @@ class Link:
         data = payload_arg(data)
         self._check_send(src, dst, data)
         backend = self.backend
-        ok = await self.async_wait_until(lambda: backend.try_send(src, dst, data),
-                                         timeout_arg(timeout), tx=True)
+
+        def sent() -> bool:
+            if ep._closed_reason is not None:
+                raise ep._closed_error()
+            return backend.try_send(src, dst, data)
+
+        ok = await self.async_wait_until(sent, timeout_arg(timeout), tx=True)
         if not ok:
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         self._count_sent(ep)
@@ -631,10 +643,13 @@ class Link:
                                "not block")
 
     # -- zero copy ---------------------------------------------------------------------------
-    def _loan_ready(self, got: list[tuple[Any, memoryview]]) -> Callable[[], bool]:
+    def _loan_ready(self, ep: Endpoint,
+                    got: list[tuple[Any, memoryview]]) -> Callable[[], bool]:
         backend = self.backend
 
         def ready() -> bool:
+            if ep._closed_reason is not None:
+                raise ep._closed_error()
             slot = backend.loan()
             if slot is None:
                 return False
@@ -662,14 +677,14 @@ class Link:
         if timeout == 0:
             raise NoBufferAvailable()
         got: list[tuple[Any, memoryview]] = []
-        if not self.wait_until(self._loan_ready(got), timeout, tx=True):
+        if not self.wait_until(self._loan_ready(ep, got), timeout, tx=True):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         return self._lend(ep, *got[0])
 
     async def aloan(self, ep: Endpoint, timeout: float | None) -> TxLoan:
         self._check_loan()
         got: list[tuple[Any, memoryview]] = []
-        if not await self.async_wait_until(self._loan_ready(got), timeout, tx=True):
+        if not await self.async_wait_until(self._loan_ready(ep, got), timeout, tx=True):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         return self._lend(ep, *got[0])
 
