@@ -181,7 +181,7 @@ def test_run_until_the_firmware_exits(tmp_path: Path) -> None:
 
 def test_bench_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
+    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--runs", "1", "--json", str(out)],
                        capture_output=True, text=True, timeout=55, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     for needle in ("amplink blocking", "amplink polling", "zero-copy blocking",
