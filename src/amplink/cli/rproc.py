@@ -171,8 +171,7 @@ def _rpmsg_lines(rproc: LinuxRemoteProc) -> list[str]:
         sysfs, controls = rproc.rpmsg_sysfs()
         lines = []
         for ctrl in controls:
-            own = {os.path.dirname(os.path.dirname(e.path)): e
-                   for e in sysfs.endpoints(ctrl.transport)}
+            own = sysfs.channel_endpoints(ctrl)
             for channel in sysfs.channels(ctrl.transport):
                 ept = own.get(channel.path)
                 local = (f"local endpoint 0x{channel.src:x}" if channel.src != RPMSG_ADDR_ANY

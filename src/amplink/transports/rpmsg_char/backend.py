@@ -48,7 +48,6 @@ from .sysfs import DEV_ROOT, ControlDevice, EndpointDevice, RpmsgSysfs
 from .uapi import (
     MAX_LOCAL_ADDRESS,
     MAX_RPMSG_PAYLOAD,
-    RAW_CHANNEL_NAMES,
     RPMSG_CREATE_EPT_IOCTL,
     RPMSG_DESTROY_EPT_IOCTL,
     RPMSG_GET_OUTGOING_FLOWCONTROL,
@@ -176,14 +175,8 @@ class RpmsgCharBackend(Backend):
         return seen
 
     def _raw_endpoints(self) -> dict[str, EndpointDevice]:
-        """The channels' own endpoint devices (made by rpmsg_char), by channel directory."""
-        found: dict[str, EndpointDevice] = {}
-        for ept in self.sysfs.endpoints(self.ctrl.transport):
-            if ept.path.startswith(self.ctrl.path + os.sep) or ept.name not in RAW_CHANNEL_NAMES:
-                continue
-            # .../virtioN/<channel>/rpmsg/rpmsgM: the channel is two levels up
-            found[os.path.dirname(os.path.dirname(ept.path))] = ept
-        return found
+        """The channels' own endpoint devices, by channel directory."""
+        return self.sysfs.channel_endpoints(self.ctrl)
 
     # -- endpoints ---------------------------------------------------------------------------
     def open_endpoint(self, addr: int | None, name: str | None, dst: int) -> int:

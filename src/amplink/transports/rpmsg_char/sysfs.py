@@ -252,6 +252,14 @@ class RpmsgSysfs:
                 found.append(ept)
         return found
 
+    def channel_endpoints(self, ctrl: ControlDevice) -> dict[str, EndpointDevice]:
+        """The channels' own endpoint devices (rpmsg_char made them when it bound the
+        channel), by the channel's real directory: the endpoint devices of ``ctrl``'s
+        transport that are not below ``ctrl`` (``<channel>/rpmsg/rpmsgM``)."""
+        return {os.path.dirname(os.path.dirname(ept.path)): ept
+                for ept in self.endpoints(ctrl.transport)
+                if not ept.path.startswith(ctrl.path + os.sep)}
+
     def devices_below(self, path: str) -> list[ControlDevice]:
         """The control devices whose transport lies below the real directory ``path``
         (a remote processor's device: its vdevs)."""
