@@ -14,7 +14,7 @@ from amplink.cli import COMMANDS, build_parser
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = "amplink.firmware.examples.echo"
 BENCH = ROOT / "bench" / "rpmsg_bench.py"
-SUBCOMMANDS = ["demo", "run", "ping", "openamp", "vhost-user"]
+SUBCOMMANDS = ["demo", "run", "ping", "openamp", "vhost-user", "send", "listen"]
 #: the remote-processor commands, all added by one registration function (amplink.cli.rproc)
 RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash"]
 
@@ -42,7 +42,7 @@ def test_subcommand_help(command: str) -> None:
 
 def test_every_registered_command_is_listed() -> None:
     parser = build_parser()
-    assert len(COMMANDS) == 4  # sim (demo, run, ping), openamp, vhost_user, rproc
+    assert len(COMMANDS) == 5  # sim (demo, run, ping), openamp, vhost_user, rproc, rpmsg
     for name in SUBCOMMANDS + RPROC_SUBCOMMANDS:
         args = parser.parse_args(_minimal(name))
         assert args.command == name and callable(args.func)
@@ -54,7 +54,8 @@ def _minimal(name: str) -> list[str]:
             "stop": ["stop", "p"], "state": ["state", "p"],
             "recovery": ["recovery", "p", "enabled"], "coredump": ["coredump", "p", "inline"],
             "trace": ["trace", "p"], "crash": ["crash", "p"],
-            "vhost-user": ["vhost-user", "fw", "--socket", "s"]}[name]
+            "vhost-user": ["vhost-user", "fw", "--socket", "s"],
+            "send": ["send", "p", "rpmsg-raw", "hi"], "listen": ["listen", "p", "rpmsg-raw"]}[name]
 
 
 def test_no_command_is_an_error() -> None:
