@@ -147,6 +147,11 @@ class BufferTable:
         with self._lock:
             return [id for id, e in self._entries.items() if e.holder == peer]
 
+    def ids(self) -> list[int]:
+        """Every id in the table."""
+        with self._lock:
+            return list(self._entries)
+
     def remove(self, id: int) -> SharedBuffer:
         """Take buffer ``id`` out of the table (it must be held locally); returns it."""
         with self._lock:
