@@ -179,6 +179,20 @@ class BufferChannel(RecordPump):
         assert self.port is not None
         self.port.table.release(self.port.peer, _id_of(record))
 
+    def forget(self, buffer: SharedBuffer) -> None:
+        """Detach a buffer :meth:`send` attached (it must have come back), e.g. to close
+        it while the processor runs on. The end of the run detaches everything anyway."""
+        port = self.port
+        att_id = None if port is None else port.id_of(buffer)
+        if port is None or att_id is None:
+            raise InvalidArgument(f"buffer {buffer.name!r} is not attached through this "
+                                  f"channel's port")
+        if att_id in port.table.ids():
+            port.table.remove(att_id)  # OwnershipError while the peer holds it
+        attachment = port.attachment(att_id)
+        assert attachment is not None
+        port.detach(attachment)
+
     def wait_done(self, timeout: float | None = None) -> Returned:
         """The next buffer the peer gave back (:class:`ReceiveTimeout` after ``timeout``;
         ``LinkDown`` if the peer is gone: its buffers are taken back by its port)."""
