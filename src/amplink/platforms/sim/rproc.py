@@ -25,7 +25,7 @@ from ...memory.buffers import BufferSlice, SharedBuffer
 from ...memory.iommu import Attachment, Fault, Iommu
 from ...memory.region import SharedRegion
 from ...notify.doorbell import Doorbell
-from ...remoteproc.api import CrashReason
+from ...remoteproc.api import CrashReason, RprocEvent
 from ...remoteproc.core import RemoteProc, RestartPolicy
 from ...remoteproc.coredump import CoredumpMode
 from ...remoteproc.devmem import PAGE_SIZE, DeviceMemory
@@ -171,6 +171,19 @@ class SimOps(PlatformOps):
         if self.on_fault is not None:
             self.on_fault(fault)
 
+    def revoke_buffers(self) -> None:
+        """The processor crashed: if it has buffers attached, kill its firmware (a crashed
+        processor must not go on touching them) and take every buffer back at once."""
+        port = self.port
+        if port is None or not (port.attached() or len(port.table)):
+            return
+        process = self.process
+        if process is not None and process.popen.poll() is None:
+            process.popen.kill()
+            process.popen.wait()
+        self.port = None
+        port.close()
+
     def doorbell(self, vdev: VdevResource) -> Doorbell:
         assert self.process is not None
         return self.process.take_doorbell(self._rpmsg_order.index(vdev.index))
@@ -222,7 +235,8 @@ class SimRemoteProc(RemoteProc):
     :attr:`buffers` is the run's :class:`~amplink.handover.port.BufferPort` (its table
     says who holds what). A firmware access outside its attachments is a fault: counted,
     an ``mmufault`` event, and with ``mmu_faults="crash"`` a crash (reason MMUFAULT). A
-    stop or crash takes every buffer back and detaches them all. See
+    stop takes every buffer back and detaches them all; so does a crash, which also kills
+    the firmware process at once if it had buffers attached. See
     :class:`~amplink.remoteproc.core.RemoteProc` for the lifecycle::
 
         rproc = SimRemoteProc("amplink.firmware.examples.echo")
@@ -270,6 +284,7 @@ class SimRemoteProc(RemoteProc):
         super().__init__(self.ops, firmware, name=name, recovery=recovery, restart=restart,
                          coredump=coredump, coredump_dir=coredump_dir,
                          coredump_keep=coredump_keep, buf_size=options.config.buf_size)
+        self.subscribe(self._on_event)
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:
@@ -318,6 +333,10 @@ class SimRemoteProc(RemoteProc):
     def mmu_fault_count(self) -> int:
         """Faults of this processor's firmware so far (all runs)."""
         return self._mmu_fault_count
+
+    def _on_event(self, event: RprocEvent) -> None:
+        if event.kind == "crash":  # in the crash handler, before any recovery
+            self.ops.revoke_buffers()
 
     def _mmu_fault(self, fault: Fault) -> None:
         """The firmware touched what is not attached (from the port's reader thread)."""
