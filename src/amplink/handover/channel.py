@@ -22,7 +22,6 @@ from ..errors import InvalidArgument, ReceiveTimeout
 from ..link.endpoint import DEFAULT_SEND_TIMEOUT, Endpoint
 from ..memory.access import Access, checked_access
 from ..memory.buffers import BufferSlice, SharedBuffer
-from ..memory.table import BufferRef
 from . import wire
 from .port import BufferPort
 from .pump import RecordPump
@@ -258,9 +257,8 @@ class BufferChannel(RecordPump):
                 self.received += 1
         elif kind == _DONE and self.port is not None:
             port = self.port
-            # the result range must lie inside the buffer (and the peer must hold it)
-            port.table.resolve(port.peer, BufferRef(record.id, record.offset, record.length))
-            buffer = port.table.release(port.peer, record.id)
+            # the peer must hold it, and the result range lie inside it
+            buffer = port.table.release(port.peer, record.id, record.offset, record.length)
             with self._lock:
                 self._returned.append(Returned(buffer, record.id, record.offset,
                                                record.length))
