@@ -18,14 +18,14 @@ from typing import Any
 
 from .. import __version__
 from ..errors import AmplinkError
-from . import openamp, rproc, sim, vhost_user
+from . import frames, openamp, rproc, sim, vhost_user
 from .common import EXIT_INTERRUPTED, setup_logging
 
 log = logging.getLogger(__name__)
 
 #: subcommand registration functions, in the order ``--help`` lists them
 COMMANDS: list[Callable[[Any], None]] = [
-    sim.register, openamp.register, vhost_user.register, rproc.register,
+    sim.register, frames.register, openamp.register, vhost_user.register, rproc.register,
 ]
 
 
