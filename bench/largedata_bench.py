@@ -195,7 +195,8 @@ def main() -> int:
     parser.add_argument("--plot", metavar="FILE.png")
     parser.add_argument("--depth", type=int, default=16)
     args = parser.parse_args()
-    hand_sizes = [4 * KIB, 1 * MIB, 64 * MIB] if args.quick else [4 * KIB, 1 * MIB, 16 * MIB, 256 * MIB]
+    hand_sizes = ([4 * KIB, 1 * MIB, 64 * MIB] if args.quick
+                  else [4 * KIB, 1 * MIB, 16 * MIB, 256 * MIB])
     copy_sizes = [4 * MIB, 64 * MIB]
     n_hand = 5000 if args.quick else 30000
     rows = []
