@@ -14,9 +14,10 @@ from amplink.cli import COMMANDS, build_parser
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = "amplink.firmware.examples.echo"
 BENCH = ROOT / "bench" / "rpmsg_bench.py"
-SUBCOMMANDS = ["demo", "run", "ping", "openamp", "vhost-user", "send", "listen"]
+SUBCOMMANDS = ["demo", "run", "ping", "frames", "openamp", "vhost-user", "send", "listen"]
 #: the remote-processor commands, all added by one registration function (amplink.cli.rproc)
-RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash"]
+RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "attach", "detach", "recovery", "coredump",
+                     "trace", "crash"]
 
 
 def amplink(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -42,7 +43,7 @@ def test_subcommand_help(command: str) -> None:
 
 def test_every_registered_command_is_listed() -> None:
     parser = build_parser()
-    assert len(COMMANDS) == 5  # sim (demo, run, ping), openamp, vhost_user, rproc, rpmsg
+    assert len(COMMANDS) == 6  # sim (demo, run, ping), frames, openamp, vhost_user, rproc, rpmsg
     for name in SUBCOMMANDS + RPROC_SUBCOMMANDS:
         args = parser.parse_args(_minimal(name))
         assert args.command == name and callable(args.func)
@@ -53,7 +54,8 @@ def _minimal(name: str) -> list[str]:
             "openamp": ["openamp", "host", "--client"], "ls": ["ls"], "boot": ["boot", "fw"],
             "stop": ["stop", "p"], "state": ["state", "p"],
             "recovery": ["recovery", "p", "enabled"], "coredump": ["coredump", "p", "inline"],
-            "trace": ["trace", "p"], "crash": ["crash", "p"],
+            "trace": ["trace", "p"], "crash": ["crash", "p"], "frames": ["frames"],
+            "attach": ["attach", "p", "4K"], "detach": ["detach", "p", "1"],
             "vhost-user": ["vhost-user", "fw", "--socket", "s"],
             "send": ["send", "p", "rpmsg-raw", "hi"], "listen": ["listen", "p", "rpmsg-raw"]}[name]
 
@@ -201,3 +203,9 @@ def test_bench_quick(tmp_path: Path) -> None:
         for stats in data["results"][peer]["statistics"].values():
             assert stats["protocol_faults"] == 0
     assert {t["name"] for t in data["targets"]} >= {"RTT p50 16 B, polling <= 4 us"}
+
+
+def test_frames_demo_checks_every_frame() -> None:
+    r = amplink("frames", "--count", "12", "--size", "64K", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "every frame checked" in r.stdout and "frames: OK" in r.stdout

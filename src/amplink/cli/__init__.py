@@ -19,14 +19,15 @@ from typing import Any
 
 from .. import __version__
 from ..errors import AmplinkError
-from . import openamp, rpmsg, rproc, sim, vhost_user
+from . import frames, openamp, rpmsg, rproc, sim, vhost_user
 from .common import EXIT_INTERRUPTED, setup_logging
 
 log = logging.getLogger(__name__)
 
 #: subcommand registration functions, in the order ``--help`` lists them
 COMMANDS: list[Callable[[Any], None]] = [
-    sim.register, openamp.register, vhost_user.register, rproc.register, rpmsg.register,
+    sim.register, frames.register, openamp.register, vhost_user.register, rproc.register,
+    rpmsg.register,
 ]
 
 

@@ -149,7 +149,56 @@ def _detail_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
         lines.append(f"    crashes: {crashes.total}, last: {crashes.last}")
         if crashes.recovery_stopped:
             lines.append(f"    automatic recovery stopped: {crashes.recovery_stopped}")
-    return lines + _channel_lines(supervisor, dev)
+    return lines + _channel_lines(supervisor, dev) + _buffer_lines(supervisor, dev)
+
+
+def _buffer_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
+    try:
+        buffers = supervisor.buffers(dev)
+    except RprocControlError:
+        return []  # not a simulated processor
+    return [f"    buffer {b.id} {b.name}: 0x{b.length:x} bytes at da 0x{b.da:x}, "
+            f"{b.access.lower()}, held by {'the host' if b.holder == 'local' else b.holder}"
+            for b in buffers]
+
+
+ACCESS_NAMES = {"r": 1, "w": 2, "rw": 3}
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A positive byte count, with an optional K, M or G suffix."""
+    number, unit = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
+    try:
+        value = int(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4096, 64K, 8M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size must be positive")
+    return value
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """amplink attach NAME SIZE [--access r|w|rw]."""
+    supervisor, dev, label = _sim_target(args)
+    att_id, da = supervisor.attach(dev, args.size, ACCESS_NAMES[args.access])
+    out(f"{label}: buffer {att_id} of 0x{args.size:x} bytes attached at da 0x{da:x}")
+    return 0
+
+
+def cmd_detach(args: argparse.Namespace) -> int:
+    """amplink detach NAME ID."""
+    supervisor, dev, label = _sim_target(args)
+    supervisor.detach(dev, args.id)
+    out(f"{label}: buffer {args.id} detached")
+    return 0
+
+
+def _sim_target(args: argparse.Namespace) -> tuple[SupervisorClient, str, str]:
+    rproc, target = _processor(args)
+    if target.supervisor is None:
+        raise CommandError("attach and detach work on simulated processors only")
+    return target.supervisor, rproc.dev, rproc.label
 
 
 def _channel_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
@@ -367,6 +416,19 @@ def register(sub: Any) -> None:
              "attached, detached or deleted."),
     ):
         add(name, func, help_, description).add_argument("name", metavar="NAME", help=NAME_HELP)
+    p = add("attach", cmd_attach, "attach a new shared buffer to a simulated processor",
+            "Allocate a buffer of SIZE bytes in the supervisor and attach it to simulated "
+            "processor NAME through its IOMMU: its firmware sees it at the device address "
+            "printed (amplink.firmware.dma). `amplink ls` lists the attached buffers.")
+    p.add_argument("name", metavar="NAME", help=NAME_HELP)
+    p.add_argument("size", metavar="SIZE", type=_size, help="bytes (suffixes K, M, G)")
+    p.add_argument("--access", choices=sorted(ACCESS_NAMES), default="rw",
+                   help="what the firmware may do with it (default rw)")
+    p = add("detach", cmd_detach, "detach a buffer that amplink attach made",
+            "Detach buffer ID from simulated processor NAME (its firmware's mapping goes) "
+            "and free it.")
+    p.add_argument("name", metavar="NAME", help=NAME_HELP)
+    p.add_argument("id", metavar="ID", type=int, help="the buffer's id (see amplink ls)")
     p = add("recovery", cmd_recovery, "show or set crash recovery",
             "Print whether processor NAME recovers from crashes; enabled/disabled set it "
             "(enabling recovers a crashed processor); recover recovers a crashed one now.")

@@ -48,6 +48,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from ..handover.port import AttachedBuffer
+from ..memory.buffers import SharedBuffer
+from ..memory.iommu import Attachment
+from ..memory.providers import allocate_buffer
 from ..paths import COREDUMP_DIR, ENV_RUNTIME_DIR, PrivateDirError, private_dir, runtime_dir
 from ..platforms.linux import protocol
 from ..platforms.linux.attributes import DEVICE_NAME, ControlSocketTree
@@ -60,6 +64,7 @@ from ..platforms.linux.errors import (
 from ..platforms.sim import SimRemoteProc
 from ..remoteproc.api import RemoteProcessor
 from ..remoteproc.core import RemoteProc
+from ..remoteproc.states import RprocState
 from .model import RemoteprocModel
 
 log = logging.getLogger(__name__)
@@ -116,6 +121,11 @@ class Crashes(NamedTuple):
     total: int
     last: str
     recovery_stopped: str
+
+
+#: the largest buffer `amplink attach` allocates (memfds are sparse: untouched pages cost
+#: nothing)
+MAX_ATTACH = 1 << 34
 
 
 def make_sim_processor(name: str, firmware: str, *, coredump_dir: Path) -> SimRemoteProc:
@@ -218,6 +228,8 @@ class Supervisor:
         self._stopping = False
         self._accept_paused_until: float | None = None  # the listener is out of the selector
         self._accept_log = _RateLimitedLog(ACCEPT_LOG_INTERVAL)
+        #: buffers `amplink attach` made, by (device, attachment id)
+        self._attached: dict[tuple[str, int], tuple[SharedBuffer, Attachment]] = {}
         self._refresh_log = _RateLimitedLog(ACCEPT_LOG_INTERVAL)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ops: dict[str, Callable[[_Client, dict[str, Any]], dict[str, Any] | None]] = {
@@ -225,6 +237,7 @@ class Supervisor:
             "write": self._op_write, "debug_read": self._op_debug_read,
             "debug_write": self._op_debug_write, "add": self._op_add, "remove": self._op_remove,
             "channels": self._op_channels, "crashes": self._op_crashes,
+            "buffers": self._op_buffers, "attach": self._op_attach, "detach": self._op_detach,
             "dev_open": self._op_dev_open,
             "dev_write": self._op_dev_write, "dev_set_release": self._op_dev_set_release,
             "dev_get_release": self._op_dev_get_release,
@@ -476,6 +489,7 @@ class Supervisor:
         if unsubscribe is not None:
             unsubscribe()
         self._m.remove(dev)
+        self._collect_buffers()  # its run ended: its buffers are detached
         log.info("%s: removed", dev)
 
     def _remove_all(self) -> None:
@@ -492,6 +506,56 @@ class Supervisor:
         if not isinstance(rproc, ReportsChannels):
             raise _fail(errno.EOPNOTSUPP, f"{rproc.name} cannot list its channels")
         return {"channels": [{"name": n, "src": s, "dst": d} for n, s, d in rproc.channels()]}
+
+    def _sim(self, m: dict[str, Any]) -> SimRemoteProc:
+        rproc = self._m.processor(self._dev(m))
+        if not isinstance(rproc, SimRemoteProc):
+            raise _fail(errno.EOPNOTSUPP, f"{rproc.name} has no simulated IOMMU")
+        return rproc
+
+    def _op_buffers(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
+        return {"buffers": [{"id": b.id, "name": b.name, "da": b.da, "length": b.length,
+                             "access": b.access, "holder": b.holder}
+                            for b in self._sim(m).attached()]}
+
+    def _op_attach(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
+        rproc = self._sim(m)
+        size = protocol.field(m, "size", int)
+        access = protocol.field(m, "access", int)
+        if not 0 < size <= MAX_ATTACH or access not in (1, 2, 3):
+            raise _fail(errno.EINVAL, f"attach: size must be 1..{MAX_ATTACH} and access "
+                                      f"1..3, got {size} and {access}")
+        if rproc.state is not RprocState.RUNNING:
+            raise _fail(errno.EINVAL, f"{rproc.name} is {rproc.state}: attach needs it running")
+        buffer = allocate_buffer(size, name=f"{rproc.name}-buf")
+        try:
+            attachment = rproc.attach(buffer, access)
+        except BaseException:
+            buffer.close()
+            raise
+        att_id = rproc.buffers.id_of(buffer)
+        assert att_id is not None
+        self._attached[(self._dev(m), att_id)] = (buffer, attachment)
+        self._collect_buffers()
+        return {"id": att_id, "da": attachment.da}
+
+    def _op_detach(self, _c: _Client, m: dict[str, Any]) -> None:
+        key = (self._dev(m), protocol.field(m, "id", int))
+        got = self._attached.pop(key, None)
+        if got is None:
+            raise _fail(errno.ENOENT, f"{key[0]}: no buffer {key[1]} attached by amplink attach")
+        buffer, attachment = got
+        rproc = self._sim(m)
+        if attachment in rproc.iommu.attachments:
+            rproc.detach(attachment)
+        buffer.close()
+
+    def _collect_buffers(self) -> None:
+        """Close the buffers of `amplink attach` whose run ended (detached with it)."""
+        for key, (buffer, _attachment) in list(self._attached.items()):
+            if not buffer.attachments:
+                del self._attached[key]
+                buffer.close()
 
     def _op_crashes(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
         rproc = self._m.processor(self._dev(m))
@@ -588,6 +652,29 @@ class SupervisorClient:
         """Shut ``dev`` down (whatever its state) and remove it; the last one ends the
         supervisor."""
         self.tree.request({"op": "remove", "dev": dev}, dev)
+
+    def buffers(self, dev: str) -> list[AttachedBuffer]:
+        """The buffers attached to ``dev`` (a simulated processor)."""
+        response = self.tree.request({"op": "buffers", "dev": dev}, dev)
+        try:
+            return [AttachedBuffer(protocol.field(b, "id", int), protocol.field(b, "name", str),
+                                   protocol.field(b, "da", int), protocol.field(b, "length", int),
+                                   protocol.field(b, "access", str),
+                                   protocol.field(b, "holder", str))
+                    for b in protocol.field(response, "buffers", list)]
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SupervisorError(f"{dev}: malformed buffer list: {exc}") from None
+
+    def attach(self, dev: str, size: int, access: int) -> tuple[int, int]:
+        """Allocate a buffer of ``size`` bytes in the supervisor and attach it to ``dev``;
+        returns its id and device address."""
+        response = self.tree.request({"op": "attach", "dev": dev, "size": size,
+                                      "access": access}, dev)
+        return protocol.field(response, "id", int), protocol.field(response, "da", int)
+
+    def detach(self, dev: str, att_id: int) -> None:
+        """Detach and free a buffer :meth:`attach` made."""
+        self.tree.request({"op": "detach", "dev": dev, "id": att_id}, dev)
 
     def channels(self, dev: str) -> list[Channel]:
         """The rpmsg channels of ``dev``."""

@@ -45,6 +45,9 @@ OPS: Mapping[str, tuple[str, ...]] = {
     "remove": ("dev",),
     "channels": ("dev",),                      # -> channels [{name, src, dst}]
     "crashes": ("dev",),                       # -> count, last, recovery_stopped
+    "buffers": ("dev",),                       # -> buffers [{id, name, da, length, access, holder}]
+    "attach": ("dev", "size", "access"),       # a new buffer attached to it -> id, da
+    "detach": ("dev", "id"),                   # detach (and free) buffer id
     "dev_open": ("dev",),                      # this connection is now /dev/remoteprocN
     "dev_write": ("value",),
     "dev_set_release": ("value",),             # RPROC_SET_SHUTDOWN_ON_RELEASE
