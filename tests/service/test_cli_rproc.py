@@ -55,6 +55,7 @@ def test_boot_ls_state_crash_recover_stop(runtime: Path, cli: Cli) -> None:
     listing = cli.ok("ls").splitlines()
     assert listing[0].split() == ["NAME", "DEVICE", "STATE", "RECOVERY", "COREDUMP", "FIRMWARE"]
     assert listing[1].split() == ["sim0", "remoteproc0", "running", "enabled", "disabled", ECHO]
+    assert "no local endpoint open" in listing[2]  # nobody opened rpmsg-echo on this side
     assert cli.ok("state", "sim0") == "running\n"
 
     firmware = children_of(supervisor)
@@ -68,6 +69,8 @@ def test_boot_ls_state_crash_recover_stop(runtime: Path, cli: Cli) -> None:
     assert cli.ok("state", "sim0") == "crashed\n"
     status, _, err = cli("coredump", "sim0", "inline")
     assert status == 1 and "recover it first" in err
+    listing = cli.ok("ls")
+    assert "crashes: 2, last: watchdog: reported by the host" in listing, listing
     assert cli.ok("recovery", "sim0", "recover") == "sim0 (remoteproc0): running\n"
     assert cli.ok("coredump", "sim0", "inline") == "inline\n"
     assert cli.ok("recovery", "sim0") == "disabled\n"
