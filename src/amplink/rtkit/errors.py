@@ -68,6 +68,7 @@ class DropReason(enum.StrEnum):
     NO_LISTENER = "application message with no open endpoint"
     QUEUE_FULL = "application endpoint's receive queue is full"
     BUFFER_REFUSED = "buffer request refused"
+    REPLY_OVERFLOW = "reply dropped: the co-processor does not read its mailbox"
 
 
 class BufferRefusal(enum.StrEnum):
