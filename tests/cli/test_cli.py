@@ -16,7 +16,8 @@ ECHO = "amplink.firmware.examples.echo"
 BENCH = ROOT / "bench" / "rpmsg_bench.py"
 SUBCOMMANDS = ["demo", "run", "ping", "openamp", "vhost-user"]
 #: the remote-processor commands, all added by one registration function (amplink.cli.rproc)
-RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash"]
+RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash",
+                     "crashlog"]
 
 
 def amplink(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -53,7 +54,7 @@ def _minimal(name: str) -> list[str]:
             "openamp": ["openamp", "host", "--client"], "ls": ["ls"], "boot": ["boot", "fw"],
             "stop": ["stop", "p"], "state": ["state", "p"],
             "recovery": ["recovery", "p", "enabled"], "coredump": ["coredump", "p", "inline"],
-            "trace": ["trace", "p"], "crash": ["crash", "p"],
+            "trace": ["trace", "p"], "crash": ["crash", "p"], "crashlog": ["crashlog", "p"],
             "vhost-user": ["vhost-user", "fw", "--socket", "s"]}[name]
 
 
