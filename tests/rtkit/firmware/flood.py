@@ -1,7 +1,7 @@
 """Echoes on endpoint 0x20, but first floods the host with messages to an endpoint it
 never announced, and tries memory it was never given."""
 
-from amplink.platforms.rtkit import DmaFault
+from amplink.platforms.rtkit.dma import DmaFault
 
 FLOOD = 2000
 PROBES = (0x0, 0x1000, 0xFFFF_FFFF_F000, 0x2_0000_0000)
