@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from common_kit import Events, wait_for
+from elftools.elf.elffile import ELFFile
 
 from amplink.errors import LinkDown
 from amplink.platforms.rtkit import RtkitRemoteProc
@@ -164,6 +165,21 @@ def test_the_syslog_survives_a_recovery(make):
         rproc.kill()
         assert events.wait("recovered")
         assert wait_for(lambda: rproc.trace().count("echo ready") == 2, 5)
+
+
+def test_a_coredump_holds_the_coprocessor_memory(make, tmp_path):
+    rproc = make(coredump="enabled")
+    events = Events(rproc)
+    with rproc.acquire():
+        assert wait_for(lambda: "echo ready" in rproc.trace(), 5)
+        rproc.crash()
+        assert events.wait("coredump") and events.wait("recovered")
+    (path,) = rproc.coredumps
+    with open(path, "rb") as f:
+        core = ELFFile(f)
+        (segment,) = [s for s in core.iter_segments() if s["p_type"] == "PT_LOAD"]
+        assert segment["p_paddr"] == 0x2_0000_0000 and segment["p_filesz"] == 64 << 10
+        assert b"echo ready on endpoint 0x20" in segment.data()  # its syslog lives there
 
 
 def test_firmware_that_does_not_exist(make, tmp_path):

@@ -4,6 +4,7 @@ crash and crashlog, shutdown."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -16,7 +17,7 @@ from amplink.errors import EndpointClosed, InvalidArgument, LinkDown, ReceiveTim
 from amplink.firmware.rtkit import BufferRequest, DmaFault, RtkitFirmware
 from amplink.memory.iommu import IommuFaultReason
 from amplink.rtkit import messages as m
-from amplink.rtkit.errors import RtkitCrashed, RtkitNotRunning
+from amplink.rtkit.errors import RtkitCrashed, RtkitNotRunning, RtkitTimeout
 
 
 def echo(fw: RtkitFirmware) -> None:
@@ -174,6 +175,16 @@ def test_idle_and_wake_keep_the_state(rig):
     assert rig.host.running
     with pytest.raises(RtkitNotRunning):
         rig.host.wake()  # running already
+
+
+def test_an_off_coprocessor_does_not_wake(rig):
+    rig.host.set_power(iop=False, state=m.PowerState.QUIESCED)
+    rig.host.set_power(iop=True, state=m.PowerState.OFF)
+    assert rig.host.statistics().iop_state == "OFF"
+    with pytest.raises(RtkitTimeout) as info:
+        rig.host.wake()
+    assert info.value.errno == errno.ETIME
+    assert rig.fw.proto.drops == {"UNEXPECTED": 1}
 
 
 def test_shutdown_frees_everything(rig):

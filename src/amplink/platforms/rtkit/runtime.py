@@ -405,11 +405,15 @@ class RtkitHost:
         if proto.iop_state != m.PowerState.ON:
             raise RtkitProtocolError(f"{self.name}: the IOP power ack says "
                                      f"{m.power_name(proto.iop_state)}, not ON")
-        self._set_power(iop=False, state=m.PowerState.ON)
+        self.set_power(iop=False, state=m.PowerState.ON)
         if self._hello_at is not None:
             self.boot_time = time.monotonic() - self._hello_at
 
-    def _set_power(self, *, iop: bool, state: int) -> None:
+    def set_power(self, *, iop: bool, state: int) -> None:
+        """Ask for IOP (``iop``) or AP power state ``state`` (:class:`~amplink.rtkit.
+        messages.PowerState`) and wait for its ack: RtkitTimeout (ETIME) after
+        ``ack_timeout``, RtkitProtocolError (EINVAL) if it acknowledges another state."""
+        m.put(state, 15, 0, "state")
         with self._cond:
             before = self.proto.iop_acks if iop else self.proto.ap_acks
         self._send_command(lambda: self.proto.set_power(iop=iop, state=state))
@@ -431,22 +435,22 @@ class RtkitHost:
 
     def shutdown(self) -> None:
         """AP QUIESCED, IOP SLEEP, reinit (apple_rtkit_shutdown)."""
-        self._set_power(iop=False, state=m.PowerState.QUIESCED)
-        self._set_power(iop=True, state=m.PowerState.SLEEP)
+        self.set_power(iop=False, state=m.PowerState.QUIESCED)
+        self.set_power(iop=True, state=m.PowerState.SLEEP)
         self.reinit()
 
     def quiesce(self) -> None:
         """AP and IOP QUIESCED, reinit; the states stay QUIESCED (apple_rtkit_quiesce)."""
-        self._set_power(iop=False, state=m.PowerState.QUIESCED)
-        self._set_power(iop=True, state=m.PowerState.QUIESCED)
+        self.set_power(iop=False, state=m.PowerState.QUIESCED)
+        self.set_power(iop=True, state=m.PowerState.QUIESCED)
         self.reinit()
         with self._cond:
             self.proto.iop_state = self.proto.ap_state = m.PowerState.QUIESCED
 
     def idle(self) -> None:
         """AP and IOP IDLE: asleep with state retained (apple_rtkit_idle)."""
-        self._set_power(iop=False, state=m.PowerState.IDLE)
-        self._set_power(iop=True, state=m.PowerState.IDLE)
+        self.set_power(iop=False, state=m.PowerState.IDLE)
+        self.set_power(iop=True, state=m.PowerState.IDLE)
 
     def wake(self) -> None:
         """IOP ON, then boot (apple_rtkit_wake); RtkitNotRunning if it is running already."""
