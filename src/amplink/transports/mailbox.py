@@ -149,6 +149,7 @@ class Mailbox:
         self._tx_tail = self._u32[self._tx_tail_at]
         self._rx_head = self._u32[self._rx_head_at]
         self._tx_lock = threading.Lock()
+        self._space_waiter = threading.Lock()
         self._sent = 0
         self._received = 0
         self._send_timeouts = 0
@@ -187,17 +188,31 @@ class Mailbox:
         :class:`MailboxSendTimeout` (ETIMEDOUT) if the FIFO stays full."""
         limit = timeout_arg(timeout)
         deadline = None if limit is None else time.monotonic() + limit
-        while True:
-            with self._tx_lock:
-                if self._push(ep, msg):
-                    return
-            remaining = FOREVER if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                self._send_timeouts += 1
-                raise MailboxSendTimeout(
-                    f"mailbox ({self.role}): the peer's FIFO stayed full for {timeout} s")
-            wait_readable(self._space.fileno(), remaining)
-            self._space.clear()
+        with self._tx_lock:
+            if self._push(ep, msg):
+                return
+        # One sender at a time sleeps on the "not full" doorbell: two sleeping on it, one
+        # could consume the ring the other needed and leave it asleep until its timeout.
+        if not self._space_waiter.acquire(timeout=-1 if deadline is None
+                                          else max(0.0, deadline - time.monotonic())):
+            raise self._timed_out(timeout)
+        try:
+            while True:
+                with self._tx_lock:
+                    if self._push(ep, msg):
+                        return
+                remaining = FOREVER if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._timed_out(timeout)
+                wait_readable(self._space.fileno(), remaining)
+                self._space.clear()
+        finally:
+            self._space_waiter.release()
+
+    def _timed_out(self, timeout: float | None) -> MailboxSendTimeout:
+        self._send_timeouts += 1
+        return MailboxSendTimeout(
+            f"mailbox ({self.role}): the peer's FIFO stayed full for {timeout} s")
 
     # -- receiving -----------------------------------------------------------------------------
     def try_recv(self) -> tuple[int, int] | None:
