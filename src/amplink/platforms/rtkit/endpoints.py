@@ -18,6 +18,7 @@ from typing import Protocol
 from ..._args import FOREVER, timeout_arg
 from ...errors import EndpointClosed, ReceiveTimeout
 from ...rtkit import messages as m
+from ...rtkit.errors import DropReason
 from ...transports.mailbox import SEND_TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -96,20 +97,20 @@ class RtkitEndpoint:
                 raise self._error
             return None
 
-    def _deliver(self, msg: int) -> bool:
-        """Called by the dispatcher (no lock held); False if the message was dropped."""
+    def _deliver(self, msg: int) -> DropReason | None:
+        """Called by the dispatcher (no lock held); why the message was dropped, if it was."""
         with self._cond:
             if self._error is not None:
-                return False
+                return DropReason.NO_LISTENER  # closed (or down) since it was looked up
             callback = self._callback
             if callback is None:
                 if len(self._queue) >= self._limit:
                     self.dropped += 1
-                    return False
+                    return DropReason.QUEUE_FULL
                 self._queue.append(msg)
                 self.received += 1
                 self._cond.notify()
-                return True
+                return None
             self.received += 1
             self._in_callback += 1
             self._callback_thread = threading.get_ident()
@@ -121,7 +122,7 @@ class RtkitEndpoint:
             with self._cond:
                 self._in_callback -= 1
                 self._cond.notify_all()
-        return True
+        return None
 
     # -- lifetime ------------------------------------------------------------------------------
     def _down(self, error: BaseException) -> None:

@@ -133,7 +133,7 @@ class RtkitHost:
         self._replies_dropped = 0
         self._endpoints: dict[int, RtkitEndpoint] = {}
         self._iop_baseline = 0  # IOP acks counted before the boot or wake under way
-        self._pongs: set[int] = set()
+        self._pings: dict[int, bool] = {}  # cookie -> answered, for the pings under way
         self._cookies = itertools.count(1)
         self._warned: set[str] = set()
         self._hello_at: float | None = None
@@ -243,8 +243,9 @@ class RtkitHost:
                 for event in events:
                     self._do(event, deliveries)
         for endpoint, msg in deliveries:  # outside every lock
-            if not endpoint._deliver(msg):
-                self._count_drop(h.Dropped(endpoint.ep, msg, DropReason.QUEUE_FULL))
+            dropped = endpoint._deliver(msg)
+            if dropped is not None:
+                self._count_drop(h.Dropped(endpoint.ep, msg, dropped))
         return self.mailbox.rx_pending()
 
     def _do(self, event: h.Event, deliveries: list[tuple[RtkitEndpoint, int]]) -> None:
@@ -265,10 +266,17 @@ class RtkitHost:
             self._read_syslog(event)
         elif isinstance(event, h.CrashReported):
             self._crashed()
-        else:  # BootResult, PowerAck, Pong: a waiter looks at the state
+        elif isinstance(event, h.Pong):
             with self._cond:
-                if isinstance(event, h.Pong):
-                    self._pongs.add(event.cookie)
+                expected = event.cookie in self._pings
+                if expected:
+                    self._pings[event.cookie] = True
+                    self._cond.notify_all()
+            if not expected:  # not kept: a flood of them must not grow memory
+                self._count_drop(h.Dropped(m.EP_MGMT, m.pong(event.cookie),
+                                           DropReason.UNEXPECTED, "PONG to no PING"))
+        else:  # BootResult, PowerAck: a waiter looks at the state
+            with self._cond:
                 self._cond.notify_all()
 
     def _reply(self, send: h.Send) -> None:
@@ -464,12 +472,16 @@ class RtkitHost:
     def ping(self) -> float:
         """Round-trip time (s) of a PING to its PONG (RtkitTimeout after ``ack_timeout``)."""
         cookie = next(self._cookies) & 0xFFFFFFFF
-        start = time.monotonic()
-        self._send_command(lambda: self.proto.ping(cookie))
-        self._wait(lambda: cookie in self._pongs, "no PONG")
         with self._cond:
-            self._pongs.discard(cookie)
-        return time.monotonic() - start
+            self._pings[cookie] = False
+        try:
+            start = time.monotonic()
+            self._send_command(lambda: self.proto.ping(cookie))
+            self._wait(lambda: self._pings[cookie], "no PONG")
+            return time.monotonic() - start
+        finally:
+            with self._cond:
+                del self._pings[cookie]
 
     def request_crash(self) -> None:
         """Ask the co-processor to crash (it writes its crashlog, then says so)."""
