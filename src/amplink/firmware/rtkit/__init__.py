@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from typing import NoReturn
 
-from ...errors import InvalidArgument, LinkDown
+from ...errors import AddressError, InvalidArgument, LinkDown, PeerTimeout
 from ...memory.region import SharedRegion
 from ...notify.waiter import wait_readable
 from ...platforms import sim_layout as L
@@ -95,8 +95,8 @@ class RtkitFirmware:
         self._dispatching = False
         self.started = False
         self.halted = False
-        #: counters: syslog messages dropped (no buffer, slot never acknowledged),
-        #: sends that timed out, messages from the host that were dropped
+        #: syslog messages dropped (no buffer yet, or a slot never acknowledged), and sends
+        #: that timed out; what the host sent that was dropped is ``proto.drops``
         self.dropped_logs = 0
         self.send_timeouts = 0
 
@@ -291,7 +291,7 @@ class RtkitFirmware:
             if ready is not None:
                 try:
                     self._store(ready.iova, self.build_crashlog(reason, ready.size))
-                except (DmaFault, LinkDown) as exc:
+                except (AddressError, LinkDown, PeerTimeout) as exc:  # DmaFault included
                     log.warning("%s: the crashlog could not be written: %s", self.name, exc)
             message = proto.crash_message()
             try:
@@ -312,14 +312,6 @@ class RtkitFirmware:
             if len(data) <= size or not history:
                 return data[:size]
             history.pop(0)
-
-    def statistics(self) -> dict[str, object]:
-        """Counters: drops by reason, syslog drops, send timeouts, power states."""
-        proto = self._proto
-        return {"drops": dict(proto.drops) if proto else {}, "dropped_logs": self.dropped_logs,
-                "send_timeouts": self.send_timeouts,
-                "iop_state": m.power_name(proto.iop_state) if proto else "OFF",
-                "ap_state": m.power_name(proto.ap_state) if proto else "OFF"}
 
     def close(self) -> None:
         """Release the mailbox, memory bus, SRAM and lifeline."""
