@@ -187,11 +187,17 @@ class RtkitOps(PlatformOps):
             for thing in reversed(owned):
                 thing.close()  # type: ignore[attr-defined]
             raise
-        self.process = FirmwareProcess(popen, lifeline, [], o.name)
-        self.host = RtkitHost(
-            Mailbox(region, Role.AP, data, space), iommu=self.iommu, name=o.name,
-            dma=DmaServer(dma, self.iommu), mmio=sram, syslog=self.syslog,
-            ack_timeout=o.ack_timeout, buffer_budget=o.buffer_budget, map_iova=o.map_iova)
+        self.process = FirmwareProcess(popen, lifeline, [], o.name)  # stop() ends it
+        try:
+            self.host = RtkitHost(
+                Mailbox(region, Role.AP, data, space), iommu=self.iommu, name=o.name,
+                dma=DmaServer(dma, self.iommu), mmio=sram, syslog=self.syslog,
+                ack_timeout=o.ack_timeout, buffer_budget=o.buffer_budget,
+                map_iova=o.map_iova)
+        except BaseException:
+            for thing in (region, data, space, dma):
+                thing.close()
+            raise
         self.host.start()
 
     def doorbell(self, vdev: VdevResource) -> Doorbell:
