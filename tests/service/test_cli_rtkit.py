@@ -4,73 +4,19 @@ isolated runtime directory."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
-import signal
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rig_kit import children_of, process_alive, wait_for
+from served_kit import Cli
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "platforms"))
-
-from rig_kit import children_of, process_alive, wait_for  # noqa: E402
-
-from amplink.cli import main as amplink_main  # noqa: E402
-from amplink.platforms.linux import RprocControlError, SupervisorUnavailable  # noqa: E402
-from amplink.service.supervisor import (  # noqa: E402
-    ENV_RUNTIME_DIR,
-    connect_supervisor,
-    ensure_supervisor,
-    read_pid_file,
-)
+from amplink.platforms.linux import RprocControlError
+from amplink.service.supervisor import ensure_supervisor, read_pid_file
 
 ECHO = "amplink.firmware.examples.rtkit_echo"
 SIM_ECHO = "amplink.firmware.examples.echo"
 TIMEOUT = 10.0
-
-
-@pytest.fixture
-def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """An isolated $AMPLINK_RUNTIME_DIR; nothing started in it may outlive the test."""
-    root = tmp_path / "rt"
-    monkeypatch.setenv(ENV_RUNTIME_DIR, str(root))
-    yield root
-    pid = read_pid_file(root)
-    if pid is None or not process_alive(pid):
-        return
-    children = children_of(pid)
-    client = connect_supervisor(root)
-    if client is not None:
-        with contextlib.suppress(SupervisorUnavailable):
-            for dev in client.tree.devices():
-                client.remove(dev)
-    if not wait_for(lambda: not process_alive(pid), TIMEOUT):
-        os.kill(pid, signal.SIGKILL)
-        pytest.fail(f"the supervisor {pid} did not exit with its last processor")
-    assert wait_for(lambda: not any(process_alive(c) for c in children), 5.0)
-
-
-class Cli:
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        status = amplink_main(list(argv))
-        out, err = self.capsys.readouterr()
-        return status, out, err
-
-    def ok(self, *argv: str) -> str:
-        status, out, err = self(*argv)
-        assert status == 0, (argv, out, err)
-        return out
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(capsys)
 
 
 def test_an_rtkit_coprocessor_from_the_command_line(runtime: Path, cli: Cli) -> None:
