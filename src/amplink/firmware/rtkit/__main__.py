@@ -10,15 +10,12 @@ stops it; a failure before the firmware said HELLO is reported on the lifeline.
 
 from __future__ import annotations
 
-import inspect
 import logging
-import os
 import sys
 
 from ...errors import LinkDown
-from ...platforms import sim_layout as L
 from .. import report_failure
-from ..__main__ import load_entry
+from ..__main__ import call_entry, load_entry, usage
 from . import Halted, connect
 
 log = logging.getLogger("amplink.firmware.rtkit")
@@ -26,11 +23,9 @@ log = logging.getLogger("amplink.firmware.rtkit")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if argv else 2
-    logging.basicConfig(level=os.environ.get(L.ENV_LOG, "WARNING"),
-                        format="firmware %(levelname)s %(name)s: %(message)s")
+    status = usage(argv, __doc__ or "")
+    if status is not None:
+        return status
     try:
         entry = load_entry(argv[0])
         fw = connect()
@@ -39,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         report_failure(f"{type(exc).__name__}: {exc}")
         return 1
     try:
-        if len(inspect.signature(entry).parameters) >= 2:
-            entry(fw, argv[1:])
-        else:
-            entry(fw)
+        call_entry(entry, fw, argv[1:])
         fw.run()
     except Halted:
         fw.halt()  # a crashed co-processor runs nothing until the host stops it
