@@ -26,35 +26,25 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import benchkit  # first: it finds amplink in a checkout
-from benchkit import HOST_CORE, PEER_CORE, can_pin, progress, quiet_gc, table, write_json
+from benchkit import (
+    HOST_CORE,
+    PEER_CORE,
+    can_pin,
+    pinned,
+    progress,
+    quiet_gc,
+    table,
+    write_json,
+)
 
 from amplink.perf import Summary, percentiles
 from amplink.platforms.rtkit import RtkitRemoteProc
 
 FIRMWARE = "amplink.firmware.examples.rtkit_echo"
 ECHO = 0x20
-
-
-@contextmanager
-def pinned(peer_pid: int, enabled: bool) -> Iterator[bool]:
-    """Every thread of this process on HOST_CORE, every thread of the peer on PEER_CORE."""
-    if not enabled:
-        yield False
-        return
-    saved = os.sched_getaffinity(0)
-    try:
-        for pid, core in ((os.getpid(), HOST_CORE), (peer_pid, PEER_CORE)):
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                os.sched_setaffinity(int(tid), {core})
-        yield True
-    finally:
-        for tid in os.listdir(f"/proc/{os.getpid()}/task"):
-            os.sched_setaffinity(int(tid), saved)
 
 
 def measure_boots(count: int) -> dict[str, list[float]]:
@@ -76,7 +66,7 @@ def measure_rtts(count: int, warmup: int, pin: bool) -> dict[str, Any]:
     with rproc.acquire():
         ep = rproc.open_endpoint(ECHO)
         assert rproc.process is not None
-        with pinned(rproc.process.pid, pin) as was_pinned:
+        with pinned(rproc.process.pid, pin, whole_host=True) as was_pinned:
             for i in range(warmup):
                 ep.send(i)
                 ep.recv(timeout=5)
