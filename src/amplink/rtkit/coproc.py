@@ -60,14 +60,6 @@ class BufferReady:
 
 
 @dataclass(frozen=True, slots=True)
-class PowerChanged:
-    """The IOP (``iop``) or AP power state changed to ``state``."""
-
-    iop: bool
-    state: int
-
-
-@dataclass(frozen=True, slots=True)
 class BuffersReleased:
     """The IOP went to SLEEP or QUIESCED: the host frees every buffer (its reinit)."""
 
@@ -82,8 +74,8 @@ class CrashRequested:
     """The host asked the co-processor to crash (crashlog endpoint, 0x40)."""
 
 
-CoprocEvent = (Send | BufferReady | PowerChanged | BuffersReleased | SyslogAck
-               | CrashRequested | AppMessage | Dropped)
+CoprocEvent = (Send | BufferReady | BuffersReleased | SyslogAck | CrashRequested | AppMessage
+               | Dropped)
 
 
 class CoprocPhase(enum.Enum):
@@ -195,8 +187,7 @@ class CoprocProtocol:
             return self._iop_power(msg)
         if kind == m.MgmtType.SET_AP_PWR_STATE:
             self.ap_state = m.power_state(msg)
-            return [Send(m.EP_MGMT, m.power(m.MgmtType.SET_AP_PWR_STATE, self.ap_state)),
-                    PowerChanged(False, self.ap_state)]
+            return [Send(m.EP_MGMT, m.power(m.MgmtType.SET_AP_PWR_STATE, self.ap_state))]
         if kind == m.MgmtType.PING:
             return [Send(m.EP_MGMT, m.pong(m.cookie(msg)))]
         return [self._drop(m.EP_MGMT, msg, DropReason.UNKNOWN_TYPE, f"management type 0x{kind:x}")]
@@ -272,8 +263,7 @@ class CoprocProtocol:
             return []
         self.phase = CoprocPhase.UP
         self.iop_state = m.PowerState.ON.value
-        return [Send(m.EP_MGMT, m.power(m.MgmtType.IOP_PWR_STATE_ACK, self.iop_state)),
-                PowerChanged(True, self.iop_state)]
+        return [Send(m.EP_MGMT, m.power(m.MgmtType.IOP_PWR_STATE_ACK, self.iop_state))]
 
     def _iop_power(self, msg: int) -> list[CoprocEvent]:
         state = m.power_state(msg)
@@ -285,13 +275,13 @@ class CoprocProtocol:
                 return [self._drop(m.EP_MGMT, msg, DropReason.UNEXPECTED,
                                    "IOP ON after OFF: an OFF co-processor cannot restart")]
             self.iop_state = state  # from IDLE (state retained) or ON already
-            return [ack, PowerChanged(True, state)]
+            return [ack]
         if state in (m.PowerState.SLEEP, m.PowerState.QUIESCED):
             self.iop_state = state
             self.phase = CoprocPhase.RESET
             self._reset_session()
-            return [ack, BuffersReleased(), PowerChanged(True, state)]
+            return [ack, BuffersReleased()]
         if state in (m.PowerState.IDLE, m.PowerState.OFF):
             self.iop_state = state
-            return [ack, PowerChanged(True, state)]
+            return [ack]
         return [self._drop(m.EP_MGMT, msg, DropReason.UNKNOWN_TYPE, f"IOP power state 0x{state:x}")]

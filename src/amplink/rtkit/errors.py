@@ -79,7 +79,6 @@ class BufferRefusal(enum.StrEnum):
     DUPLICATE = "that endpoint has a buffer already"
     UNMAPPABLE = "the IOVA cannot be mapped"
     MMIO_RANGE = "the range runs outside the device-local memory"
-    NO_HOOK = "the co-processor chose an IOVA and no platform hook maps it"
 
 
 class BufferRequestError(RemoteProtocolError, ValueError):

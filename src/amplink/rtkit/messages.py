@@ -171,7 +171,6 @@ def cookie(msg: int) -> int:
 # buffer requests (crashlog, syslog, ioreport): type 1
 BUFFER_REQUEST = 1
 PAGE_SIZE = 0x1000
-MAX_BUFFER_PAGES = 0xFF
 IOVA_BITS = 44
 
 
