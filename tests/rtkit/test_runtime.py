@@ -239,3 +239,22 @@ def test_close_fails_blocked_receivers_and_later_calls():
     assert waiter.join(5) and isinstance(waiter.error, LinkDown)
     with pytest.raises(LinkDown):
         ep.send(1)
+
+
+def test_callbacks_run_without_the_runtime_locks(rig):
+    # an IOMMU fault subscriber and a crash watcher may call back into the runtime
+    faults = []
+    rig.iommu.subscribe(lambda fault: faults.append(rig.host.statistics().iommu_faults))
+    with pytest.raises(DmaFault):
+        rig.fw.dma_read(0x1234_0000, 4)  # served by the host's memory-bus thread
+    assert faults == [1]
+    watched = []
+
+    def watcher(_crashlog, summary):
+        rig.host.reinit()  # takes the dispatch and buffer locks
+        watched.append((summary, rig.host.statistics().crashed))
+
+    rig.host.watch_crash(watcher)
+    rig.host.request_crash()
+    assert wait_for(lambda: watched, 5)
+    assert watched == [("RTKit crashlog: crash requested by the host", False)]

@@ -17,9 +17,11 @@ u16 pad; u32 length}`` followed, for a read, by the bytes. ``op`` 1 reads, 2 wri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from ...errors import AddressError, LinkDown, PeerTimeout
@@ -61,8 +63,7 @@ class DmaServer:
     """The host's end: serves the co-processor's accesses through ``iommu``.
 
     Non-blocking: :meth:`serve` handles what is waiting and returns, so the runtime
-    polls :meth:`fileno` with its other sources. The runtime serialises :meth:`serve`
-    with detaching and closing buffers, so a translated buffer stays open for the access.
+    polls :meth:`fileno` with its other sources.
     """
 
     def __init__(self, sock: socket.socket, iommu: Iommu) -> None:
@@ -76,8 +77,14 @@ class DmaServer:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def serve(self, budget: int = 16) -> int:
-        """Serve up to ``budget`` waiting requests; returns how many were taken."""
+    def serve(self, budget: int = 16, lock: AbstractContextManager[object] | None = None) -> int:
+        """Serve up to ``budget`` waiting requests; returns how many were taken.
+
+        Each access is made holding ``lock``, the runtime's guard against buffers being
+        detached and freed meanwhile; the translation (and the IOMMU's fault subscribers
+        it may call) happens before, without it.
+        """
+        guard = contextlib.nullcontext() if lock is None else lock
         done = 0
         while done < budget and not self.closed_by_peer:
             try:
@@ -91,10 +98,10 @@ class DmaServer:
                 break
             done += 1
             self._requests += 1
-            self._answer(self._handle(data))
+            self._answer(self._handle(data, guard))
         return done
 
-    def _handle(self, data: bytes) -> bytes:
+    def _handle(self, data: bytes, lock: AbstractContextManager[object]) -> bytes:
         if len(data) < REQUEST.size:
             return self._bad(f"a request of {len(data)} bytes")
         op, length, da = REQUEST.unpack_from(data)
@@ -108,10 +115,14 @@ class DmaServer:
         except IommuFault as exc:  # recorded, counted and logged by the IOMMU
             self._faults += 1
             return ANSWER.pack(STATUS_FAULT, _REASONS.index(exc.fault.reason), 0)
-        if op == OP_READ:
-            self._read += length
-            return ANSWER.pack(STATUS_OK, 0, length) + buffer.read(offset, length)
-        buffer.write(body, offset)
+        with lock:
+            if buffer.closed or not buffer.attachments:  # detached since the translation
+                self._faults += 1
+                return ANSWER.pack(STATUS_FAULT, _REASONS.index(IommuFaultReason.UNMAPPED), 0)
+            if op == OP_READ:
+                self._read += length
+                return ANSWER.pack(STATUS_OK, 0, length) + buffer.read(offset, length)
+            buffer.write(body, offset)
         self._written += length
         return ANSWER.pack(STATUS_OK, 0, 0)
 

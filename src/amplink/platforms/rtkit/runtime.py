@@ -221,8 +221,7 @@ class RtkitHost:
             while not dma.closed_by_peer:  # gone: the process died, its crash watch reports
                 if self._wake_fd in {fd for fd, _ in poller.poll()}:
                     return
-                with self._buffers:  # what it translates stays attached for the access
-                    dma.serve()
+                dma.serve(lock=self._buffers)  # what it accesses is not freed meanwhile
         except Exception:  # noqa: BLE001 - a bug here must be seen, and end the run clearly
             log.exception("%s: the memory bus failed", self.name)
             self._fatal("the host's memory bus failed")
@@ -230,6 +229,7 @@ class RtkitHost:
     def _drain(self) -> bool:
         """Handle up to DISPATCH_BUDGET messages; True if more may be waiting."""
         deliveries: list[tuple[RtkitEndpoint, int]] = []
+        crash: str | None = None
         with self._dispatch:
             for _ in range(DISPATCH_BUDGET):
                 got = self.mailbox.try_recv()
@@ -241,7 +241,12 @@ class RtkitHost:
                 with self._cond:
                     events = self.proto.receive(ep, msg)
                 for event in events:
-                    self._do(event, deliveries)
+                    if isinstance(event, h.CrashReported):
+                        crash = self._read_crashlog()
+                    else:
+                        self._do(event, deliveries)
+        if crash is not None:  # outside every lock: it calls the crash watcher
+            self._fatal(crash, crashed=True)
         for endpoint, msg in deliveries:  # outside every lock
             dropped = endpoint._deliver(msg)
             if dropped is not None:
@@ -264,8 +269,6 @@ class RtkitHost:
             self._serve_buffer(event)
         elif isinstance(event, h.SyslogRead):
             self._read_syslog(event)
-        elif isinstance(event, h.CrashReported):
-            self._crashed()
         elif isinstance(event, h.Pong):
             with self._cond:
                 expected = event.cookie in self._pings
@@ -275,7 +278,7 @@ class RtkitHost:
             if not expected:  # not kept: a flood of them must not grow memory
                 self._count_drop(h.Dropped(m.EP_MGMT, m.pong(event.cookie),
                                            DropReason.UNEXPECTED, "PONG to no PING"))
-        else:  # BootResult, PowerAck: a waiter looks at the state
+        else:  # BootResult, PowerAck: a waiter looks at the state (CrashReported: _drain)
             with self._cond:
                 self._cond.notify_all()
 
@@ -333,7 +336,8 @@ class RtkitHost:
         if syslog_log.isEnabledFor(logging.INFO):
             syslog_log.info("%s: %s", self.name, entry)
 
-    def _crashed(self) -> None:
+    def _read_crashlog(self) -> str:
+        """Read and parse the crashlog; keep the report; return the crash's summary."""
         with self._buffers:
             buffer = self.buffers.get(m.EP_CRASHLOG)
             shadow = None if buffer is None else buffer.read(0, buffer.size)
@@ -349,7 +353,7 @@ class RtkitHost:
                 f"RTKit crashlog with {len(crashlog.errors)} problem(s)")
         self.crash_report = report
         log.error("%s: the co-processor crashed:\n%s", self.name, report.rstrip())
-        self._fatal(summary, crashed=True)
+        return summary
 
     def _fatal(self, summary: str, *, crashed: bool = False) -> None:
         """The run is over: fail the waiters and endpoints, tell the crash watcher."""
