@@ -112,9 +112,9 @@ def measure_mode(mode: str, params: Params, pin: bool) -> dict[str, Any]:
                 s = link.statistics()
                 result["statistics"] = {
                     "safety_net_wakeups": s.safety_net_wakeups, "sleeps": s.sleeps,
-                    "messages_sent": s.messages_sent, "kicks_sent": s.transport["kicks_sent"],
-                    "protocol_faults": sum(s.transport["protocol_faults"].values()),
-                    "malformed_rx": s.transport["malformed_rx"]}
+                    "messages_sent": s.messages_sent, "kicks_sent": s.backend["kicks_sent"],
+                    "protocol_faults": sum(s.backend["protocol_faults"].values()),
+                    "malformed_rx": s.backend["malformed_rx"]}
                 ep.close()  # the name-service destroy ends the remote
             finally:
                 link.close()

@@ -65,12 +65,18 @@ from amplink.perf import (
 ECHO_FIRMWARE = "amplink.firmware.examples.echo"
 SINK_FIRMWARE = "amplink.firmware.examples.sink"
 OS_PIPE_HEADER = struct.Struct("<QQ")  # count, size of the next one-way run
+TIMEOUT = 10.0  # s, any wait of a zero-copy run
+_SAME = b"same"  # a zero-copy reply that equals its request (compared in place)
 
-PEERS = ("amplink-blocking", "amplink-polling", "mp.Pipe", "os.pipe")
-AMPLINK_PEERS = PEERS[:2]
-BASELINES = PEERS[2:]
+PEERS = ("amplink-blocking", "amplink-polling", "amplink-zc-blocking", "amplink-zc-polling",
+         "mp.Pipe", "os.pipe")
+AMPLINK_PEERS = PEERS[:4]
+BASELINES = PEERS[4:]
 TITLES = {"amplink-blocking": "amplink blocking", "amplink-polling": "amplink polling",
+          "amplink-zc-blocking": "zero-copy blocking", "amplink-zc-polling": "zero-copy polling",
           "mp.Pipe": "mp.Pipe", "os.pipe": "os.pipe"}
+SHORT = {"amplink-blocking": "blocking", "amplink-polling": "polling",
+         "amplink-zc-blocking": "zc-blocking", "amplink-zc-polling": "zc-polling"}
 
 TARGET_ONE_WAY_POLL = 1_000_000  # msg/s, 16 B, polling mode
 TARGET_RTT_POLL = 4e-6           # s, 16 B, polling mode
@@ -101,31 +107,68 @@ class Session(Protocol):
 
 
 class AmplinkSession:
-    """A SimProcessor running the echo or the sink example firmware."""
+    """A SimProcessor running the echo or the sink example firmware.
 
-    def __init__(self, firmware: str, service: str, poll: bool, spin: float) -> None:
+    ``zero_copy``: the host fills loaned transmit buffers in place and reads replies as
+    held receive buffers (compared in place, then released: inside the timed window,
+    as the copying receive re-posts its buffer inside it); the firmware is the same.
+    """
+
+    def __init__(self, firmware: str, service: str, poll: bool, spin: float,
+                 zero_copy: bool = False) -> None:
         self.proc = SimProcessor(firmware, name="bench", poll_mode=poll, spin=spin)
         self.proc.start()
         try:
-            self.ep = self.proc.link.open_channel(service, timeout=10.0)
+            self.ep = self.proc.link.open_channel(service, timeout=10.0, hold=zero_copy)
         except BaseException:
             self.proc.stop()
             raise
         assert self.proc.process is not None
         self.pid = self.proc.process.pid
+        self.zero_copy = zero_copy
+
+    def _send_loaned(self, data: bytes) -> None:
+        loan = self.ep.loan(TIMEOUT)
+        n = len(data)
+        loan.view[:n] = data
+        loan.send(n)
 
     def round_trips(self, size: int, count: int, warmup: int) -> list[float]:
-        return measure_round_trip(self.ep, size, count, warmup)
+        if not self.zero_copy:
+            return measure_round_trip(self.ep, size, count, warmup)
+        recv_held = self.ep.recv_held
+
+        def recv() -> bytes:
+            with recv_held(TIMEOUT) as msg:
+                return _SAME if msg.view == self._last else bytes(msg.view)
+
+        def send(data: bytes) -> None:
+            self._last = data
+            self._send_loaned(data)
+
+        return time_round_trips(send, recv, make_payloads(size), count, warmup,
+                                expect=lambda data: _SAME)
 
     def one_way(self, size: int, count: int, warmup: int) -> OneWayResult:
-        return measure_one_way(self.ep, size, count, warmup)
+        if not self.zero_copy:
+            return measure_one_way(self.ep, size, count, warmup)
+        ep = self.ep
+
+        def finish() -> tuple[int, int]:
+            ep.send(b"", timeout=TIMEOUT)
+            messages, nbytes = SINK_REPORT.unpack(ep.recv(TIMEOUT))
+            return messages, nbytes
+
+        data = make_payloads(size, 1)[0]
+        time_one_way(self._send_loaned, finish, data, warmup)
+        return time_one_way(self._send_loaned, finish, data, count)
 
     def statistics(self) -> dict[str, int]:
         s = self.proc.link.statistics()
         return {"safety_net_wakeups": s.safety_net_wakeups, "sleeps": s.sleeps,
                 "messages_sent": s.messages_sent, "messages_received": s.messages_received,
-                "kicks_sent": int(s.transport.get("kicks_sent", 0)),
-                "protocol_faults": sum(dict(s.transport.get("protocol_faults", {})).values())}
+                "kicks_sent": int(s.backend.get("kicks_sent", 0)),
+                "protocol_faults": sum(dict(s.backend.get("protocol_faults", {})).values())}
 
     def close(self) -> None:
         code = self.proc.stop()
@@ -305,7 +348,8 @@ def open_session(peer: str, sink: bool, spin: float) -> Session:
     if peer in AMPLINK_PEERS:
         firmware, service = (SINK_FIRMWARE, "rpmsg-sink") if sink else (ECHO_FIRMWARE,
                                                                         "rpmsg-echo")
-        return AmplinkSession(firmware, service, poll=peer == "amplink-polling", spin=spin)
+        return AmplinkSession(firmware, service, poll=peer.endswith("polling"), spin=spin,
+                              zero_copy=peer.startswith("amplink-zc"))
     if peer == "mp.Pipe":
         return MpPipeSession(sink)
     if peer == "os.pipe":
@@ -461,8 +505,7 @@ def report(data: dict[str, Any], params: Params) -> str:
     if pairs:
         out += ["", "ratios amplink/peer of the medians (RTT: below 1 is faster than the "
                 "peer; one-way: above 1 is faster)", ""]
-        short = {"amplink-blocking": "blocking", "amplink-polling": "polling"}
-        head = ["metric"] + [f"{short[p.split('/')[0]]}/{p.split('/')[1]}" for p in pairs]
+        head = ["metric"] + [f"{SHORT[p.split('/')[0]]}/{p.split('/')[1]}" for p in pairs]
         lines = [head]
         for row in rows(params):
             if row.key == "mb_per_s":

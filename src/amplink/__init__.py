@@ -23,10 +23,23 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         LinkDown,
         MessageTooLarge,
         NoBufferAvailable,
+        NotSupported,
         PeerTimeout,
         ReceiveTimeout,
         RemoteProtocolError,
         SendTimeout,
+    )
+    from .link import (
+        Capabilities,
+        Endpoint,
+        EndpointStatistics,
+        HeldMessage,
+        Link,
+        LinkStatistics,
+        RpmsgBus,
+        RpmsgChannel,
+        RpmsgDriver,
+        TxLoan,
     )
     from .memory import SharedRegion
     from .platforms.inprocess import LinkPair
@@ -34,7 +47,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .platforms.openamp import OpenAmpConfig, OpenAmpLink, StaleSharedMemory
     from .platforms.rtkit import RtkitEndpoint, RtkitRemoteProc
     from .platforms.sim import FirmwareStartError, SimProcessor, SimRemoteProc
-    from .platforms.sim_layout import LinkConfig
+    from .platforms.sim.layout import LinkConfig
     from .remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
     from .remoteproc.constants import FW_RSC_ADDR_ANY
     from .remoteproc.core import RemoteProc, RestartPolicy
@@ -42,10 +55,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .remoteproc.errors import NotBooted, RprocBusy
     from .remoteproc.rsc_table import Carveout, DevMem, ResourceTable, Trace
     from .remoteproc.states import InvalidTransition, RprocState
-    from .rpmsg.bus import RpmsgBus
-    from .rpmsg.channel import RpmsgChannel, RpmsgDriver
-    from .rpmsg.endpoint import Endpoint
-    from .rpmsg.stats import EndpointStatistics, LinkStatistics
     from .rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_NS_ADDR
     from .virtio.vdev import VIRTIO_ID_RPMSG, VdevEntry, VringEntry
 
@@ -59,6 +68,7 @@ _EXPORTS = {
     "FirmwareError": ".errors",
     "InvalidArgument": ".errors",
     "InvalidArgumentType": ".errors",
+    "NotSupported": ".errors",
     "LinkDown": ".errors",
     "MessageTooLarge": ".errors",
     "NoBufferAvailable": ".errors",
@@ -78,7 +88,7 @@ _EXPORTS = {
     "FirmwareStartError": ".platforms.sim",
     "SimProcessor": ".platforms.sim",
     "SimRemoteProc": ".platforms.sim",
-    "LinkConfig": ".platforms.sim_layout",
+    "LinkConfig": ".platforms.sim.layout",
     "CrashReason": ".remoteproc.api",
     "RemoteProcessor": ".remoteproc.api",
     "RprocEvent": ".remoteproc.api",
@@ -94,12 +104,16 @@ _EXPORTS = {
     "Trace": ".remoteproc.rsc_table",
     "InvalidTransition": ".remoteproc.states",
     "RprocState": ".remoteproc.states",
-    "RpmsgBus": ".rpmsg.bus",
-    "RpmsgChannel": ".rpmsg.channel",
-    "RpmsgDriver": ".rpmsg.channel",
-    "Endpoint": ".rpmsg.endpoint",
-    "EndpointStatistics": ".rpmsg.stats",
-    "LinkStatistics": ".rpmsg.stats",
+    "Capabilities": ".link",
+    "Endpoint": ".link",
+    "EndpointStatistics": ".link",
+    "HeldMessage": ".link",
+    "Link": ".link",
+    "LinkStatistics": ".link",
+    "RpmsgBus": ".link",
+    "RpmsgChannel": ".link",
+    "RpmsgDriver": ".link",
+    "TxLoan": ".link",
     "RPMSG_ADDR_ANY": ".rpmsg.wire",
     "RPMSG_NS_ADDR": ".rpmsg.wire",
     "VIRTIO_ID_RPMSG": ".virtio.vdev",
@@ -110,14 +124,15 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "FW_RSC_ADDR_ANY", "RPMSG_ADDR_ANY", "RPMSG_NS_ADDR", "VIRTIO_ID_RPMSG", "AddressError",
-    "AmplinkError", "Carveout", "CoredumpMode", "CrashReason", "DevMem", "Endpoint",
-    "EndpointClosed", "EndpointStatistics", "FirmwareError", "FirmwareStartError",
-    "InvalidArgument", "InvalidArgumentType", "InvalidTransition", "LinkConfig", "LinkDown",
-    "LinkPair", "LinkStatistics", "LinuxRemoteProc", "MessageTooLarge", "NoBufferAvailable",
-    "NotBooted", "OpenAmpConfig", "OpenAmpLink", "PeerTimeout", "ReceiveTimeout", "RemoteProc",
-    "RemoteProcessor", "RemoteProtocolError", "ResourceTable", "RestartPolicy", "RpmsgBus",
-    "RtkitEndpoint", "RtkitRemoteProc",
-    "RpmsgChannel", "RpmsgDriver", "RprocBusy", "RprocEvent", "RprocState", "SendTimeout",
-    "SharedRegion", "SimProcessor", "SimRemoteProc", "StaleSharedMemory", "Trace", "VdevEntry",
+    "AmplinkError", "Capabilities", "Carveout", "CoredumpMode", "CrashReason", "DevMem",
+    "Endpoint", "EndpointClosed", "EndpointStatistics", "FirmwareError", "FirmwareStartError",
+    "HeldMessage", "InvalidArgument", "InvalidArgumentType", "InvalidTransition", "Link",
+    "LinkConfig", "LinkDown", "LinkPair", "LinkStatistics", "LinuxRemoteProc",
+    "MessageTooLarge", "NoBufferAvailable", "NotBooted", "NotSupported", "OpenAmpConfig",
+    "OpenAmpLink", "PeerTimeout", "ReceiveTimeout", "RemoteProc", "RemoteProcessor",
+    "RemoteProtocolError", "ResourceTable", "RestartPolicy", "RpmsgBus", "RpmsgChannel",
+    "RpmsgDriver", "RprocBusy", "RprocEvent", "RprocState", "RtkitEndpoint",
+    "RtkitRemoteProc", "SendTimeout", "SharedRegion",
+    "SimProcessor", "SimRemoteProc", "StaleSharedMemory", "Trace", "TxLoan", "VdevEntry",
     "VringEntry", "list_processors",
 ]

@@ -14,7 +14,7 @@ from amplink.cli import COMMANDS, build_parser
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = "amplink.firmware.examples.echo"
 BENCH = ROOT / "bench" / "rpmsg_bench.py"
-SUBCOMMANDS = ["demo", "run", "ping", "openamp", "vhost-user"]
+SUBCOMMANDS = ["demo", "run", "ping", "openamp", "vhost-user", "send", "listen"]
 #: the remote-processor commands, all added by one registration function (amplink.cli.rproc)
 RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash",
                      "crashlog"]
@@ -43,7 +43,7 @@ def test_subcommand_help(command: str) -> None:
 
 def test_every_registered_command_is_listed() -> None:
     parser = build_parser()
-    assert len(COMMANDS) == 4  # sim (demo, run, ping), openamp, vhost_user, rproc
+    assert len(COMMANDS) == 5  # sim (demo, run, ping), openamp, vhost_user, rproc, rpmsg
     for name in SUBCOMMANDS + RPROC_SUBCOMMANDS:
         args = parser.parse_args(_minimal(name))
         assert args.command == name and callable(args.func)
@@ -55,7 +55,8 @@ def _minimal(name: str) -> list[str]:
             "stop": ["stop", "p"], "state": ["state", "p"],
             "recovery": ["recovery", "p", "enabled"], "coredump": ["coredump", "p", "inline"],
             "trace": ["trace", "p"], "crash": ["crash", "p"], "crashlog": ["crashlog", "p"],
-            "vhost-user": ["vhost-user", "fw", "--socket", "s"]}[name]
+            "vhost-user": ["vhost-user", "fw", "--socket", "s"],
+            "send": ["send", "p", "rpmsg-raw", "hi"], "listen": ["listen", "p", "rpmsg-raw"]}[name]
 
 
 def test_no_command_is_an_error() -> None:
@@ -182,19 +183,22 @@ def test_run_until_the_firmware_exits(tmp_path: Path) -> None:
 
 def test_bench_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
+    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--runs", "1", "--json", str(out)],
                        capture_output=True, text=True, timeout=55, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    for needle in ("amplink blocking", "amplink polling", "mp.Pipe", "os.pipe", "targets:",
+    for needle in ("amplink blocking", "amplink polling", "zero-copy blocking",
+                   "zero-copy polling", "mp.Pipe", "os.pipe", "targets:",
                    "RTT p50  16 B", "one-way 496 B"):
         assert needle in r.stdout, needle
     data = json.loads(out.read_text())
-    assert set(data["results"]) == {"amplink-blocking", "amplink-polling", "mp.Pipe",
+    assert set(data["results"]) == {"amplink-blocking", "amplink-polling",
+                                    "amplink-zc-blocking", "amplink-zc-polling", "mp.Pipe",
                                     "os.pipe"}
     for peer in data["results"].values():
         assert peer["rtt"]["16"]["p50"]["median"] > 0
         assert peer["one_way"]["496"]["msg_per_s"]["median"] > 0
-    for peer in ("amplink-blocking", "amplink-polling"):
+    for peer in ("amplink-blocking", "amplink-polling", "amplink-zc-blocking",
+                 "amplink-zc-polling"):
         for stats in data["results"][peer]["statistics"].values():
             assert stats["protocol_faults"] == 0
     assert {t["name"] for t in data["targets"]} >= {"RTT p50 16 B, polling <= 4 us"}

@@ -85,8 +85,8 @@ import sys
 from amplink import SimProcessor
 with SimProcessor("amplink.firmware.examples.echo") as proc:
     ep = proc.link.open_channel("rpmsg-echo", timeout=10)
-    print("ready", flush=True)
     try:
+        print("ready", flush=True)  # inside the try: Ctrl-C may come at once
         proc.link.run()
     except KeyboardInterrupt:
         ep.send(b"goodbye")

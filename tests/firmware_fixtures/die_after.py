@@ -2,10 +2,10 @@
 
 import os
 
-from amplink.rpmsg.bus import RpmsgBus
+from amplink.link import Link
 
 
-def main(link: RpmsgBus, args: list[str]) -> None:
+def main(link: Link, args: list[str]) -> None:
     limit = int(args[0]) if args else 1
     count = 0
 

@@ -7,13 +7,13 @@ echoing as an honest device would. Reaches into the device transport on purpose.
 
 import struct
 
-from amplink.rpmsg.bus import RpmsgBus
+from amplink.link import Link
 
 _HDR = struct.Struct("<IIIHH")
 
 
-def corrupt(link: RpmsgBus, src: int, dst: int) -> None:
-    transport = link.transport
+def corrupt(link: Link, src: int, dst: int) -> None:
+    transport = link.backend
     tx = transport.tx  # the device side of vring 0
     region = transport.region
     for bad in (tx.num, 0xFFFF, 0xFFFF_FFFF):
@@ -32,7 +32,7 @@ def corrupt(link: RpmsgBus, src: int, dst: int) -> None:
     transport.doorbell.kick()
 
 
-def main(link: RpmsgBus) -> None:
+def main(link: Link) -> None:
     def echo(ep, payload, src):
         if payload == b"corrupt":
             corrupt(link, ep.addr, src)

@@ -3,10 +3,10 @@
 import os
 import select
 
-from amplink.rpmsg.bus import RpmsgBus
+from amplink.link import Link
 
 
-def main(link: RpmsgBus) -> None:
+def main(link: Link) -> None:
     link.create_endpoint("sink", announce=True)
     fd = int(os.environ["AMPLINK_LIFELINE_FD"])
     select.select([fd], [], [], 60.0)  # EOF: the host closed the link

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hostile_kit import close_link, open_link
 
-from amplink.platforms.sim_layout import LinkConfig
+from amplink.platforms.sim.layout import LinkConfig
 
 
 @pytest.fixture

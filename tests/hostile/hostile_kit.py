@@ -12,9 +12,9 @@ import struct
 from dataclasses import dataclass
 
 from amplink import Endpoint
+from amplink.link import Link as AmplinkLink
 from amplink.platforms.inprocess import LinkPair
-from amplink.platforms.sim_layout import LinkConfig
-from amplink.rpmsg.bus import RpmsgBus
+from amplink.platforms.sim.layout import LinkConfig
 from amplink.virtio.ring import DESC_SIZE, USED_ELEM_SIZE, VringLayout
 
 SERVICE = "hostile-svc"
@@ -40,11 +40,11 @@ class Link:
         return self.config.num_buffers
 
     @property
-    def host(self) -> RpmsgBus:
+    def host(self) -> AmplinkLink:
         return self.pair.host
 
     @property
-    def device(self) -> RpmsgBus:
+    def device(self) -> AmplinkLink:
         return self.pair.device
 
     @property
@@ -130,7 +130,7 @@ class Link:
         follow the injected one instead of overwriting it (as one misbehaving device
         would behave). The driver must see exactly one bogus entry.
         """
-        queue = self.device.transport.tx if vr is self.vr0 else self.device.transport.rx
+        queue = self.device.backend.tx if vr is self.vr0 else self.device.backend.rx
         idx = self.used_idx(vr)
         assert queue._next_used == idx, "the device's used index and the ring disagree"
         self.set_used_elem(vr, idx, head, length)
@@ -179,17 +179,18 @@ class Link:
         self.pair.close()
 
 
-def faults(bus: RpmsgBus) -> dict[str, int]:
-    return dict(bus.statistics().transport["protocol_faults"])
+def faults(bus: AmplinkLink) -> dict[str, int]:
+    return dict(bus.statistics().backend["protocol_faults"])
 
 
-def fault_total(bus: RpmsgBus) -> int:
+def fault_total(bus: AmplinkLink) -> int:
     return sum(faults(bus).values())
 
 
 def open_link(config: LinkConfig | None = None, *, notify: str = "eventfd") -> Link:
     config = config or LinkConfig(num_buffers=8)
-    pair = LinkPair.create(config, notify=notify)  # type: ignore[arg-type]
+    # callbacks run in the thread that polls: the tests see their effects at once
+    pair = LinkPair.create(config, notify=notify, dispatch="caller")  # type: ignore[arg-type]
     try:
         dev_ep = pair.device.create_endpoint(SERVICE, announce=True)
         host_ep = pair.host.open_channel(SERVICE, timeout=2.0)

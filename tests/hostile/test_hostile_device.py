@@ -69,7 +69,7 @@ def test_desc_len_shorter_than_header(link, length):
     head = _post_victim(link)
     link.set_desc(link.vr1, head, length=length)
     _device_gets_nothing(link)
-    assert link.device.statistics().transport["malformed_rx"] == 1
+    assert link.device.statistics().backend["malformed_rx"] == 1
     _assert_recovered(link)
 
 
@@ -79,7 +79,7 @@ def test_header_len_beyond_desc_len(link, hdr_len):
     buf = link.buffer_offset(link.vr1, head)
     link.set_header(buf, length=hdr_len)
     _device_gets_nothing(link)
-    assert link.device.statistics().transport["malformed_rx"] == 1
+    assert link.device.statistics().backend["malformed_rx"] == 1
     _assert_recovered(link)
 
 
@@ -182,7 +182,7 @@ def test_rx_desc_corrupt(link, corruption):
         link.device_sends(b"up-%d" % i)
         assert link.host_ep.recv(timeout=1.0) == b"up-%d" % i
     assert fault_total(link.device) == 1
-    assert link.host.statistics().transport["malformed_rx"] <= 1  # the 0-length return
+    assert link.host.statistics().backend["malformed_rx"] <= 1  # the 0-length return
     _assert_recovered(link)
 
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from amplink import AmplinkError
-from amplink.platforms.sim_layout import LinkConfig
+from amplink.platforms.sim.layout import LinkConfig
 
 CALL_TIMEOUT = 0.02
 SLACK = 1.0  # a shared 2-core machine: generous, still far from a hang
@@ -79,7 +79,7 @@ def _exchange(link, i: int) -> None:
 @given(config=st.sampled_from(CONFIGS), plan=steps)
 def test_random_writes_into_the_rings(config, plan):
     link = open_link(config)
-    assert link.host.statistics().transport["event_idx"] == config.event_idx
+    assert link.host.statistics().backend["event_idx"] == config.event_idx
     try:
         for i, writes in enumerate(plan):
             for where, pos, data in writes:

@@ -43,7 +43,7 @@ def test_used_len_shorter_than_header(link, used_len):
     before = link.host.statistics()
     assert link.host.poll() == 0
     after = link.host.statistics()
-    assert after.transport["malformed_rx"] == before.transport["malformed_rx"] + 1
+    assert after.backend["malformed_rx"] == before.backend["malformed_rx"] + 1
     assert fault_total(link.host) >= 1
     assert after.messages_received == before.messages_received
     _assert_nothing_delivered(link)
@@ -55,9 +55,9 @@ def test_header_len_beyond_buffer(link, hdr_len):
     idx, _head, buf = _send_victim(link)
     link.set_used_elem(link.vr0, idx, length=BUF)  # the whole buffer "written"
     link.set_header(buf, length=hdr_len)
-    before = link.host.statistics().transport["malformed_rx"]
+    before = link.host.statistics().backend["malformed_rx"]
     assert link.host.poll() == 0
-    assert link.host.statistics().transport["malformed_rx"] == before + 1
+    assert link.host.statistics().backend["malformed_rx"] == before + 1
     _assert_nothing_delivered(link)
     _assert_recovered(link)
 
@@ -67,9 +67,9 @@ def test_header_len_beyond_used_len(link, hdr_len):
     idx, _head, buf = _send_victim(link, b"0123456789")  # used.len = 26
     link.set_header(buf, length=hdr_len)
     link.set_used_elem(link.vr0, idx, length=HDR_SIZE + 6)
-    before = link.host.statistics().transport["malformed_rx"]
+    before = link.host.statistics().backend["malformed_rx"]
     assert link.host.poll() == 0
-    assert link.host.statistics().transport["malformed_rx"] == before + 1
+    assert link.host.statistics().backend["malformed_rx"] == before + 1
     _assert_nothing_delivered(link)
     _assert_recovered(link)
 
@@ -79,7 +79,7 @@ def test_header_len_shorter_than_used_len_is_accepted(link):
     _idx, _head, buf = _send_victim(link, b"0123456789")
     link.set_header(buf, length=3)
     assert link.host_ep.recv(timeout=1.0) == b"012"
-    assert link.host.statistics().transport["malformed_rx"] == 0
+    assert link.host.statistics().backend["malformed_rx"] == 0
     _assert_recovered(link)
 
 

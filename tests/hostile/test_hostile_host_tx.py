@@ -19,7 +19,7 @@ def _exhaust_fresh(link) -> None:
     for i in range(link.n):
         link.host_sends(b"warm-%d" % i)
         assert link.dev_ep.recv(timeout=1.0) == b"warm-%d" % i
-    stats = link.host.statistics().transport
+    stats = link.host.statistics().backend
     assert stats["tx_buffers_never_used"] == 0
     assert stats["tx_buffers_free"] == stats["tx_buffers"]  # the device returned them all
 

@@ -6,7 +6,7 @@ import pytest
 from hostile_kit import HDR_SIZE, fault_total
 
 from amplink import EndpointClosed, LinkDown
-from amplink.rpmsg import bus as bus_module
+from amplink.link import core as core_module
 from amplink.rpmsg.wire import RPMSG_NS_ADDR, NameServiceMessage
 
 
@@ -19,8 +19,8 @@ def test_device_refuses_a_payload_over_its_mtu_even_in_a_long_buffer(link):
     link.set_header(buf, length=600)
     before = link.device.statistics()
     assert link.device.poll() == 0
-    assert link.device.statistics().transport["malformed_rx"] == \
-        before.transport["malformed_rx"] + 1
+    assert link.device.statistics().backend["malformed_rx"] == \
+        before.backend["malformed_rx"] + 1
     assert fault_total(link.device) >= 1
     link.check_exchange()
 
@@ -31,7 +31,7 @@ def test_receive_budget_counts_malformed_buffers_too(link):
         link.host_sends(b"m%d" % i)
         link.set_header(link.buffer_offset(link.vr1, link.last_avail_head(link.vr1)),
                         length=HDR_SIZE * 100)
-    transport = link.device.transport
+    transport = link.device.backend
     with link.device._lock:
         assert transport.receive(lambda *a: None, 4) == 4
     assert transport.statistics()["malformed_rx"] == 4
@@ -63,7 +63,7 @@ def test_an_unread_endpoint_drops_and_counts_instead_of_growing(link):
 
 
 def test_announcement_flood_is_capped_and_counted(link, monkeypatch):
-    monkeypatch.setattr(bus_module, "MAX_REMOTE_CHANNELS", len(link.host.channels()) + 3)
+    monkeypatch.setattr(core_module, "MAX_REMOTE_CHANNELS", len(link.host.channels()) + 3)
     ns = link.device.create_endpoint(None, dst=RPMSG_NS_ADDR)
     for i in range(5):
         ns.send(NameServiceMessage(f"flood-{i}", 2000 + i).encode(), timeout=1.0)

@@ -2,7 +2,7 @@
 
 The host here is raw: a memfd holding a processed resource table and two vrings written
 with struct, eventfds and a lifeline, and the firmware started by the fd convention of
-amplink/platforms/sim_layout.py. Each test bends one thing and looks at how the firmware
+amplink/platforms/sim_abi.py. Each test bends one thing and looks at how the firmware
 reacts (exit status, stderr, rings, trace, CPU time).
 """
 

@@ -32,8 +32,8 @@ def test_echo_every_size(sim, poll_mode):
         ep.send(b"x" * (MTU + 1), timeout=1.0)
     stats = link.statistics()
     assert stats.state == "up"
-    assert stats.transport["malformed_rx"] == 0
-    assert stats.transport["protocol_faults"] == {}
+    assert stats.backend["malformed_rx"] == 0
+    assert stats.backend["protocol_faults"] == {}
     assert stats.dropped_unknown_dst == 0
     mine = [e for e in stats.endpoints if e.addr == ep.addr][0]
     assert mine.messages_sent == MTU + 1

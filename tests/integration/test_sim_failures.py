@@ -166,8 +166,8 @@ def test_firmware_writing_garbage_into_the_rings(sim):
     assert ep.recv(timeout=5.0) == b"corrupt"
     stats = link.statistics()
     assert stats.state == "up"
-    assert stats.transport["malformed_rx"] == 2
-    assert sum(stats.transport["protocol_faults"].values()) == 5  # 3 bad ids + 2 bad lengths
+    assert stats.backend["malformed_rx"] == 2
+    assert sum(stats.backend["protocol_faults"].values()) == 5  # 3 bad ids + 2 bad lengths
     # every RX buffer still cycles: bursts of num_buffers unread replies
     num = proc.config.num_buffers
     for r in range(3):

@@ -15,8 +15,8 @@ import pytest
 from common_kit import Events, Outcome
 from sim_kit import process_gone
 
-from amplink import FirmwareError, FirmwareStartError, SimRemoteProc
-from amplink.platforms import sim_layout as L
+from amplink import FirmwareError, FirmwareStartError, LinkConfig, SimRemoteProc
+from amplink.platforms import sim_abi as L
 from amplink.platforms.sim.images import MAX_TABLE_SIZE, PythonImage
 from amplink.platforms.sim.process import LifelineParser
 from amplink.remoteproc.api import CrashReason
@@ -152,7 +152,7 @@ def test_firmware_flooding_the_table_reader_is_cut_off(tmp_path: Path) -> None:
                      "time.sleep(60)\n")  # and keep the pipe open
     start = time.monotonic()
     with pytest.raises(FirmwareError, match=f"more than {MAX_TABLE_SIZE}"):
-        PythonImage.from_spec(spec, L.LinkConfig(), timeout=30.0)
+        PythonImage.from_spec(spec, LinkConfig(), timeout=30.0)
     assert time.monotonic() - start < QUICK
 
 
@@ -166,7 +166,7 @@ def test_table_reader_keeps_only_the_end_of_a_huge_stderr(tmp_path: Path) -> Non
                      "raise RuntimeError('the last words')\n")
     start = time.monotonic()
     with pytest.raises(FirmwareStartError, match="failed to load .*: RuntimeError: the last words"):
-        PythonImage.from_spec(spec, L.LinkConfig(), timeout=30.0)
+        PythonImage.from_spec(spec, LinkConfig(), timeout=30.0)
     assert time.monotonic() - start < 15.0
 
 
@@ -174,5 +174,5 @@ def test_table_reader_timeout_kills_the_reader(tmp_path: Path) -> None:
     spec = _firmware(tmp_path, "slow.py", "import time\ntime.sleep(60)\n")
     start = time.monotonic()
     with pytest.raises(FirmwareStartError, match="did not load within 0.5 s"):
-        PythonImage.from_spec(spec, L.LinkConfig(), timeout=0.5)
+        PythonImage.from_spec(spec, LinkConfig(), timeout=0.5)
     assert time.monotonic() - start < QUICK

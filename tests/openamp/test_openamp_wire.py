@@ -152,14 +152,14 @@ def test_host_used_len_and_name_quirks(
     peer.send(0x400, 0x400, b"z" * 496)
     assert ep.recv(2) == b"z" * 496
     assert ep.try_recvfrom() is None
-    assert link.statistics().transport["malformed_rx"] == 2
+    assert link.statistics().backend["malformed_rx"] == 2
     assert peer.vring0.avail_idx == NUM + 5  # every buffer re-posted, the bad ones too
 
 
 def test_host_reclaims_tx_buffers_by_polling(
         fake_remote: tuple[OpenAmpLink, FakeOpenAmpRemote]) -> None:
     link, peer = fake_remote
-    assert link.bus.transport.tx_kicks is False
+    assert link.bus.backend.tx_kicks is False
     ep = link.create_service("svc")
     for _ in range(NUM - 1):  # the announcement took one buffer
         ep.try_sendto(b"m", 0x400)
@@ -246,7 +246,7 @@ def test_remote_handshake_and_messages(config: OpenAmpConfig, remote_server: boo
         link = future.result(timeout=5)
         stack.callback(link.close)
         assert host.vring0.used_flags == 1  # NO_NOTIFY
-        assert link.bus.transport.supports_ns and link.bus.transport.tx_kicks is False
+        assert link.bus.backend.supports_ns and link.bus.backend.tx_kicks is False
 
         ep = link.create_service(DEMO_SERVICE)
         assert host.receive() == [(0x400, NS_ADDR, ns_message(DEMO_SERVICE, 0x400), 56)]

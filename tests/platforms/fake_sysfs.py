@@ -2,7 +2,7 @@
 
 Plain files cannot refuse a write, so :class:`FakeRemoteprocKernel` plugs into the
 seam (:class:`~amplink.platforms.linux.SysfsAttributes`) as its ``FileOps``: a write
-is validated and applied by :class:`~amplink.platforms.linux.RemoteprocModel` (the
+is validated and applied by :class:`~amplink.service.model.RemoteprocModel` (the
 kernel's semantics, the same model the simulator's supervisor serves) and answered
 like the syscall (OSError with the errno, the reason only in :attr:`dmesg`); the model
 then re-renders the files, and every read goes through those real files.
@@ -15,11 +15,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from amplink.platforms.linux import RemoteprocModel, RprocControlError, SysfsAttributes
+from amplink.platforms.linux import RprocControlError, SysfsAttributes
 from amplink.platforms.linux.attributes import RprocDevice
 from amplink.remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
 from amplink.remoteproc.coredump import CoredumpMode
 from amplink.remoteproc.states import RprocState
+from amplink.service.model import RemoteprocModel
 
 
 class FakeHardware(RemoteProcessor):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from amplink.platforms import sim_layout as L
-from amplink.platforms.sim_layout import SimEnv
+from amplink.platforms import sim_abi as L
+from amplink.platforms.sim_abi import SimEnv
 
 FULL = SimEnv(shm_fd=3, shm_size=0x10000, da_base=0x8000_0000, table_offset=0x2000,
               table_size=0x60, lifeline_fd=4, buf_size=512, kicks=((5, 6), (7, 8)),

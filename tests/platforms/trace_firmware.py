@@ -3,9 +3,9 @@ then serves rpmsg-echo."""
 
 from amplink.firmware import trace
 from amplink.firmware.examples.echo import main as echo
+from amplink.link import Link
 from amplink.remoteproc import FW_RSC_ADDR_ANY as ANY
 from amplink.remoteproc import ResourceTable, Trace, VdevEntry
-from amplink.rpmsg.bus import RpmsgBus
 from amplink.virtio.vdev import VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS, VringEntry
 
 TRACE_LINE = "trace firmware: up"
@@ -17,6 +17,6 @@ RESOURCE_TABLE = ResourceTable([
 ])
 
 
-def main(link: RpmsgBus) -> None:
+def main(link: Link) -> None:
     trace(f"{TRACE_LINE}\n")
     echo(link)

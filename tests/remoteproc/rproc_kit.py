@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from amplink.link import Link
 from amplink.memory.region import SharedRegion
 from amplink.notify.doorbell import Doorbell, EventfdDoorbell
 from amplink.notify.waiter import Waiter
@@ -22,8 +23,8 @@ from amplink.remoteproc.image import LoadableImage
 from amplink.remoteproc.ops import CrashReport, PlatformOps, StartInfo
 from amplink.remoteproc.resources import VdevResource
 from amplink.remoteproc.rsc_table import ResourceTable, VendorHookResult, VendorResource
-from amplink.rpmsg.bus import RpmsgBus
-from amplink.transports.virtio import DeviceRpmsgTransport
+from amplink.transports.virtio import DeviceRpmsgBackend
+from amplink.transports.virtio_link import driver_link
 from amplink.virtio.vdev import VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_ID_RPMSG, VdevEntry, VringEntry
 
 ANY = 0xFFFF_FFFF
@@ -58,13 +59,15 @@ class FakeImage(LoadableImage):
 class Remote:
     """The device side of one run: its bus and the thread serving it."""
 
-    bus: RpmsgBus
+    bus: Link
     thread: threading.Thread
     stop: threading.Event = field(default_factory=threading.Event)
 
 
 class FakeOps(PlatformOps):
     """See the module docstring. ``images`` maps firmware names to images."""
+
+    vdev_drivers = {VIRTIO_ID_RPMSG: driver_link}
 
     def __init__(self, images: dict[str, LoadableImage], *, internal: tuple[int, int] | None = None,
                  serve: bool = True) -> None:
@@ -132,8 +135,8 @@ class FakeOps(PlatformOps):
         entry = VdevEntry.unpack(control.region.mm, control.entry_offset,
                                  control.region.size - control.entry_offset)
         assert vdev.buffers is not None
-        transport = DeviceRpmsgTransport(vdev.buffers.region, control, entry, bell, Waiter(bell))
-        bus = RpmsgBus(transport, name="fake-remote")
+        backend = DeviceRpmsgBackend(vdev.buffers.region, control, entry, bell, Waiter(bell))
+        bus = Link(backend, name="fake-remote", dispatch="caller")  # _serve dispatches
         bus.create_endpoint(SERVICE, announce=True,
                             callback=lambda ep, payload, src: ep.sendto(payload, src))
         stop = threading.Event()
@@ -142,7 +145,7 @@ class FakeOps(PlatformOps):
         thread.start()
 
     @staticmethod
-    def _serve(bus: RpmsgBus, stop: threading.Event) -> None:
+    def _serve(bus: Link, stop: threading.Event) -> None:
         try:
             bus.run(stop.is_set)
         except (OSError, ValueError):
@@ -157,7 +160,7 @@ class FakeOps(PlatformOps):
         remote, self.remote = self.remote, None
         if remote is not None:
             remote.stop.set()
-            remote.bus.transport.waiter.wake()
+            remote.bus.backend.waiter.wake()
             remote.thread.join(5.0)
             assert not remote.thread.is_alive()
             remote.bus.close()

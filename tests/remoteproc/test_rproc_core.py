@@ -14,6 +14,7 @@ from rproc_firmware import Firmware
 from rproc_kit import ANY, POOL_DA, SERVICE, FakeImage, FakeOps, rpmsg_vdev
 
 from amplink.errors import FirmwareError, LinkDown
+from amplink.link.channel import RpmsgDriver
 from amplink.remoteproc.api import CrashReason
 from amplink.remoteproc.core import RemoteProc
 from amplink.remoteproc.coredump import CoredumpMode
@@ -22,7 +23,6 @@ from amplink.remoteproc.errors import NotBooted, RprocBusy
 from amplink.remoteproc.image import ElfImage
 from amplink.remoteproc.rsc_table import Carveout, ResourceTable, Trace, VendorResource
 from amplink.remoteproc.states import InvalidTransition, RprocState
-from amplink.rpmsg.channel import RpmsgDriver
 
 TIMEOUT = 5.0
 TABLE = ResourceTable([Carveout(ANY, ANY, 0x2000, name="data"), Trace(ANY, 128, name="t0"),

@@ -28,7 +28,10 @@ from amplink.rpmsg.wire import RPMSG_NS_DESTROY, NameServiceMessage
 
 @pytest.fixture
 def pair():
-    lp = LinkPair.create()
+    # "caller" dispatch: probes, removes and callbacks run in the thread that polls, so
+    # the tests see their effects right after poll() (the dispatcher threads of the
+    # default mode are tested in test_bus_dispatch.py)
+    lp = LinkPair.create(dispatch="caller")
     yield lp
     lp.close()
 
@@ -505,7 +508,7 @@ def test_async_wait_does_not_spin_after_an_endpoint_close(pair):
     """
     h = pair.host.create_endpoint()
     pair.host.create_endpoint().close()  # any close wakes the link's waiters
-    transport = pair.host.transport
+    transport = pair.host.backend
     drains = [0]
     receive = transport.receive
 

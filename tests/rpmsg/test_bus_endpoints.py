@@ -486,7 +486,7 @@ def test_peer_hangup_breaks_the_link_for_good():
     lp = LinkPair.create(notify="socket")
     try:
         h, d = connect(lp)
-        lp.device.transport.doorbell.close()  # the remote is gone
+        lp.device.backend.doorbell.close()  # the remote is gone
         t0 = time.monotonic()
         with pytest.raises(LinkDown):
             h.recv(timeout=2)

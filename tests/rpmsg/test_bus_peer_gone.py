@@ -38,7 +38,7 @@ def test_link_down_counts_messages_the_peer_never_consumed(pair, sender):
     rx_bus.close()
     error = _gone(tx_bus, tx)
     assert "7 messages sent before were never consumed by the peer" in str(error)
-    assert tx_bus.statistics().transport["unconsumed_at_down"] == 7
+    assert tx_bus.statistics().backend["unconsumed_at_down"] == 7
     with pytest.raises(LinkDown, match="7 messages"):
         tx.send(b"after", timeout=1)
 
@@ -50,7 +50,7 @@ def test_nothing_unconsumed_is_not_mentioned(pair):
     assert rx.recv(timeout=1) == b"x"
     pair.device.close()
     assert "never consumed" not in str(_gone(pair.host, tx))
-    assert pair.host.statistics().transport["unconsumed_at_down"] == 0
+    assert pair.host.statistics().backend["unconsumed_at_down"] == 0
 
 
 def test_a_link_closed_because_the_peer_is_gone_raises_link_down_not_endpoint_closed(pair):

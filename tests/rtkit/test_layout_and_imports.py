@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from amplink.platforms import sim_layout as L
+from amplink.platforms import sim_abi as L
 from amplink.platforms.rtkit import layout as R
 from amplink.platforms.rtkit.layout import RtkitEnv
 

@@ -8,7 +8,7 @@ import pytest
 
 from amplink import FirmwareError, LinkDown
 from amplink.notify.doorbell import EventfdDoorbell
-from amplink.platforms.sim_layout import LinkConfig, place_link
+from amplink.platforms.sim.layout import LinkConfig, place_link
 from amplink.transports.virtio_link import device_link, driver_link, watch_lifeline
 from amplink.virtio.vdev import VDEV_NUM_VRINGS_OFFSET
 

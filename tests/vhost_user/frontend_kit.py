@@ -17,12 +17,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from amplink.link import Link
 from amplink.memory.region import SharedRegion
 from amplink.notify.doorbell import EventfdDoorbell
 from amplink.platforms.vhost_user import VhostUserServer
 from amplink.platforms.vhost_user import protocol as P
 from amplink.platforms.vhost_user.protocol import MemRegion, Request, VringAddr, VringState
-from amplink.rpmsg.bus import RpmsgBus
 from amplink.transports.virtio import SUPPORTED_FEATURES
 from amplink.transports.virtio_link import driver_link
 from amplink.virtio.ring import VringLayout
@@ -57,7 +57,7 @@ class FakeFrontEnd:
         self.mem_size = mem_size
         self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.link: RpmsgBus | None = None
+        self.link: Link | None = None
         self.features = 0
 
     # -- messages ------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ class FakeFrontEnd:
             self.call_acked(Request.SET_VRING_KICK, P.pack_u64(index), [self.kick])
             self.call_acked(Request.SET_VRING_ENABLE, VringState(index, 1).pack())
 
-    def start_driver(self) -> RpmsgBus:
+    def start_driver(self) -> Link:
         """The guest's virtio driver: zero the rings, post RX buffers, kick."""
         region = SharedRegion.from_fd(os.dup(self.mem_fd), da_base=GPA - MMAP_OFFSET)
         record = SharedRegion.memfd(4096, "fake-guest-vdev")
@@ -157,7 +157,7 @@ class FakeFrontEnd:
                                 owned=[region, record])
         return self.link
 
-    def boot(self, *, event_idx: bool = True) -> RpmsgBus:
+    def boot(self, *, event_idx: bool = True) -> Link:
         self.negotiate(event_idx=event_idx)
         self.setup_queues()
         return self.start_driver()

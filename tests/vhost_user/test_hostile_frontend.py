@@ -215,14 +215,14 @@ def test_garbage_in_the_rings_is_counted_and_the_device_survives(tmp_path: Path)
         try:
             link = fe.boot()
             link.open_channel("rpmsg-echo", timeout=5)
-            region = link.transport.region  # the driver's view of guest memory
-            layout = link.transport.tx.layout
+            region = link.backend.region  # the driver's view of guest memory
+            layout = link.backend.tx.layout
             region.write_u16(layout.avail + 2, 1000)
             os.eventfd_write(fe.kick, 1)
             run = server.backend.run if server.backend else None
             assert run is not None
-            assert wait_until(lambda: run.link.statistics().transport["protocol_faults"])
-            faults = run.link.statistics().transport["protocol_faults"]
+            assert wait_until(lambda: run.link.statistics().backend["protocol_faults"])
+            faults = run.link.statistics().backend["protocol_faults"]
             assert any("avail.idx moved" in reason for reason in faults), faults
             fe.shut_down()
         finally:

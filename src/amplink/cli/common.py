@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import AmplinkError
-from ..platforms.sim_layout import ENV_LOG
+from ..platforms.sim_abi import ENV_LOG
 
 #: the exit status after Ctrl-C (128 + SIGINT), whichever command was interrupted
 EXIT_INTERRUPTED = 130

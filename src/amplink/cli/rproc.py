@@ -26,6 +26,7 @@ from ..errors import AmplinkError
 from ..platforms.linux import (
     CLASS_ROOT,
     DEBUG_ROOT,
+    DEV_ROOT,
     ControlTree,
     LinuxRemoteProc,
     ProcessorNotFound,
@@ -49,6 +50,7 @@ from .common import EXIT_INTERRUPTED, CommandError, add_command, out, positive_s
 
 ENV_SYSFS = "AMPLINK_SYSFS"
 ENV_DEBUGFS = "AMPLINK_DEBUGFS"
+ENV_DEV = "AMPLINK_DEV"
 NAME_HELP = "the processor's name (see `amplink ls`) or its remoteprocN device"
 CRASH_REASONS = {
     "mmufault": CrashReason.MMUFAULT,
@@ -78,7 +80,8 @@ def _target(args: argparse.Namespace, *, start: bool = False) -> _Target:
         debug = args.debugfs or os.environ.get(ENV_DEBUGFS)
         if debug is None and root == CLASS_ROOT:
             debug = str(DEBUG_ROOT)
-        tree = open_tree(root, debug_root=debug)
+        dev = args.dev or os.environ.get(ENV_DEV) or str(DEV_ROOT)
+        tree = open_tree(root, debug_root=debug, dev_root=dev)
         supervisor = SupervisorClient(root) if is_simulator_tree(root) else None
         return _Target(tree, supervisor, str(root))
     where = f"the simulator ({runtime_dir()})"
@@ -126,6 +129,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
                      _field(lambda r=rproc: r.coredump), _field(lambda r=rproc: r.firmware)))
         if target.supervisor is not None:
             details[name] = _detail_lines(target.supervisor, dev)
+        else:
+            details[name] = _rpmsg_lines(rproc)
     for row, line in zip(rows, table(rows), strict=True):
         out(line)
         for detail in details.get(row[0], []):
@@ -158,6 +163,25 @@ def _channel_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
                  else f"local endpoint 0x{channel.src:x}")
         lines.append(f"    channel {channel.name}: remote endpoint 0x{channel.dst:x}, {local}")
     return lines
+
+
+def _rpmsg_lines(rproc: LinuxRemoteProc) -> list[str]:
+    """A real processor's rpmsg channels, as the kernel lists them in sysfs."""
+    try:
+        sysfs, controls = rproc.rpmsg_sysfs()
+        lines = []
+        for ctrl in controls:
+            own = sysfs.channel_endpoints(ctrl)
+            for channel in sysfs.channels(ctrl.transport):
+                ept = own.get(channel.path)
+                local = (f"local endpoint 0x{channel.src:x}" if channel.src != RPMSG_ADDR_ANY
+                         else "no local endpoint")
+                device = f" (/dev/{ept.node})" if ept is not None else ""
+                lines.append(f"    channel {channel.name}: remote endpoint 0x{channel.dst:x}, "
+                             f"{local}{device} [{ctrl.node}]")
+        return lines
+    except (AmplinkError, OSError) as exc:
+        return [f"    channels: cannot be listed: {exc}"]
 
 
 # -- boot, stop, state ------------------------------------------------------------------
@@ -321,6 +345,9 @@ def _target_options() -> argparse.ArgumentParser:
     parent.add_argument("--debugfs", metavar="ROOT", default=None,
                         help=f"its debugfs directory (default: ${ENV_DEBUGFS}; {DEBUG_ROOT} "
                              f"with --sysfs {CLASS_ROOT})")
+    parent.add_argument("--dev", metavar="ROOT", default=None,
+                        help=f"with --sysfs: the directory of its device nodes (remoteprocN, "
+                             f"rpmsg_ctrlN, rpmsgN; default: ${ENV_DEV}, else {DEV_ROOT})")
     return parent
 
 
@@ -334,7 +361,8 @@ def register(sub: Any) -> None:
 
     add("ls", cmd_ls, "list remote processors",
         "List the remote processors with their state, recovery and coredump settings and "
-        "firmware; for simulated ones also the rpmsg channels their firmware announced.")
+        "firmware, and the rpmsg channels their firmware announced (with --sysfs: as the "
+        "kernel lists them in /sys/bus/rpmsg).")
     p = add("boot", cmd_boot, "boot firmware on a processor that outlives this command",
             "Simulator: create a processor (started by a supervisor process that lives "
             "until the last processor is stopped) and boot FIRMWARE on it. FIRMWARE is a "

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import EndpointClosed, LinkDown, ReceiveTimeout
+from ..link.endpoint import Endpoint
+from ..link.runtime import Link
 from ..perf import (
     PayloadMismatch,
     format_percentiles,
@@ -21,8 +23,6 @@ from ..perf import (
 )
 from ..platforms.sim import SimProcessor
 from ..platforms.sim.rproc import DEFAULT_BOOT_TIMEOUT
-from ..rpmsg.bus import RpmsgBus
-from ..rpmsg.endpoint import Endpoint
 from .common import (
     EXIT_INTERRUPTED,
     CommandError,
@@ -46,7 +46,7 @@ def _mode(poll: bool) -> str:
     return "polling" if poll else "blocking"
 
 
-def _channel_lines(link: RpmsgBus) -> list[str]:
+def _channel_lines(link: Link) -> list[str]:
     channels = link.channels()
     if not channels:
         return ["  (no channels announced)"]
@@ -84,7 +84,7 @@ def _booted(proc: SimProcessor, *, quiet: bool = False) -> Iterator[SimProcessor
 def _print_statistics(proc: SimProcessor) -> list[str]:
     """Print the link's counters; return the problems they show."""
     stats = proc.link.statistics()
-    transport = stats.transport
+    transport = stats.backend
     faults = dict(transport.get("protocol_faults", {}))
     nfaults = sum(faults.values())
     malformed = int(transport.get("malformed_rx", 0))
@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _add_firmware_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("firmware", metavar="FIRMWARE",
                    help="Python module or .py file (optionally :function, default main), e.g. "
-                        f"{EXAMPLES}.echo, or an executable following the sim_layout "
+                        f"{EXAMPLES}.echo, or an executable following amplink.platforms.sim_abi "
                         "convention (recognised by its ELF header)")
     p.add_argument("--poll", action="store_true",
                    help="polling mode: both sides spin on the rings instead of sleeping")

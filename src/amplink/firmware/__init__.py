@@ -2,7 +2,7 @@
 
 Firmware is a module (or ``.py`` file) with a ``main(link)`` function; the simulator
 runs it as ``python -m amplink.firmware SPEC``. :func:`connect` builds the device-role
-link from what the host passed (see :mod:`amplink.platforms.sim_layout`)::
+link from what the host passed (see :mod:`amplink.platforms.sim_abi`)::
 
     def main(link):
         ep = link.create_endpoint("rpmsg-echo", announce=True)
@@ -34,12 +34,12 @@ from typing import NoReturn
 
 from .._args import str_arg
 from ..errors import RemoteProtocolError
+from ..link.runtime import Link
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell
-from ..platforms import sim_layout as L
-from ..platforms.sim_layout import SimEnv
+from ..platforms import sim_abi as L
+from ..platforms.sim_abi import SimEnv
 from ..remoteproc.rsc_table import ResourceTable
-from ..rpmsg.bus import RpmsgBus
 from ..transports.virtio import wait_for_driver_ok
 from ..transports.virtio_link import device_link, watch_lifeline
 from ..virtio.vdev import VIRTIO_ID_RPMSG, VdevControl, VdevEntry
@@ -85,7 +85,7 @@ SPIN_MAX = 0.01
 
 
 def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = None,
-            vdev: int = 0) -> RpmsgBus:
+            vdev: int = 0) -> Link:
     """Attach to the host as the virtio device of rpmsg vdev ``vdev``; return the link.
 
     Waits for the host's DRIVER_OK, then tells the host the firmware is up.
@@ -104,6 +104,7 @@ def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = No
         wait_driver_ok=lambda control, waiter: wait_for_driver_ok(control, waiter,
                                                                   DRIVER_OK_TIMEOUT),
         owned=[dev],  # closes the lifeline and the memory with the link
+        dispatch="caller",  # the firmware's main loop (link.run(), serve()) dispatches
     )
     watch_lifeline(bus, dev.lifeline, lambda: "the host is gone")
     _device = dev
@@ -165,7 +166,7 @@ def report_failure(reason: str, env: Mapping[str, str] | None = None) -> None:
         pass  # not started by a host, or the host is gone: nobody to tell
 
 
-def serve(link: RpmsgBus, until: Callable[[], bool] | None = None) -> None:
+def serve(link: Link, until: Callable[[], bool] | None = None) -> None:
     """Like ``link.run(until)``, but feeding the host's watchdog while it dispatches."""
     dev = device()
     done = until or (lambda: False)

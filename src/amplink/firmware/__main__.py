@@ -22,7 +22,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from ..errors import EndpointClosed, LinkDown
-from ..platforms import sim_layout as L
+from ..platforms import sim_abi as L
 from ..remoteproc.rsc_table import ResourceTable
 from . import connect, report_failure
 

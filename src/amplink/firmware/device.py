@@ -15,8 +15,8 @@ from typing import NoReturn, Self
 from ..errors import AddressError, RemoteProtocolError
 from ..memory.region import SharedRegion
 from ..notify.waiter import wait_readable
-from ..platforms import sim_layout as L
-from ..platforms.sim_layout import SimEnv
+from ..platforms import sim_abi as L
+from ..platforms.sim_abi import SimEnv
 from ..remoteproc.rsc_table import Carveout, ResourceTable, Trace
 
 #: the exit status of firmware that reported a fatal error and was not stopped in time

@@ -2,7 +2,7 @@
 
 The host (driver) and device buses share one memfd region and a pair of doorbells, just
 as a simulated processor does, but without a child process: the memory is placed the
-same way (:func:`.sim_layout.place_link`) and the host's link registered the same way.
+same way (:func:`.sim.layout.place_link`) and the host's link registered the same way.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
+from ..link.runtime import Link
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell, SocketDoorbell
 from ..remoteproc.resources import ProcessedResources
-from ..remoteproc.vdevs import register_vdev
-from ..rpmsg.bus import RpmsgBus
-from ..transports.virtio_link import device_link
-from .sim_layout import LinkConfig, place_link
+from ..transports.virtio_link import device_link, driver_link
+from .sim.layout import LinkConfig, place_link
 
 Notify = Literal["eventfd", "socket", "poll"]
 
@@ -37,21 +36,21 @@ def doorbell_pair(notify: Notify) -> tuple[Doorbell, Doorbell]:
 
 @dataclass
 class LinkPair:
-    """``host`` (virtio driver) and ``device`` buses over one shared region.
+    """``host`` (virtio driver) and ``device`` links over one shared region.
 
     ``resources`` tells where everything lies in ``region``: ``resources.vdevs[0]`` is
     the rpmsg vdev, its ``vrings[i].offset`` the region offset of vring ``i`` and its
     ``buffers.offset`` that of the buffer pool (for tests that play a hostile peer).
     """
 
-    host: RpmsgBus
-    device: RpmsgBus
+    host: Link
+    device: Link
     region: SharedRegion
     resources: ProcessedResources
 
     @classmethod
     def create(cls, config: LinkConfig | None = None, *, notify: Notify = "eventfd",
-               poll_mode: bool = False, **bus_options: Any) -> Self:
+               poll_mode: bool = False, **link_options: Any) -> Self:
         config = config or LinkConfig()
         host_bell, device_bell = doorbell_pair(notify)
         with ExitStack() as undo:
@@ -61,12 +60,13 @@ class LinkPair:
             undo.callback(memory.close)
             vdev = resources.vdevs[0]
             assert vdev.buffers is not None
-            host = register_vdev(resources, vdev, host_bell, name="host",
-                                 buf_size=config.buf_size, poll_mode=poll_mode, **bus_options)
+            host = driver_link(vdev.buffers.region, resources.vdev_control(vdev),
+                               vdev.buffers.offset, host_bell, entry=vdev.entry, name="host",
+                               buf_size=config.buf_size, poll_mode=poll_mode, **link_options)
             undo.callback(host.close)
             device = device_link(vdev.buffers.region, resources.vdev_control(vdev),
                                  device_bell, name="device", poll_mode=poll_mode,
-                                 buf_size=config.buf_size, **bus_options)
+                                 buf_size=config.buf_size, **link_options)
             undo.pop_all()
         return cls(host, device, memory.pool, resources)
 

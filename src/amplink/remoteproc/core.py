@@ -39,9 +39,9 @@ from pathlib import Path
 
 from .._args import finite_seconds_arg, int_arg, str_arg
 from ..errors import EndpointClosed, InvalidArgument, InvalidArgumentType, LinkDown
+from ..link.channel import RpmsgDriver
+from ..link.runtime import Link
 from ..paths import coredump_dir
-from ..rpmsg.bus import RpmsgBus
-from ..rpmsg.channel import RpmsgDriver
 from ..rpmsg.wire import RPMSG_BUF_SIZE
 from .api import CrashReason, RemoteProcessor, RprocEvent
 from .coredump import CoredumpMode, coredump_mode
@@ -154,7 +154,7 @@ class RemoteProc(RemoteProcessor):
         self._image: LoadableImage | None = None
         self._memory: DeviceMemory | None = None
         self._resources: ProcessedResources | None = None
-        self._links: list[RpmsgBus] = []
+        self._links: list[Link] = []
         self._drivers: list[RpmsgDriver] = []
         self._subscribers: list[Callable[[RprocEvent], object]] = []
         self._crash_count = 0
@@ -218,12 +218,12 @@ class RemoteProc(RemoteProcessor):
         return self._crash_count
 
     @property
-    def links(self) -> list[RpmsgBus]:
+    def links(self) -> list[Link]:
         """The host's rpmsg links, one per rpmsg vdev (empty unless running)."""
         return list(self._links)
 
     @property
-    def link(self) -> RpmsgBus:
+    def link(self) -> Link:
         """The host's rpmsg link of the first rpmsg vdev; LinkDown unless running."""
         links = self._links
         if not links:
@@ -259,7 +259,7 @@ class RemoteProc(RemoteProcessor):
         found: list[tuple[str, int, int]] = []
         for bus in self.links:
             try:
-                bus.poll()
+                bus.poll(dispatch=False)
             except (LinkDown, EndpointClosed):
                 continue
             found += [(c.name, c.endpoint.addr if c.endpoint is not None else c.src, c.dst)
@@ -365,9 +365,9 @@ class RemoteProc(RemoteProcessor):
         self._active = True
         try:
             self._ops.start(StartInfo(image, self._memory, res))
-            self._links = register_vdevs(res, self._ops.doorbell, name=self.name,
-                                         buf_size=self.buf_size, poll_mode=self._ops.poll_mode,
-                                         spin=self._ops.spin)
+            self._links = register_vdevs(res, self._ops.vdev_drivers, self._ops.doorbell,
+                                         name=self.name, buf_size=self.buf_size,
+                                         poll_mode=self._ops.poll_mode, spin=self._ops.spin)
             if self._links:
                 for driver in self._drivers:
                     self._links[0].register_driver(driver)
@@ -449,7 +449,7 @@ class RemoteProc(RemoteProcessor):
         # else happens in the handler thread.
         handler.start()
 
-    def _handle_crash(self, run: int, old: RprocState, links: list[RpmsgBus]) -> None:
+    def _handle_crash(self, run: int, old: RprocState, links: list[Link]) -> None:
         what = self._last_crash
         # Recovered, a crash would go unseen: a warning. Without recovery its users see it
         # (LinkDown, the state, the event): information.

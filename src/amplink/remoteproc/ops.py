@@ -18,6 +18,7 @@ from .devmem import DeviceMemory
 from .image import LoadableImage
 from .resources import ProcessedResources, VdevResource
 from .rsc_table import VendorHookResult, VendorResource
+from .vdevs import VdevDrivers
 
 #: ``report(reason, detail)``: a platform's crash detector reports through this
 CrashReport = Callable[[CrashReason, str], None]
@@ -46,6 +47,9 @@ class PlatformOps(ABC):
     the first boot and the last shutdown: memory survives a recovery, as in Linux.
     """
 
+    #: the drivers of the vdevs this platform's processors may have, by virtio id (an
+    #: rpmsg platform registers the virtio transport's ``driver_link`` for id 7)
+    vdev_drivers: VdevDrivers = {}
     #: whether the host's links poll the rings instead of sleeping on the doorbell
     poll_mode: bool = False
     #: how long (s) the host's links spin on the rings before each sleep

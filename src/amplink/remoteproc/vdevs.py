@@ -1,124 +1,92 @@
-"""The host side of a processor's rpmsg vdevs: one rpmsg link per vdev.
+"""The host side of a processor's vdevs: the drivers that platforms register for them.
 
-Registering a vdev builds the virtio driver (:class:`DriverRpmsgTransport`, which
-resets the vrings, posts the receive buffers and only then sets DRIVER_OK) and an
-:class:`RpmsgBus` over it. Removing it takes every channel away: drivers' ``remove``
-callbacks run, endpoints report closed, the bus and its doorbell are closed.
+remoteproc processes a vdev's resources (vrings, buffers) and leaves the rest to the
+*vdev driver* registered for its virtio id: for rpmsg (id 7) the platform registers
+:func:`amplink.transports.virtio_link.driver_link`, which builds the virtio driver
+(resetting the vrings, posting the receive buffers, setting DRIVER_OK) and a link over
+it. remoteproc itself builds nothing: it calls the driver after the processor started
+and removes the link when it stops.
 
-A recovery reuses the vrings' memory for the next run, so a removed link must never
-touch it again, even from a thread that was waiting in the bus and wakes up late:
-the transport goes inert when it is closed (:class:`RprocDriverTransport`).
+Removing a vdev takes every channel away: drivers' ``remove`` callbacks run, endpoints
+report closed (LinkDown after a crash), and the link is closed: from then on no thread
+touches its rings, whose memory a recovery reuses.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
+from ..link.runtime import Link
+from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell
-from ..rpmsg.bus import RpmsgBus
-from ..transports.virtio import DriverRpmsgTransport
-from ..transports.virtio_link import driver_link
+from ..virtio.vdev import VdevControl, VdevEntry
 from .resources import ProcessedResources, VdevResource
 
 log = logging.getLogger(__name__)
 
 
-def _no_messages(deliver: object, budget: int) -> int:
-    return 0
+class VdevDriver(Protocol):
+    """Builds the host's link over one vdev (its rings and buffers in ``region``)."""
+
+    def __call__(self, region: SharedRegion, vdev: VdevControl, pool_offset: int,
+                 doorbell: Doorbell, *, entry: VdevEntry, name: str, buf_size: int,
+                 poll_mode: bool, spin: float) -> Link: ...
 
 
-def _no_buffer(src: int, dst: int, payload: object) -> bool:
-    return False
+#: virtio device id -> the driver of such vdevs
+VdevDrivers = Mapping[int, VdevDriver]
 
 
-def _look_again(*, rx: bool = False, tx: bool = False) -> bool:
-    return True  # "work is pending": the caller re-checks, sees the link closed, raises
-
-
-def _nothing() -> None:
-    return None
-
-
-def _yes() -> bool:
-    return True
-
-
-class RprocDriverTransport(DriverRpmsgTransport):
-    """The host's virtio driver of a processor's vdev; inert once closed.
-
-    Closing rebinds the ring accessors on the instance, so the message path pays nothing
-    for the guard while the link is up.
-    """
-
-    def close(self) -> None:
-        super().close()
-        self.receive = _no_messages  # type: ignore[method-assign]
-        self.try_send = _no_buffer  # type: ignore[method-assign]
-        self.arm = _look_again  # type: ignore[method-assign]
-        self.disarm = _nothing  # type: ignore[method-assign]
-        self.rx_pending = self.tx_available = _yes  # type: ignore[method-assign]
-
-
-def register_vdev(
-    resources: ProcessedResources,
-    vdev: VdevResource,
-    doorbell: Doorbell,
-    *,
-    name: str,
-    buf_size: int,
-    poll_mode: bool,
-    **bus_options: Any,
-) -> RpmsgBus:
-    """Build the host's rpmsg link for ``vdev`` (owns ``doorbell`` from here on).
-
-    ``bus_options`` (e.g. ``spin``) go to :class:`RpmsgBus`.
-    """
-    assert vdev.buffers is not None, "only rpmsg vdevs have a link"
-    return driver_link(
-        vdev.buffers.region, resources.vdev_control(vdev), vdev.buffers.offset, doorbell,
-        entry=vdev.entry, name=name, poll_mode=poll_mode, buf_size=buf_size,
-        transport_class=RprocDriverTransport, **bus_options,
-    )
+def register_vdev(resources: ProcessedResources, vdev: VdevResource, driver: VdevDriver,
+                  doorbell: Doorbell, *, name: str, buf_size: int, poll_mode: bool,
+                  spin: float = 0.0) -> Link:
+    """Build the host's link for ``vdev`` with ``driver`` (which owns ``doorbell`` from
+    here on)."""
+    assert vdev.buffers is not None, "a vdev with a driver has its buffers placed"
+    return driver(vdev.buffers.region, resources.vdev_control(vdev), vdev.buffers.offset,
+                  doorbell, entry=vdev.entry, name=name, buf_size=buf_size,
+                  poll_mode=poll_mode, spin=spin)
 
 
 def register_vdevs(
     resources: ProcessedResources,
+    drivers: VdevDrivers,
     doorbell_for: Callable[[VdevResource], Doorbell],
     *,
     name: str,
-    buf_size: int,
-    poll_mode: bool,
-    spin: float = 0.0,
-) -> list[RpmsgBus]:
-    """Links for every rpmsg vdev, in table order (all or none)."""
-    links: list[RpmsgBus] = []
+    **options: Any,
+) -> list[Link]:
+    """Links for every vdev that has a driver, in table order (all or none)."""
+    links: list[Link] = []
     try:
         for vdev in resources.vdevs:
-            if not vdev.is_rpmsg:
+            driver = drivers.get(vdev.entry.id)
+            if driver is None or vdev.buffers is None:
                 log.warning("%s: vdev %d has virtio id %d: no driver for it, left alone", name,
                             vdev.index, vdev.entry.id)
                 continue
             link_name = name if not links else f"{name}.vdev{vdev.index}"
-            links.append(register_vdev(resources, vdev, doorbell_for(vdev), name=link_name,
-                                       buf_size=buf_size, poll_mode=poll_mode, spin=spin))
+            links.append(register_vdev(resources, vdev, driver, doorbell_for(vdev),
+                                       name=link_name, **options))
     except BaseException:
         remove_vdevs(links, "registration failed")
         raise
     return links
 
 
-def remove_vdevs(links: list[RpmsgBus], reason: str, *, crashed: bool = False) -> None:
-    """Remove the links: channels unbound (drivers' remove runs), endpoints closed, bus closed.
+def remove_vdevs(links: list[Link], reason: str, *, crashed: bool = False) -> None:
+    """Remove the links: channels unbound (drivers' remove runs), endpoints closed, link
+    closed.
 
     ``crashed``: the peer is gone, so blocked callers get LinkDown(``reason``) first and no
     end-of-service announcement is attempted.
     """
-    for bus in links:
+    for link in links:
         if crashed:
-            bus.mark_down(reason)
-        bus.remove_channels(reason, lost=crashed)
+            link.mark_down(reason)
+        link.remove_channels(reason, lost=crashed)
         # close() returns once no thread touches the rings; after a crash, endpoints
         # report LinkDown with the reason
-        bus.close(reason if crashed else None)
+        link.close(reason if crashed else None)

@@ -19,7 +19,7 @@ or, added with the kind "rtkit" (``amplink boot --rtkit``), Apple RTKit co-proce
 ``crashlog`` answers their last crash report); their firmware's output goes to the
 supervisor's log. Plain files cannot refuse a write,
 so every operation goes through the socket, which answers with the kernel's errno (see
-:class:`~amplink.platforms.linux.model.RemoteprocModel`);
+:class:`~amplink.service.model.RemoteprocModel`);
 :class:`~amplink.platforms.linux.LinuxRemoteProc` and the CLI therefore work unchanged on
 this tree and on ``/sys/class/remoteproc``.
 
@@ -60,10 +60,10 @@ from ..platforms.linux.errors import (
     SupervisorUnavailable,
     error_from_errno,
 )
-from ..platforms.linux.model import RemoteprocModel
 from ..platforms.sim import SimRemoteProc
 from ..remoteproc.api import RemoteProcessor
 from ..remoteproc.core import RemoteProc
+from .model import RemoteprocModel
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,28 @@
-"""rpmsg over two virtio split rings, in either role.
+"""rpmsg over two virtio split rings, in either role: the virtio backend of a link.
 
 vring 0 carries device -> driver, vring 1 driver -> device. The driver (host) owns
 every buffer: the first half of its pool is posted on vring 0 for the device to fill,
 the second half is its transmit pool, fresh first, then recycled from vring 1.
+
+Both roles offer everything rpmsg can: the name service (when negotiated), loaned
+transmit buffers and held receive buffers (zero copy). A :class:`VirtioProfile` (Linux
+or OpenAMP) carries every way the two dialects differ, passed once.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ..errors import FirmwareError, InvalidArgument, LinkDown, PeerTimeout, RemoteProtocolError
+from ..link.backend import Backend, Capabilities, Deliver
+from ..link.core import NameServiceRules
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell
 from ..notify.waiter import Waiter
-from ..rpmsg.transport import Deliver, Transport
-from ..rpmsg.wire import RPMSG_HDR, RPMSG_HDR_SIZE
+from ..rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_HDR, RPMSG_HDR_SIZE, RPMSG_RESERVED_ADDRESSES
 from ..virtio.device import DeviceQueue
 from ..virtio.driver import DriverQueue
 from ..virtio.ring import VIRTIO_RING_F_EVENT_IDX, VringLayout, vring_size
@@ -33,6 +39,27 @@ from ..virtio.vdev import (
 
 #: how the driver sets up the vdev: Linux's status sequence or OpenAMP's
 Handshake = Literal["linux", "openamp"]
+
+
+@dataclass(frozen=True)
+class VirtioProfile:
+    """Every way a wire dialect of rpmsg over virtio differs from another."""
+
+    name: str
+    #: how the driver sets the vdev up: Linux writes the status 0 -> 1 -> 3, the features,
+    #: then 7; OpenAMP writes the features and kicks, then (after the rings) only 0x04
+    handshake: Handshake
+    #: the peer rings when it frees a transmit buffer (OpenAMP never does: poll)
+    peer_kicks_tx: bool
+    #: the name-service rules of the dialect
+    ns_rules: NameServiceRules
+
+
+LINUX = VirtioProfile("linux", "linux", peer_kicks_tx=True, ns_rules=NameServiceRules())
+OPENAMP = VirtioProfile(
+    "openamp", "openamp", peer_kicks_tx=False,
+    ns_rules=NameServiceRules(adopt_announced=True,
+                              announce_destroy_min_addr=RPMSG_RESERVED_ADDRESSES))
 
 #: features amplink's rpmsg implements
 SUPPORTED_FEATURES = (1 << VIRTIO_RPMSG_F_NS) | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -64,11 +91,12 @@ def _check_two_vrings(vdev: VdevControl, entry: VdevEntry) -> None:
             f"byte 0x{vdev.entry_offset + VDEV_NUM_VRINGS_OFFSET:x} of the shared memory)")
 
 
-class _VirtioRpmsgTransport(Transport):
+class _VirtioRpmsgBackend(Backend):
     role: ClassVar[str]  # "driver" or "device"
 
     def __init__(self, region: SharedRegion, vdev: VdevControl, doorbell: Doorbell,
-                 waiter: Waiter, features: int, buf_size: int) -> None:
+                 waiter: Waiter, features: int, buf_size: int, profile: VirtioProfile,
+                 rx_buffers: int) -> None:
         if buf_size <= RPMSG_HDR_SIZE or buf_size > 0xFFFF + RPMSG_HDR_SIZE:
             raise InvalidArgument(
                 f"buf_size: the rpmsg buffer size must be in 17..65551, got {buf_size}")
@@ -77,15 +105,28 @@ class _VirtioRpmsgTransport(Transport):
         self.doorbell = doorbell
         self.waiter = waiter
         self.features = features
-        self.supports_ns = bool(features & (1 << VIRTIO_RPMSG_F_NS))
+        self.profile = profile
         self.event_idx = bool(features & (1 << VIRTIO_RING_F_EVENT_IDX))
         self.buf_size = buf_size
         self.mtu = buf_size - RPMSG_HDR_SIZE
+        self.tx_kicks = profile.peer_kicks_tx
+        self.capabilities = Capabilities(
+            max_payload=self.mtu, name_service=bool(features & (1 << VIRTIO_RPMSG_F_NS)),
+            tx_loan=True, rx_hold=True, addressing="rpmsg",
+            address_range=(0, RPMSG_ADDR_ANY - 1), dynamic_base=RPMSG_RESERVED_ADDRESSES,
+            rx_buffers=rx_buffers)
         self._mm = region.mm
+        # views of received payloads and loaned buffers are cut from this one
+        self._whole = memoryview(region.mm)
         self.malformed_rx = 0
         self._closed = False
-        #: objects (regions, sockets) closed together with the transport
+        self._buffer_counts: dict[str, int] = {}
+        #: objects (regions, sockets) closed together with the backend
         self.owned: list[Any] = []
+
+    @property
+    def supports_ns(self) -> bool:
+        return self.capabilities.name_service
 
     def _watch_rings(self, rx_queue: Any, tx_queue: Any) -> None:
         """A ring the peer broke fails its own direction only; the other one goes on."""
@@ -110,30 +151,37 @@ class _VirtioRpmsgTransport(Transport):
     def _queues(self) -> tuple[Any, Any]:
         raise NotImplementedError
 
+    def _count_buffers(self) -> dict[str, int]:
+        return {}
+
     def statistics(self) -> Mapping[str, Any]:
         faults: dict[str, int] = {}
         for queue in self._queues():
             for reason, count in queue.faults.counts.items():
                 faults[reason] = faults.get(reason, 0) + count
-        return {
-            "kind": "virtio", "role": self.role, "buf_size": self.buf_size,
-            "features": self.features,
-            "event_idx": self.event_idx, "kicks_sent": getattr(self.doorbell, "kicks_sent", 0),
+        stats = {
+            "kind": "virtio", "role": self.role, "profile": self.profile.name,
+            "buf_size": self.buf_size, "features": self.features, "event_idx": self.event_idx,
+            "kicks_sent": getattr(self.doorbell, "kicks_sent", 0),
             "malformed_rx": self.malformed_rx, "protocol_faults": faults,
             "unconsumed_at_down": self.unconsumed_at_down,
         }
+        stats.update(self._buffer_counts if self._closed else self._count_buffers())
+        return stats
 
     def close(self) -> None:
         if self._closed:
             return
+        self._buffer_counts = self._count_buffers()  # the last look: the memory may go next
         self._closed = True
+        self._whole.release()
         self.waiter.close()
         self.doorbell.close()
         for resource in self.owned:
             resource.close()
 
 
-class DriverRpmsgTransport(_VirtioRpmsgTransport):
+class DriverRpmsgBackend(_VirtioRpmsgBackend):
     """The host side: virtio driver, owner of the buffer pool."""
 
     role = "driver"
@@ -141,21 +189,19 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
     def __init__(self, region: SharedRegion, vdev: VdevControl, entry: VdevEntry,
                  pool_offset: int, doorbell: Doorbell, waiter: Waiter, *,
                  buf_size: int = 512, features: int = SUPPORTED_FEATURES,
-                 tx_offset: int | None = None, handshake: Handshake = "linux") -> None:
-        """Negotiate, zero both rings, post the RX buffers and set DRIVER_OK.
+                 tx_offset: int | None = None, profile: VirtioProfile = LINUX) -> None:
+        """Negotiate, zero both rings, post the RX buffers and set DRIVER_OK (the way
+        ``profile.handshake`` says).
 
         The RX buffers lie at ``pool_offset``, the TX buffers right after them or at
-        ``tx_offset``. ``handshake`` "linux" writes the status 0 -> 1 -> 3, the
-        features, then 7; "openamp" writes the features and kicks, then (after the
-        rings) only DRIVER_OK (0x04), as OpenAMP's driver does.
+        ``tx_offset``.
         """
         _check_two_vrings(vdev, entry)
-        if handshake not in ("linux", "openamp"):
-            raise InvalidArgument(f"handshake must be 'linux' or 'openamp', got {handshake!r}")
         accepted = entry.dfeatures & features & 0xFFFFFFFF
-        super().__init__(region, vdev, doorbell, waiter, accepted, buf_size)
         rx_layout = ring_layout(region, entry.vrings[0])
         tx_layout = ring_layout(region, entry.vrings[1])
+        super().__init__(region, vdev, doorbell, waiter, accepted, buf_size, profile,
+                         rx_layout.num)
         self.rx = DriverQueue(region, rx_layout, event_idx=self.event_idx, name="vring0")
         self.tx = DriverQueue(region, tx_layout, event_idx=self.event_idx, name="vring1")
         self._watch_rings(self.rx, self.tx)
@@ -167,6 +213,9 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
         # popped from the end: lowest addresses first, as OpenAMP hands them out
         self._fresh_tx = [tx_offset + i * buf_size for i in range(tx_layout.num)][::-1]
         self._da_base = region.da_base
+        self._handshake(vdev, accepted, profile.handshake)
+
+    def _handshake(self, vdev: VdevControl, accepted: int, handshake: Handshake) -> None:
         if handshake == "openamp":
             vdev.gfeatures = accepted
             self._kick()
@@ -180,7 +229,7 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
         self.tx.reset()
         self.tx.disable_interrupts()
         for offset in self._rx_buffers:
-            self.rx.add(self._da_base + offset, buf_size, offset, writable=True)
+            self.rx.add(self._da_base + offset, self.buf_size, offset, writable=True)
         self.rx.publish()
         self.rx.disable_interrupts()
         if handshake == "openamp":
@@ -192,7 +241,21 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
     def _queues(self) -> tuple[Any, Any]:
         return self.rx, self.tx
 
+    # -- sending -----------------------------------------------------------------------------
+    def _take_tx(self) -> int | None:
+        if self._fresh_tx:
+            return self._fresh_tx.pop()
+        used = self.tx.pop_used()
+        return None if used is None else used[0]
+
+    def _post_tx(self, offset: int, src: int, dst: int, n: int) -> None:
+        _pack_header(self._mm, offset, src, dst, 0, n, 0)
+        self.tx.add(self._da_base + offset, RPMSG_HDR_SIZE + n, offset)
+        if self.tx.publish():
+            self._kick()
+
     def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
+        # _take_tx and _post_tx inline: the hot path
         if self._fresh_tx:
             offset = self._fresh_tx.pop()
         else:
@@ -202,16 +265,33 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
             offset = used[0]
         n = len(payload)
         mm = self._mm
+        start = offset + RPMSG_HDR_SIZE
+        mm[start:start + n] = payload
         _pack_header(mm, offset, src, dst, 0, n, 0)
-        mm[offset + RPMSG_HDR_SIZE:offset + RPMSG_HDR_SIZE + n] = payload
-        self.tx.add(self._da_base + offset, RPMSG_HDR_SIZE + n, offset)
-        if self.tx.publish():
+        tx = self.tx
+        tx.add(self._da_base + offset, RPMSG_HDR_SIZE + n, offset)
+        if tx.publish():
             self._kick()
         return True
 
+    def loan(self) -> tuple[Any, memoryview] | None:
+        offset = self._take_tx()
+        if offset is None:
+            return None
+        start = offset + RPMSG_HDR_SIZE
+        return offset, self._whole[start:start + self.mtu]
+
+    def send_loan(self, handle: Any, src: int, dst: int, length: int) -> None:
+        self._post_tx(handle, src, dst, length)
+
+    def drop_loan(self, handle: Any) -> None:
+        self._fresh_tx.append(handle)  # an idle buffer again
+
+    # -- receiving ---------------------------------------------------------------------------
     def receive(self, deliver: Deliver, budget: int) -> int:
         rx = self.rx
         mm = self._mm
+        whole = self._whole
         buf_size = self.buf_size
         da_base = self._da_base
         taken = 0  # malformed buffers count too: a flooding peer cannot keep us here
@@ -222,6 +302,7 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
                     break
                 taken += 1
                 offset, used_len = used
+                kept = False
                 try:
                     src, dst, _res, length, _flags = _unpack_header(mm, offset)
                     # Linux lets used_len < 16 wrap; len is bounded by both limits.
@@ -231,13 +312,21 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
                         rx.faults("rpmsg header length exceeds the used length or buffer")
                     else:
                         start = offset + RPMSG_HDR_SIZE
-                        deliver(src, dst, mm[start:start + length])
-                finally:  # the buffer goes back whatever delivery did
-                    rx.add(da_base + offset, buf_size, offset, writable=True)
+                        end = start + length
+                        kept = deliver(src, dst, whole[start:end] if self.views_wanted
+                                       else mm[start:end], offset)
+                finally:  # the buffer goes back unless kept, whatever delivery did
+                    if not kept:
+                        rx.add(da_base + offset, buf_size, offset, writable=True)
         finally:
             if rx.publish():
                 self._kick()
         return taken
+
+    def release(self, handle: Any) -> None:
+        self.rx.add(self._da_base + handle, self.buf_size, handle, writable=True)
+        if self.rx.publish():
+            self._kick()
 
     def rx_pending(self) -> bool:
         return self.rx.used_pending()
@@ -260,29 +349,20 @@ class DriverRpmsgTransport(_VirtioRpmsgTransport):
         self.rx.disable_interrupts()
         self.tx.disable_interrupts()
 
-    def statistics(self) -> Mapping[str, Any]:
-        stats = dict(super().statistics())
-        stats.update(self._buffer_counts if self._closed else self._count_buffers())
-        return stats
-
     def _count_buffers(self) -> dict[str, int]:
         # idle buffers: never used, or returned by the device (whether reclaimed yet or not)
         return {"tx_buffers": self.tx.num, "tx_buffers_free": self.tx.num - self.tx.outstanding(),
                 "tx_buffers_never_used": len(self._fresh_tx)}
 
-    def close(self) -> None:
-        if not self._closed:  # the last look at the rings: the memory may go after this
-            self._buffer_counts = self._count_buffers()
-        super().close()
 
-
-class DeviceRpmsgTransport(_VirtioRpmsgTransport):
+class DeviceRpmsgBackend(_VirtioRpmsgBackend):
     """The remote side: virtio device; uses the buffers the driver posts."""
 
     role = "device"
 
     def __init__(self, region: SharedRegion, vdev: VdevControl, entry: VdevEntry,
-                 doorbell: Doorbell, waiter: Waiter, *, buf_size: int = 512) -> None:
+                 doorbell: Doorbell, waiter: Waiter, *, buf_size: int = 512,
+                 profile: VirtioProfile = LINUX) -> None:
         _check_two_vrings(vdev, entry)
         accepted = vdev.gfeatures
         if accepted & ~entry.dfeatures:
@@ -290,56 +370,85 @@ class DeviceRpmsgTransport(_VirtioRpmsgTransport):
                 f"driver accepted features 0x{accepted:x} the device never offered "
                 f"(0x{entry.dfeatures:x})"
             )
-        super().__init__(region, vdev, doorbell, waiter, accepted, buf_size)
-        self.tx = DeviceQueue(region, ring_layout(region, entry.vrings[0]), device_writes=True,
-                              event_idx=self.event_idx, name="vring0")
-        self.rx = DeviceQueue(region, ring_layout(region, entry.vrings[1]), device_writes=False,
-                              event_idx=self.event_idx, name="vring1")
+        tx_layout = ring_layout(region, entry.vrings[0])
+        rx_layout = ring_layout(region, entry.vrings[1])
+        super().__init__(region, vdev, doorbell, waiter, accepted, buf_size, profile,
+                         rx_layout.num)
+        self.tx = DeviceQueue(region, tx_layout, device_writes=True, event_idx=self.event_idx,
+                              name="vring0")
+        self.rx = DeviceQueue(region, rx_layout, device_writes=False, event_idx=self.event_idx,
+                              name="vring1")
         self._watch_rings(self.rx, self.tx)
-        self._spare: tuple[int, int, int] | None = None
+        # driver buffers taken but unused: big enough for a message, just not the one at
+        # hand, or a loan given back
+        self._spares: list[tuple[int, int, int]] = []
         self.tx.disable_notify()
         self.rx.disable_notify()
 
     def _queues(self) -> tuple[Any, Any]:
         return self.rx, self.tx
 
-    def _take_tx(self, need: int) -> tuple[int, int] | None:
+    # -- sending -----------------------------------------------------------------------------
+    def _take_tx(self, need: int) -> tuple[int, int, int] | None:
+        """A driver buffer of at least ``need`` bytes: ``(head, offset, length)``."""
         tx = self.tx
+        spares = self._spares
+        if spares and spares[-1][2] >= need:
+            return spares.pop()
         for _ in range(tx.num + 1):
-            buf = self._spare
+            buf = tx.pop_avail()
             if buf is None:
-                buf = tx.pop_avail()
-                if buf is None:
-                    return None
-            else:
-                self._spare = None
-            head, offset, length = buf
-            if length >= need:
-                return head, offset
-            if length >= self.buf_size:
-                self._spare = buf  # big enough for a full message, just not this one
+                return None
+            if buf[2] >= need:
+                return buf
+            if buf[2] >= self.buf_size:
+                spares.append(buf)  # big enough for a full message, just not this one
                 return None
             tx.faults("driver posted an RX buffer smaller than the rpmsg buffer size")
-            tx.push_used(head, 0)
+            tx.push_used(buf[0], 0)
         return None
+
+    def _post_tx(self, head: int, offset: int, src: int, dst: int, n: int) -> None:
+        _pack_header(self._mm, offset, src, dst, 0, n, 0)
+        self.tx.push_used(head, RPMSG_HDR_SIZE + n)
+        if self.tx.notify_needed():
+            self._kick()
 
     def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
         n = len(payload)
         taken = self._take_tx(RPMSG_HDR_SIZE + n)
         if taken is None:
             return False
-        head, offset = taken
+        head, offset, _length = taken
         mm = self._mm
-        _pack_header(mm, offset, src, dst, 0, n, 0)
-        mm[offset + RPMSG_HDR_SIZE:offset + RPMSG_HDR_SIZE + n] = payload
-        self.tx.push_used(head, RPMSG_HDR_SIZE + n)
-        if self.tx.notify_needed():
+        start = offset + RPMSG_HDR_SIZE
+        mm[start:start + n] = payload
+        _pack_header(mm, offset, src, dst, 0, n, 0)  # _post_tx inline: the hot path
+        tx = self.tx
+        tx.push_used(head, RPMSG_HDR_SIZE + n)
+        if tx.notify_needed():
             self._kick()
         return True
 
+    def loan(self) -> tuple[Any, memoryview] | None:
+        taken = self._take_tx(self.buf_size)
+        if taken is None:
+            return None
+        start = taken[1] + RPMSG_HDR_SIZE
+        return taken, self._whole[start:start + self.mtu]
+
+    def send_loan(self, handle: Any, src: int, dst: int, length: int) -> None:
+        head, offset, _length = handle
+        self._post_tx(head, offset, src, dst, length)
+
+    def drop_loan(self, handle: Any) -> None:
+        self._spares.append(handle)
+
+    # -- receiving ---------------------------------------------------------------------------
     def receive(self, deliver: Deliver, budget: int) -> int:
         rx = self.rx
         mm = self._mm
+        whole = self._whole
         limit = self.buf_size - RPMSG_HDR_SIZE  # the MTU holds whatever the driver posts
         taken = 0  # malformed buffers count too: a flooding peer cannot keep us here
         try:
@@ -349,6 +458,7 @@ class DeviceRpmsgTransport(_VirtioRpmsgTransport):
                     break
                 taken += 1
                 head, offset, length = buf
+                kept = False
                 try:
                     if length < RPMSG_HDR_SIZE:
                         self.malformed_rx += 1
@@ -360,13 +470,22 @@ class DeviceRpmsgTransport(_VirtioRpmsgTransport):
                             rx.faults("rpmsg header length exceeds the buffer or the MTU")
                         else:
                             start = offset + RPMSG_HDR_SIZE
-                            deliver(src, dst, mm[start:start + plen])
-                finally:  # the buffer goes back whatever delivery did
-                    rx.push_used(head, length)
+                            end = start + plen
+                            kept = deliver(src, dst, whole[start:end] if self.views_wanted
+                                           else mm[start:end], (head, length))
+                finally:  # the buffer goes back unless kept, whatever delivery did
+                    if not kept:
+                        rx.push_used(head, length)
         finally:
             if rx.notify_needed():
                 self._kick()
         return taken
+
+    def release(self, handle: Any) -> None:
+        head, length = handle
+        self.rx.push_used(head, length)
+        if self.rx.notify_needed():
+            self._kick()
 
     def rx_pending(self) -> bool:
         return self.rx.avail_pending()
@@ -375,7 +494,7 @@ class DeviceRpmsgTransport(_VirtioRpmsgTransport):
         return 0 if self._closed else self.tx.returned_unconsumed()
 
     def tx_available(self) -> bool:
-        return self._spare is not None or self.tx.avail_pending()
+        return bool(self._spares) or self.tx.avail_pending()
 
     def arm(self, *, rx: bool, tx: bool) -> bool:
         pending = False

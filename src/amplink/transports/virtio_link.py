@@ -1,9 +1,10 @@
-"""Building an rpmsg link over virtio: doorbell -> waiter -> transport -> bus, in either role.
+"""Building an rpmsg link over virtio: doorbell -> waiter -> backend -> link, in either role.
 
 Every platform assembles the same stack; :func:`driver_link` (the host) and
 :func:`device_link` (the remote) do it once, and own the cleanup: from the call on they
 own the doorbell, and if any step fails they close what they built and the doorbell
-before the error propagates. The vdev is given as its live :class:`VdevControl` in the
+before the error propagates. The wire dialect is a :class:`VirtioProfile` (LINUX by
+default, or OPENAMP), passed once. The vdev is given as its live :class:`VdevControl` in the
 resource table and, optionally, its decoded entry; without one the entry is read from
 the table in shared memory (untrusted, checked), as the peer wrote it.
 
@@ -16,43 +17,45 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..link.runtime import Link
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell
 from ..notify.waiter import Waiter
-from ..rpmsg.bus import RpmsgBus
 from ..rpmsg.wire import RPMSG_BUF_SIZE
 from ..virtio.vdev import VdevControl, VdevEntry
 from .virtio import (
+    LINUX,
     SUPPORTED_FEATURES,
-    DeviceRpmsgTransport,
-    DriverRpmsgTransport,
-    Handshake,
+    DeviceRpmsgBackend,
+    DriverRpmsgBackend,
+    VirtioProfile,
     read_vdev_entry,
 )
 
 
 def _assemble(
     doorbell: Doorbell,
-    make_transport: Callable[[Waiter], DriverRpmsgTransport | DeviceRpmsgTransport],
+    make_backend: Callable[[Waiter], DriverRpmsgBackend | DeviceRpmsgBackend],
     owned: Iterable[Any],
-    bus_options: dict[str, Any],
-) -> RpmsgBus:
+    profile: VirtioProfile,
+    link_options: dict[str, Any],
+) -> Link:
     waiter = None
     try:
         waiter = Waiter(doorbell)
-        transport = make_transport(waiter)
+        backend = make_backend(waiter)
     except BaseException:
         if waiter is not None:
             waiter.close()
         doorbell.close()
         raise
     try:
-        bus = RpmsgBus(transport, **bus_options)
+        link = Link(backend, rules=profile.ns_rules, **link_options)
     except BaseException:
-        transport.close()  # closes the waiter and the doorbell too
+        backend.close()  # closes the waiter and the doorbell too
         raise
-    transport.owned.extend(owned)
-    return bus
+    backend.owned.extend(owned)
+    return link
 
 
 def _entry(vdev: VdevControl, entry: VdevEntry | None) -> VdevEntry:
@@ -71,25 +74,24 @@ def driver_link(
     spin: float = 0.0,
     buf_size: int = RPMSG_BUF_SIZE,
     features: int = SUPPORTED_FEATURES,
-    handshake: Handshake = "linux",
+    profile: VirtioProfile = LINUX,
     tx_offset: int | None = None,
-    transport_class: type[DriverRpmsgTransport] = DriverRpmsgTransport,
     owned: Iterable[Any] = (),
-    **bus_options: Any,
-) -> RpmsgBus:
-    """The host's link: a virtio driver (rings and buffers in ``region``) and its bus.
+    **link_options: Any,
+) -> Link:
+    """The host's link: a virtio driver (rings and buffers in ``region``) and its link.
 
-    Building the driver sets the vdev up (see :class:`DriverRpmsgTransport`: RX buffers
+    Building the driver sets the vdev up (see :class:`DriverRpmsgBackend`: RX buffers
     at ``pool_offset``, TX buffers after them or at ``tx_offset``). ``owned`` objects
     are closed with the link once it is built (on failure they stay the caller's);
-    ``bus_options`` go to :class:`RpmsgBus`.
+    ``link_options`` go to :class:`Link`.
     """
     return _assemble(
         doorbell,
-        lambda waiter: transport_class(
+        lambda waiter: DriverRpmsgBackend(
             region, vdev, _entry(vdev, entry), pool_offset, doorbell, waiter,
-            buf_size=buf_size, features=features, tx_offset=tx_offset, handshake=handshake),
-        owned, dict(name=name, poll_mode=poll_mode, spin=spin, **bus_options),
+            buf_size=buf_size, features=features, tx_offset=tx_offset, profile=profile),
+        owned, profile, dict(name=name, poll_mode=poll_mode, spin=spin, **link_options),
     )
 
 
@@ -103,33 +105,34 @@ def device_link(
     poll_mode: bool = False,
     spin: float = 0.0,
     buf_size: int = RPMSG_BUF_SIZE,
+    profile: VirtioProfile = LINUX,
     wait_driver_ok: Callable[[VdevControl, Waiter], None] | None = None,
     owned: Iterable[Any] = (),
-    **bus_options: Any,
-) -> RpmsgBus:
-    """The remote's link: a virtio device on the driver's rings in ``region`` and its bus.
+    **link_options: Any,
+) -> Link:
+    """The remote's link: a virtio device on the driver's rings in ``region`` and its link.
 
     ``wait_driver_ok`` (e.g. a :func:`wait_for_driver_ok` with a timeout) is called
     before the rings are touched; leave it out when the driver is known to be ready.
-    ``owned`` and ``bus_options`` as for :func:`driver_link`.
+    ``owned`` and ``link_options`` as for :func:`driver_link`.
     """
-    def make_transport(waiter: Waiter) -> DeviceRpmsgTransport:
+    def make_backend(waiter: Waiter) -> DeviceRpmsgBackend:
         if wait_driver_ok is not None:
             wait_driver_ok(vdev, waiter)
-        return DeviceRpmsgTransport(region, vdev, _entry(vdev, entry), doorbell, waiter,
-                                    buf_size=buf_size)
+        return DeviceRpmsgBackend(region, vdev, _entry(vdev, entry), doorbell, waiter,
+                                  buf_size=buf_size, profile=profile)
 
-    return _assemble(doorbell, make_transport, owned,
-                     dict(name=name, poll_mode=poll_mode, spin=spin, **bus_options))
+    return _assemble(doorbell, make_backend, owned, profile,
+                     dict(name=name, poll_mode=poll_mode, spin=spin, **link_options))
 
 
-def watch_lifeline(bus: RpmsgBus, lifeline: socket.socket, reason: Callable[[], str]) -> None:
-    """Mark ``bus`` down with ``reason()`` once the peer hangs up ``lifeline`` (end of file).
+def watch_lifeline(link: Link, lifeline: socket.socket, reason: Callable[[], str]) -> None:
+    """Mark ``link`` down with ``reason()`` once the peer hangs up ``lifeline`` (end of file).
 
     The watch runs in whichever thread waits on the link's doorbell; bytes the peer
     sends on the lifeline are dropped. The socket is made non-blocking.
     """
-    waiter = bus.transport.waiter
+    waiter = link.backend.waiter
     fd = lifeline.fileno()
 
     def on_ready() -> None:
@@ -141,7 +144,7 @@ def watch_lifeline(bus: RpmsgBus, lifeline: socket.socket, reason: Callable[[], 
         except OSError:
             pass  # reset or closed: the peer is gone as well
         waiter.unwatch(fd)
-        bus.mark_down(reason())
+        link.mark_down(reason())
 
     lifeline.setblocking(False)
     waiter.watch(fd, on_ready)

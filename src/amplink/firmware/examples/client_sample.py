@@ -7,8 +7,8 @@ every message with the same payload, so the host driver's count goes up.
 
 from __future__ import annotations
 
-from amplink.rpmsg.bus import RpmsgBus
-from amplink.rpmsg.endpoint import Endpoint
+from amplink.link import Link
+from amplink.link.endpoint import Endpoint
 
 SERVICE = "rpmsg-client-sample"
 
@@ -17,6 +17,6 @@ def answer(ep: Endpoint, payload: bytes, src: int) -> None:
     ep.sendto(payload, src)
 
 
-def main(link: RpmsgBus) -> None:
+def main(link: Link) -> None:
     link.create_endpoint(SERVICE, announce=True, callback=answer)
     link.run()

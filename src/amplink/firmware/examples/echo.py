@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from amplink.rpmsg.bus import RpmsgBus
-from amplink.rpmsg.endpoint import Endpoint
+from amplink.link import Link
+from amplink.link.endpoint import Endpoint
 
 SERVICE = "rpmsg-echo"
 
@@ -12,6 +12,6 @@ def echo(ep: Endpoint, payload: bytes, src: int) -> None:
     ep.sendto(payload, src)
 
 
-def main(link: RpmsgBus) -> None:
+def main(link: Link) -> None:
     link.create_endpoint(SERVICE, announce=True, callback=echo)
     link.run()

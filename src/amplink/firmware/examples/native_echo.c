@@ -1,7 +1,7 @@
 /*
  * native_echo.c - a native firmware for amplink's simulated processors: the device side
  * of one rpmsg link over two vrings, announcing "rpmsg-echo" and sending every message
- * back to its sender. It follows the convention of amplink/platforms/sim_layout.py:
+ * back to its sender. It follows the convention of amplink/platforms/sim_abi.py:
  *
  *   AMPLINK_SHM_FD, AMPLINK_SHM_SIZE, AMPLINK_DA_BASE   the processor's memory
  *   AMPLINK_RSC_TABLE, AMPLINK_RSC_SIZE                 the processed resource table in it

@@ -7,13 +7,13 @@ send to this endpoint's address are answered too (each at its own address).
 
 from __future__ import annotations
 
-from amplink.rpmsg.bus import RpmsgBus
+from amplink.link import Link
 
 from .echo import echo
 
 SERVICE = "rpmsg-raw"
 
 
-def main(link: RpmsgBus) -> None:
+def main(link: Link) -> None:
     link.create_endpoint(SERVICE, announce=True, callback=echo)
     link.run()

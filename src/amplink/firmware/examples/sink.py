@@ -9,10 +9,10 @@ counting afresh. The host uses this to measure one-way throughput
 
 from __future__ import annotations
 
+from amplink.link import Link
+from amplink.link.endpoint import Endpoint
 from amplink.perf import SINK_REPORT as REPORT
 from amplink.perf import SINK_SERVICE as SERVICE
-from amplink.rpmsg.bus import RpmsgBus
-from amplink.rpmsg.endpoint import Endpoint
 
 
 class SinkCounter:
@@ -34,7 +34,7 @@ class SinkCounter:
         self.messages = self.bytes = 0
 
 
-def main(link: RpmsgBus) -> None:
+def main(link: Link) -> None:
     counter = SinkCounter()
     link.create_endpoint(SERVICE, announce=True, callback=counter.on_message)
     link.run()

@@ -9,15 +9,15 @@ from __future__ import annotations
 import threading
 
 from amplink.errors import EndpointClosed, LinkDown
-from amplink.rpmsg.bus import RpmsgBus
-from amplink.rpmsg.endpoint import Endpoint
+from amplink.link import Link
+from amplink.link.endpoint import Endpoint
 
 
 def echo(ep: Endpoint, payload: bytes, src: int) -> None:
     ep.sendto(payload, src)
 
 
-def main(link: RpmsgBus) -> None:
+def main(link: Link) -> None:
     link.create_endpoint("rpmsg-echo", announce=True, callback=echo)
     upper = link.create_endpoint("rpmsg-upper", announce=True)
 

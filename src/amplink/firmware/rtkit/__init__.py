@@ -36,7 +36,7 @@ from typing import NoReturn
 from ...errors import AddressError, InvalidArgument, LinkDown, PeerTimeout
 from ...memory.region import SharedRegion
 from ...notify.waiter import wait_readable
-from ...platforms import sim_layout as L
+from ...platforms import sim_abi as L
 from ...platforms.rtkit.dma import DmaClient, DmaFault
 from ...platforms.rtkit.layout import RtkitEnv
 from ...rtkit import coproc as c

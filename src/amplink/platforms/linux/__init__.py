@@ -31,14 +31,13 @@ from .errors import (
     SupervisorError,
     SupervisorUnavailable,
 )
-from .model import RemoteprocModel
 from .rproc import LinuxRemoteProc, list_processors
 
 __all__ = [
     "CLASS_ROOT", "DEBUG_ROOT", "DEV_ROOT", "FIRMWARE_DIR", "ControlPermissionError",
     "ControlSocketTree", "ControlTree", "FileOps", "FirmwareNotFound", "InvalidControlValue",
     "LinuxRemoteProc", "MalformedAttribute", "NotBooted", "NotSupported", "ProcessorExists",
-    "ProcessorNotFound", "RemoteprocModel", "RprocBusy", "RprocControlError", "RprocDevice",
+    "ProcessorNotFound", "RprocBusy", "RprocControlError", "RprocDevice",
     "SupervisorError", "SupervisorUnavailable", "SysfsAttributes", "is_simulator_tree",
     "list_processors", "open_tree",
 ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ...errors import EndpointClosed
-from ...rpmsg.endpoint import Endpoint
+from ...link.endpoint import Endpoint
 
 DEMO_SERVICE = "rpmsg-openamp-demo-channel"
 #: the payload's header: num, size (OpenAMP's two ``unsigned long``, 64-bit on Linux)

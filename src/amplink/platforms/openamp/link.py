@@ -27,14 +27,14 @@ from contextlib import ExitStack
 from typing import Any, Literal, Self
 
 from ...errors import EndpointClosed, LinkDown, RemoteProtocolError
+from ...link.endpoint import Callback, Endpoint
+from ...link.runtime import Link
+from ...link.stats import LinkStatistics
 from ...memory.region import SharedRegion
 from ...notify.doorbell import SocketDoorbell
 from ...notify.waiter import Waiter, wait_readable
-from ...rpmsg.bus import RpmsgBus
-from ...rpmsg.endpoint import Callback, Endpoint
-from ...rpmsg.stats import LinkStatistics
-from ...rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_RESERVED_ADDRESSES
-from ...transports.virtio import wait_for_driver_ok
+from ...rpmsg.wire import RPMSG_ADDR_ANY
+from ...transports.virtio import OPENAMP, wait_for_driver_ok
 from ...transports.virtio_link import device_link, driver_link
 from ...virtio.vdev import VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_RPMSG_F_NS, VdevControl
 from .errors import PeerTimeout, StaleSharedMemory
@@ -55,11 +55,11 @@ _CONNECT_ATTEMPT_MIN = 0.1  # seconds one connect() may block, at least
 class OpenAmpLink:
     """An rpmsg link to a process of OpenAMP's Linux profile (or to amplink playing one).
 
-    Open one with :meth:`open`; :attr:`bus` is the usual :class:`RpmsgBus`. Create the
+    Open one with :meth:`open`; :attr:`bus` is the usual :class:`Link`. Create the
     services right after opening (see :meth:`create_service`), as OpenAMP programs do.
     """
 
-    def __init__(self, bus: RpmsgBus, config: OpenAmpConfig, role: Role, server: bool) -> None:
+    def __init__(self, bus: Link, config: OpenAmpConfig, role: Role, server: bool) -> None:
         self.bus = bus
         self.config = config
         self.role = role
@@ -115,19 +115,17 @@ class OpenAmpLink:
             doorbell = SocketDoorbell(sock)
             common: dict[str, Any] = dict(
                 entry=entry, name=name or f"openamp-{role}", poll_mode=poll_mode,
-                buf_size=config.buf_size, owned=[region],
-                announce_destroy_min_addr=RPMSG_RESERVED_ADDRESSES)
+                buf_size=config.buf_size, owned=[region], profile=OPENAMP)
             if host:
                 bus = driver_link(region, vdev, config.rx_buffers, doorbell,
                                   features=OPENAMP_FEATURES, tx_offset=config.tx_buffers,
-                                  handshake="openamp", **common)
+                                  **common)
             else:
                 bus = device_link(
                     region, vdev, doorbell,
                     wait_driver_ok=lambda control, waiter: _wait_driver_ok(
                         control, waiter, config, timeout),
                     **common)
-            bus.transport.tx_kicks = False  # OpenAMP never kicks for freed buffers: poll
             undo.pop_all()
         log.info("%s: %s up as the socket %s on %s, shared memory %s", bus.name, role,
                  "server" if server else "client", config.socket_path, config.shm_path)
@@ -145,16 +143,7 @@ class OpenAmpLink:
         Its destination is the address the other side announces for the same name, or
         the source of the first message it receives (:meth:`wait_peer` waits for it).
         """
-        ep = self.bus.create_endpoint(name, announce=True, callback=callback)
-        if ep.dst == RPMSG_ADDR_ANY:
-            # The other side announced before the endpoint existed: adopt that channel.
-            for channel in self.bus.channels():
-                if channel.name == name and channel.endpoint is None and not channel.removed:
-                    ep.dst = channel.dst
-                    channel.src = ep.addr
-                    channel.endpoint = ep
-                    break
-        return ep
+        return self.bus.create_endpoint(name, announce=True, callback=callback)
 
     def wait_peer(self, ep: Endpoint, timeout: float) -> int:
         """Wait until ``ep`` knows its destination; return it (PeerTimeout if it does not)."""

@@ -16,7 +16,7 @@ named by environment variables (each checked by the firmware, :meth:`RtkitEnv.fr
                                 bytes at device address ``..._BASE``): buffers it places
                                 there are read by the host in place (MMIO)
 ``AMPLINK_LIFELINE_FD``         the lifeline of every simulated processor
-                                (:mod:`amplink.platforms.sim_layout`): ``R`` when the
+                                (:mod:`amplink.platforms.sim_abi`): ``R`` when the
                                 firmware says HELLO, ``F reason\\n`` for a fatal error,
                                 EOF from the host = stop
 =============================== ==================================================
@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from ..sim_layout import ENV_LIFELINE_FD, ENV_NAME
+from ..sim_abi import ENV_LIFELINE_FD, ENV_NAME
 
 ENV_MBOX_FD = "AMPLINK_RTKIT_MBOX_FD"
 ENV_MBOX_SIZE = "AMPLINK_RTKIT_MBOX_SIZE"

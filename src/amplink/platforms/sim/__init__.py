@@ -4,7 +4,7 @@
 * :class:`SimRemoteProc`: the remoteproc lifecycle (resource tables, power references,
   crash detection and recovery, coredumps, trace) for the same children.
 
-The fd and environment convention both follow is described in :mod:`..sim_layout`.
+The fd and environment convention both follow is described in :mod:`..sim_abi`.
 """
 
 from .images import NativeImage, PythonImage, SimImage

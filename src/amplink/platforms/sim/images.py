@@ -3,7 +3,7 @@
 **Python firmware** is a module name or ``.py`` path (optionally ``:function``). Its
 resource table is the module attribute ``RESOURCE_TABLE`` (a :class:`ResourceTable`
 built with the classes of :mod:`amplink.remoteproc.rsc_table`, or its bytes); without
-one it gets :func:`..sim_layout.default_resource_table`. The host never imports firmware
+one it gets :func:`.layout.default_resource_table`. The host never imports firmware
 code: a helper child (``python -m amplink.firmware --resource-table SPEC``) prints the
 table, once per firmware file version. "Loading" a Python image is the child importing
 its module; nothing is copied into device memory.
@@ -36,12 +36,8 @@ from ...errors import FirmwareError
 from ...remoteproc.addrmap import DeviceAddressMap
 from ...remoteproc.elf_loader import ELFMAG, FirmwareImage
 from ...remoteproc.image import LoadableImage
-from ..sim_layout import (
-    TABLE_READER_BAD_TABLE,
-    TABLE_READER_NO_MODULE,
-    LinkConfig,
-    default_resource_table,
-)
+from ..sim_abi import TABLE_READER_BAD_TABLE, TABLE_READER_NO_MODULE
+from .layout import LinkConfig, default_resource_table
 from .process import FirmwareStartError
 
 log = logging.getLogger(__name__)

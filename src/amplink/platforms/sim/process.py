@@ -1,4 +1,4 @@
-"""A firmware child process started by the convention of :mod:`..sim_layout`.
+"""A firmware child process started by the convention of :mod:`..sim_abi`.
 
 The child inherits the shared memory, one eventfd pair per rpmsg vdev and its end of
 the lifeline; the host keeps the other end of the lifeline and the doorbells.
@@ -18,7 +18,7 @@ from ...errors import LinkDown
 from ...memory.region import SharedRegion
 from ...notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell
 from ...notify.waiter import wait_readable
-from .. import sim_layout as L
+from .. import sim_abi as L
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class FirmwareStartError(LinkDown):
 
 
 class LifelineParser:
-    """Splits the firmware's lifeline bytes into events (see :mod:`..sim_layout`).
+    """Splits the firmware's lifeline bytes into events (see :mod:`..sim_abi`).
 
     :meth:`feed` returns ``("ready" | "heartbeat" | "fatal", reason)`` tuples in order;
     between two fatal messages, a run of ready and heartbeat bytes gives at most one event

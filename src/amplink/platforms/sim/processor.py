@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from typing import Self
 
 from ..._args import finite_seconds_arg
+from ...link.runtime import Link
 from ...memory.region import SharedRegion
 from ...remoteproc.resources import ProcessedResources
 from ...remoteproc.states import RprocState
-from ...rpmsg.bus import RpmsgBus
-from ..sim_layout import LinkConfig
+from .layout import LinkConfig
 from .process import Output
 from .rproc import DEFAULT_BOOT_TIMEOUT, SimRemoteProc
 
@@ -29,7 +29,7 @@ class SimProcessor:
 
     ``firmware`` is a Python module name or ``.py`` path (optionally ``:function``,
     default ``main``), run by :mod:`amplink.firmware`, or a native executable following
-    the convention of :mod:`..sim_layout` (detected by its ELF magic; ``native`` forces
+    the convention of :mod:`..sim_abi` (detected by its ELF magic; ``native`` forces
     either). After :meth:`start`, :attr:`link` is the host's rpmsg link. ``poll_mode``
     makes both sides spin on the rings; ``spin`` (seconds) lets both sides spin that long
     before each sleep; ``args`` go to the firmware.
@@ -63,7 +63,7 @@ class SimProcessor:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
-    def link(self) -> RpmsgBus:
+    def link(self) -> Link:
         """The host's rpmsg link to the firmware (after :meth:`start`)."""
         if self.rproc.power == 0:
             raise RuntimeError(f"{self.name} is not started")
@@ -80,7 +80,7 @@ class SimProcessor:
         """Where the table, vrings and buffers lie in :attr:`region` (while started)."""
         return self.rproc.resources
 
-    def start(self) -> RpmsgBus:
+    def start(self) -> Link:
         """Start the firmware, set up the link, and wait until the firmware is up."""
         if self.rproc.power:
             raise RuntimeError(f"{self.name} is already started")

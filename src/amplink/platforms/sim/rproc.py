@@ -3,7 +3,7 @@
 :class:`SimRemoteProc` is the engine (:class:`~amplink.remoteproc.core.RemoteProc`) with
 :class:`SimOps`: the processor's memory is one memfd (device addresses from
 ``da_base``), starting it spawns the firmware child by the convention of
-:mod:`..sim_layout`, kicks are eventfds, and crashes are watched by a
+:mod:`..sim_abi`, kicks are eventfds, and crashes are watched by a
 :class:`.monitor.CrashMonitor`.
 """
 
@@ -25,8 +25,10 @@ from ...remoteproc.coredump import CoredumpMode
 from ...remoteproc.devmem import PAGE_SIZE, DeviceMemory
 from ...remoteproc.ops import CrashReport, PlatformOps, StartInfo
 from ...remoteproc.resources import VdevResource
-from ..sim_layout import LinkConfig
+from ...transports.virtio_link import driver_link
+from ...virtio.vdev import VIRTIO_ID_RPMSG
 from .images import NativeImage, PythonImage, SimImage, is_native
+from .layout import LinkConfig
 from .monitor import CrashMonitor
 from .process import FirmwareProcess, Output
 
@@ -75,6 +77,8 @@ class SimOptions:
 
 class SimOps(PlatformOps):
     """The simulator's platform operations (see the module docstring)."""
+
+    vdev_drivers = {VIRTIO_ID_RPMSG: driver_link}
 
     def __init__(self, options: SimOptions) -> None:
         self.options = options

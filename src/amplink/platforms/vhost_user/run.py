@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import EndpointClosed, LinkDown
+from ...link.runtime import Link
 from ...memory.region import SharedRegion
-from ...rpmsg.bus import RpmsgBus
 from ...rpmsg.wire import RPMSG_BUF_SIZE
-from ...transports.virtio import DeviceRpmsgTransport
+from ...transports.virtio import DeviceRpmsgBackend
 from ...transports.virtio_link import device_link
 from ...virtio.ring import VringLayout
 from ...virtio.vdev import (
@@ -90,15 +90,16 @@ class DeviceRun:
             raise
         entry.vrings = list(placement.vrings)
         try:
-            self.link: RpmsgBus = device_link(region, vdev, doorbell, entry=entry, name=name,
-                                              buf_size=RPMSG_BUF_SIZE, owned=[record])
+            self.link: Link = device_link(region, vdev, doorbell, entry=entry, name=name,
+                                          buf_size=RPMSG_BUF_SIZE, owned=[record],
+                                          dispatch="caller")  # the firmware's main dispatches
         except BaseException:
             record.close()
             raise
-        transport = self.link.transport
-        assert isinstance(transport, DeviceRpmsgTransport)
-        self.transport = transport
-        self.queues = (transport.tx, transport.rx)  # vring 0: device -> driver, vring 1
+        backend = self.link.backend
+        assert isinstance(backend, DeviceRpmsgBackend)
+        self.backend = backend
+        self.queues = (backend.tx, backend.rx)  # vring 0: device -> driver, vring 1
         for queue, base in zip(self.queues, config.bases, strict=True):
             if base:
                 queue.start_at(base)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._args import callable_arg
 from ..errors import InvalidArgumentType
-from .wire import RPMSG_ADDR_ANY
+from ..rpmsg.wire import RPMSG_ADDR_ANY
 
 if TYPE_CHECKING:
     from .endpoint import Callback, Endpoint
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class RpmsgChannel:
     """A named service at a remote address, announced by the peer or declared static.
 
-    ``endpoint`` is the local endpoint a driver (or :meth:`RpmsgBus.open_channel`)
+    ``endpoint`` is the local endpoint a driver (or :meth:`Link.open_channel`)
     bound to it; ``priv`` is the driver's private data.
     """
 

@@ -1,4 +1,4 @@
-"""Endpoints: the user-facing end of an rpmsg address."""
+"""Endpoints: the user-facing end of an address on a link."""
 
 from __future__ import annotations
 
@@ -8,53 +8,70 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .._args import timeout_arg
 from ..errors import AddressError, AmplinkError, EndpointClosed, LinkDown, ReceiveTimeout
+from ..rpmsg.wire import RPMSG_ADDR_ANY
 from .stats import EndpointStatistics
-from .wire import RPMSG_ADDR_ANY
+from .zerocopy import HeldMessage, TxLoan
 
 if TYPE_CHECKING:
-    from .bus import RpmsgBus
+    from .runtime import Link
 
 #: Linux's and OpenAMP's default wait for a free transmit buffer, in seconds
 DEFAULT_SEND_TIMEOUT = 15.0
 #: messages an endpoint queues for recv() before it drops (and counts) new ones
 DEFAULT_MAX_QUEUED = 65536
 
-Callback = Callable[["Endpoint", bytes, int], None]
+#: ``callback(endpoint, payload, src)``: ``payload`` is bytes, or a :class:`HeldMessage`
+#: for an endpoint created with ``hold=True``; whatever the callback returns is ignored
+Callback = Callable[["Endpoint", Any, int], object]
 
 
 class Endpoint:
-    """A local rpmsg address: send from it, receive what is sent to it.
+    """A local address: send from it, receive what is sent to it.
 
     Messages arrive in a queue read by :meth:`recv` (or iteration), or, when a
-    ``callback(endpoint, payload, src)`` is set, are handed to it by whichever thread
-    is draining the link. After :meth:`close` returns, no callback runs for it.
+    ``callback(endpoint, payload, src)`` is set, are handed to it by the link's
+    dispatcher (never with a lock held, one at a time and in order for one endpoint).
+    After :meth:`close` returns, no callback runs for it.
+
+    With ``hold=True`` (a backend with the rx-hold capability) messages stay in the
+    peer's buffers until consumed: :meth:`recv_held` returns them as
+    :class:`HeldMessage` views, and a callback gets them as such.
     """
 
     def __init__(
         self,
-        bus: RpmsgBus,
+        link: Link,
         addr: int,
         *,
         name: str | None,
         dst: int,
         callback: Callback | None,
         announced: bool,
+        hold: bool = False,
         priv: Any = None,
     ) -> None:
-        self._bus = bus
+        self._link = link
         self.addr = addr
         self.name = name
         self.dst = dst
         self.callback = callback
         self.announced = announced
+        self.hold = hold
         self.priv = priv
-        self._queue: deque[tuple[bytes, int]] = deque()
+        # received messages (bytes, or HeldMessage with hold) and their source, for recv()
+        # or, with a callback, for the dispatcher
+        self._queue: deque[tuple[Any, int]] = deque()
+        self._scheduled = False  # with a callback: queued for a dispatcher
+        self._dispatcher: int | None = None  # the thread running its callback, if any
         self._closed_reason: str | None = None
         self._link_lost = False
+        self._closed_errno: int | None = None  # the kernel's answer, when one closed it
+        self._discarded = False  # closed by its user: what it still has is dropped
         self.messages_sent = 0
         self.messages_received = 0
         self.callback_errors = 0
         self.dropped_overflow = 0
+        self.dropped_at_close = 0
         #: messages kept for recv(); beyond, new ones are dropped and counted
         self.max_queued = DEFAULT_MAX_QUEUED
 
@@ -64,8 +81,12 @@ class Endpoint:
         return self._closed_reason is not None
 
     @property
+    def link(self) -> Link:
+        return self._link
+
+    @property
     def mtu(self) -> int:
-        return self._bus.mtu
+        return self._link.mtu
 
     def _check_open(self) -> None:
         if self._closed_reason is not None:
@@ -75,7 +96,9 @@ class Endpoint:
         """Why this closed endpoint cannot be used: the peer went away (LinkDown), or this
         side closed it (EndpointClosed)."""
         what = f"endpoint 0x{self.addr:x}: {self._closed_reason}"
-        return LinkDown(what) if self._link_lost else EndpointClosed(what)
+        if not self._link_lost:
+            return EndpointClosed(what)
+        return LinkDown(what) if self._closed_errno is None else LinkDown(self._closed_errno, what)
 
     def _dst(self) -> int:
         if self.dst == RPMSG_ADDR_ANY:
@@ -92,48 +115,73 @@ class Endpoint:
         if self._closed_reason is not None or self.dst == RPMSG_ADDR_ANY:
             self._check_open()
             self._dst()
-        self._bus.send_message(self, self.addr, self.dst, data, timeout)
+        self._link.send_message(self, self.addr, self.dst, data, timeout)
 
     def sendto(self, data: bytes | bytearray | memoryview, dst: int,
                timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
         """Send to address ``dst`` from this endpoint."""
         if self._closed_reason is not None:
             self._check_open()
-        self._bus.send_message(self, self.addr, dst, data, timeout)
+        self._link.send_message(self, self.addr, dst, data, timeout)
 
     def send_offchannel(self, src: int, dst: int, data: bytes | bytearray | memoryview,
                         timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
         """Send with an explicit source address (replies then go to ``src``)."""
         self._check_open()
-        self._bus.send_message(self, src, dst, data, timeout)
+        self._link.send_message(self, src, dst, data, timeout)
 
     def try_send(self, data: bytes | bytearray | memoryview) -> None:
         """Like :meth:`send` but raise NoBufferAvailable at once if no buffer is free."""
         self._check_open()
-        self._bus.send_message(self, self.addr, self._dst(), data, 0)
+        self._link.send_message(self, self.addr, self._dst(), data, 0)
 
     def try_sendto(self, data: bytes | bytearray | memoryview, dst: int) -> None:
         self._check_open()
-        self._bus.send_message(self, self.addr, dst, data, 0)
+        self._link.send_message(self, self.addr, dst, data, 0)
 
     def try_send_offchannel(self, src: int, dst: int,
                             data: bytes | bytearray | memoryview) -> None:
         self._check_open()
-        self._bus.send_message(self, src, dst, data, 0)
+        self._link.send_message(self, src, dst, data, 0)
+
+    def loan(self, timeout: float | None = DEFAULT_SEND_TIMEOUT) -> TxLoan:
+        """A transmit buffer to fill in place (zero copy), waiting up to ``timeout`` s for
+        one (0: NoBufferAvailable at once); send it with ``loan.send(length)``."""
+        self._check_open()
+        return self._link.loan(self, timeout_arg(timeout))
+
+    async def aloan(self, timeout: float | None = DEFAULT_SEND_TIMEOUT) -> TxLoan:
+        """:meth:`loan`, awaiting the buffer."""
+        self._check_open()
+        return await self._link.aloan(self, timeout_arg(timeout))
+
+    def wait_writable(self, timeout: float | None = None) -> bool:
+        """Wait until a send would not block (a transmit buffer is free); False on timeout."""
+        self._check_open()
+        return self._link.wait_writable(timeout_arg(timeout))
+
+    async def await_writable(self, timeout: float | None = None) -> bool:
+        """:meth:`wait_writable` in asyncio: back-pressure for a producer coroutine."""
+        self._check_open()
+        return await self._link.await_writable(timeout_arg(timeout))
 
     # -- receiving --
-    def _taker(self) -> tuple[Callable[[], bool], list[tuple[bytes, int]]]:
-        """A ready() for the bus that takes the message under the bus lock.
+    def _taker(self, *, held: bool) -> tuple[Callable[[], bool], list[tuple[Any, int]]]:
+        """A ready() for the link that takes the message under the link's lock.
 
         Taking it there, not after the wait, keeps two readers of one endpoint from
-        seeing the same message as theirs.
+        seeing the same message as theirs. A held message is copied out and released
+        there too unless ``held``.
         """
-        got: list[tuple[bytes, int]] = []
+        got: list[tuple[Any, int]] = []
         queue = self._queue
 
         def ready() -> bool:
             if queue:
-                got.append(queue.popleft())
+                item, src = queue.popleft()
+                if isinstance(item, HeldMessage) and not held:
+                    item = self._link._copy_out(item)
+                got.append((item, src))
                 return True
             return self._closed_reason is not None
 
@@ -144,40 +192,56 @@ class Endpoint:
             return ReceiveTimeout(f"no message for endpoint 0x{self.addr:x} in {timeout} s")
         return self._closed_error()
 
+    def _check_queue_reader(self) -> None:
+        if self.callback is not None:
+            raise RuntimeError("this endpoint delivers to its callback; it has no queue")
+
     def recvfrom(self, timeout: float | None = None) -> tuple[bytes, int]:
         """Return ``(payload, src)`` of the next message, waiting up to ``timeout`` s.
 
         Raises ReceiveTimeout, EndpointClosed (after queued messages are consumed), or
         LinkDown.
         """
-        if self.callback is not None:
-            raise RuntimeError("this endpoint delivers to its callback; it has no queue")
+        self._check_queue_reader()
         if timeout is not None:
             timeout = timeout_arg(timeout)
-        if self._queue:
+        if not self.hold and self._queue:
             try:
-                return self._queue.popleft()
+                return self._queue.popleft()  # type: ignore[no-any-return]
             except IndexError:  # another reader was quicker
                 pass
-        ready, got = self._taker()
-        self._bus.wait_until(ready, timeout, tx=False)
+        ready, got = self._taker(held=False)
+        self._link.wait_until(ready, timeout, tx=False)
         if got:
-            return got[0]
+            return got[0]  # type: ignore[return-value]
         raise self._no_message(timeout)
 
     def recv(self, timeout: float | None = None) -> bytes:
         """Return the payload of the next message (see :meth:`recvfrom`)."""
         return self.recvfrom(timeout)[0]
 
+    def recv_held(self, timeout: float | None = None) -> HeldMessage:
+        """The next message as a :class:`HeldMessage` (zero copy when the endpoint was
+        created with ``hold=True``; else a view of the copy). Release it when done."""
+        self._check_queue_reader()
+        if timeout is not None:
+            timeout = timeout_arg(timeout)
+        ready, got = self._taker(held=True)
+        self._link.wait_until(ready, timeout, tx=False)
+        if got:
+            return self._link._as_held(*got[0])
+        raise self._no_message(timeout)
+
     def try_recvfrom(self) -> tuple[bytes, int] | None:
         """Return the next message if one is there now, else None."""
+        self._check_queue_reader()
         if not self._queue:
-            self._bus.poll()
-        try:
-            return self._queue.popleft()
-        except IndexError:
-            self._check_open()
-            return None
+            self._link.poll()
+        ready, got = self._taker(held=False)
+        if self._link._take_now(ready) and got:
+            return got[0]  # type: ignore[return-value]
+        self._check_open()
+        return None
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield payloads until the endpoint is closed (by either side)."""
@@ -189,18 +253,28 @@ class Endpoint:
 
     async def arecvfrom(self, timeout: float | None = None) -> tuple[bytes, int]:
         """Await the next message without a thread: the loop watches the doorbell."""
+        self._check_queue_reader()
         if timeout is not None:
             timeout = timeout_arg(timeout)
-        if self._queue:
-            return self._queue.popleft()  # one loop thread: nobody can take it meanwhile
-        ready, got = self._taker()
-        await self._bus.async_wait_until(ready, timeout, tx=False)
+        ready, got = self._taker(held=False)
+        await self._link.async_wait_until(ready, timeout, tx=False)
         if got:
-            return got[0]
+            return got[0]  # type: ignore[return-value]
         raise self._no_message(timeout)
 
     async def arecv(self, timeout: float | None = None) -> bytes:
         return (await self.arecvfrom(timeout))[0]
+
+    async def arecv_held(self, timeout: float | None = None) -> HeldMessage:
+        """:meth:`recv_held`, awaited."""
+        self._check_queue_reader()
+        if timeout is not None:
+            timeout = timeout_arg(timeout)
+        ready, got = self._taker(held=True)
+        await self._link.async_wait_until(ready, timeout, tx=False)
+        if got:
+            return self._link._as_held(*got[0])
+        raise self._no_message(timeout)
 
     async def asend(self, data: bytes | bytearray | memoryview,
                     timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
@@ -210,37 +284,25 @@ class Endpoint:
     async def asendto(self, data: bytes | bytearray | memoryview, dst: int,
                       timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
         self._check_open()
-        await self._bus.async_send_message(self, self.addr, dst, data, timeout)
+        await self._link.async_send_message(self, self.addr, dst, data, timeout)
 
-    # -- called by the bus, lock held --------------------------------------------------------
-    def _deliver(self, payload: bytes, src: int) -> None:
-        self.messages_received += 1
-        if self.dst == RPMSG_ADDR_ANY:
-            self.dst = src  # the peer's first message tells where to answer
-        callback = self.callback
-        if callback is None:
-            if len(self._queue) >= self.max_queued:
-                self.dropped_overflow += 1  # nobody reads: a counted drop, not a leak
-                self._bus.log_overflow(self)
-                return
-            self._queue.append((payload, src))
-            return
-        try:
-            callback(self, payload, src)
-        except Exception:  # noqa: BLE001 - neither a callback's bug nor its failed reply
-            # may escape into the thread that happens to drain, or lose the ring buffer
-            self.callback_errors += 1
-            self._bus.log_callback_error(self)
-
-    def _mark_closed(self, reason: str, *, link_lost: bool = False) -> None:
+    def _mark_closed(self, reason: str, *, link_lost: bool = False,
+                     err: int | None = None) -> None:
+        """Record that the endpoint is closed (link lock held; the link empties its queue
+        or keeps it readable); ``err`` is the kernel's errno when its carrier went away."""
         if self._closed_reason is None:
             self._closed_reason = reason
             self._link_lost = link_lost
+            self._closed_errno = err
 
     # -- lifetime --
     def close(self) -> None:
-        """Destroy the endpoint (announcing it gone if it was announced)."""
-        self._bus.destroy_endpoint(self)
+        """Destroy the endpoint (announcing it gone if it was announced).
+
+        Once this returns no callback for it runs (unless this is called from its own
+        callback, which then finishes).
+        """
+        self._link.destroy_endpoint(self)
 
     def __enter__(self) -> Self:
         return self
@@ -253,7 +315,8 @@ class Endpoint:
             name=self.name, addr=self.addr, dst=self.dst,
             messages_sent=self.messages_sent, messages_received=self.messages_received,
             queued=len(self._queue), callback_errors=self.callback_errors,
-            dropped_overflow=self.dropped_overflow, closed=self.closed,
+            dropped_overflow=self.dropped_overflow, dropped_at_close=self.dropped_at_close,
+            closed=self.closed,
         )
 
     def __repr__(self) -> str:

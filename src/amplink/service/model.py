@@ -6,9 +6,10 @@ debugfs files and of ``/dev/remoteprocN`` the way Linux's remoteproc core does
 values as files in a directory tree so that ``cat`` works. It is the second
 implementation of those semantics (the first is the kernel): the simulator's supervisor
 serves it over its control socket, and the tests' fake kernel behind a
-:class:`~.attributes.FileOps`.
+:class:`~amplink.platforms.linux.attributes.FileOps`.
 
-Refusals raise the typed errors of :mod:`.errors` with the kernel's errno:
+Refusals raise the typed errors of :mod:`amplink.platforms.linux.errors` with the
+kernel's errno:
 
 ===========  =========================================================================
 state        "start": EBUSY if running or attached; "stop": EINVAL unless running or
@@ -39,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from ...remoteproc.api import CrashReason, RemoteProcessor
-from ...remoteproc.coredump import CoredumpMode
-from ...remoteproc.states import RprocState
-from .attributes import device_sort_key
-from .errors import RprocControlError, error_from_errno
+from ..platforms.linux.attributes import device_sort_key
+from ..platforms.linux.errors import RprocControlError, error_from_errno
+from ..remoteproc.api import CrashReason, RemoteProcessor
+from ..remoteproc.coredump import CoredumpMode
+from ..remoteproc.states import RprocState
 
 log = logging.getLogger(__name__)
 

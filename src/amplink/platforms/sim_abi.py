@@ -1,4 +1,5 @@
-"""The shared-memory layout of simulated processors and the fd-passing convention.
+"""The firmware ABI of simulated processors: the shared memory, fds and lifeline a
+firmware child gets, and how it reports back.
 
 A simulated processor is a child process. It inherits, by fd number given in the
 environment variables below, one shared-memory fd (a memfd), eventfd doorbells and a
@@ -13,17 +14,15 @@ address (there is no IOMMU). The processed resource table is at offset
 ``AMPLINK_RSC_TABLE`` and is ``AMPLINK_RSC_SIZE`` bytes long; the firmware parses it
 (untrusted, bounds-checked) to find its vdevs, trace buffers and carveouts.
 
-Two hosts follow the convention, and place the memory with the same machinery
-(:func:`~amplink.remoteproc.resources.process_resources`):
+The host (:class:`~amplink.platforms.sim.SimRemoteProc`, which every way of starting
+firmware uses) takes the firmware's own resource table (Python firmware: its module's
+``RESOURCE_TABLE``; a native executable: its ``.resource_table`` ELF section; neither:
+the default table of :mod:`amplink.platforms.sim.layout`), allocates carveouts, trace
+buffers, vrings and buffers in the memory, and writes the processed table there before
+it starts the child.
 
-* :class:`~amplink.platforms.sim.SimProcessor` gives every firmware the default table
-  (:func:`default_resource_table`, one rpmsg vdev), placed by :func:`place_link`: the
-  vrings, the buffer pool, then the processed table;
-* :class:`~amplink.platforms.sim.SimRemoteProc` runs the remoteproc lifecycle: it takes
-  the firmware's own resource table (Python firmware: its module's ``RESOURCE_TABLE``;
-  a native executable: its ``.resource_table`` ELF section; neither: the default
-  table), allocates carveouts, trace buffers, vrings and buffers in the memory, and
-  writes the processed table there before it starts the child.
+This module is the ABI alone: it imports nothing of amplink, so that firmware loads
+no host code to learn it.
 
 :class:`SimEnv` writes and reads the environment variables below; Python firmware also
 takes its log level from ``AMPLINK_LOG`` (:data:`ENV_LOG`), which it inherits.
@@ -54,18 +53,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .._args import int_arg
-from ..errors import InvalidArgument, InvalidArgumentType
-from ..memory.allocator import align_up
-from ..memory.region import SharedRegion
-from ..remoteproc.constants import FW_RSC_ADDR_ANY
-from ..remoteproc.devmem import PAGE_SIZE, DeviceMemory
-from ..remoteproc.resources import ProcessedResources, process_resources
-from ..remoteproc.rsc_table import ResourceTable
-from ..rpmsg.wire import RPMSG_BUF_SIZE
-from ..virtio.ring import VIRTIO_RING_F_EVENT_IDX, VRING_MAX_SIZE, vring_size
-from ..virtio.vdev import VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS, VdevEntry, VringEntry
-
 ENV_SHM_FD = "AMPLINK_SHM_FD"          # inherited fd of the shared memory (memfd)
 ENV_SHM_SIZE = "AMPLINK_SHM_SIZE"      # its size in bytes
 ENV_DA_BASE = "AMPLINK_DA_BASE"        # device address of its first byte
@@ -95,69 +82,6 @@ FATAL_REASON_MAX = 200
 TABLE_READER_NO_MODULE = 66  # EX_NOINPUT
 #: ... and when its RESOURCE_TABLE is neither a ResourceTable nor bytes
 TABLE_READER_BAD_TABLE = 65  # EX_DATAERR
-
-
-@dataclass(frozen=True)
-class LinkConfig:
-    """Sizes of one rpmsg link: buffers per direction, buffer size, ring alignment."""
-
-    num_buffers: int = 256
-    buf_size: int = RPMSG_BUF_SIZE
-    align: int = 0x1000
-    event_idx: bool = False
-
-    def __post_init__(self) -> None:
-        int_arg(self.num_buffers, "num_buffers", minimum=1, maximum=VRING_MAX_SIZE)
-        int_arg(self.align, "align", minimum=1)
-        if self.num_buffers & (self.num_buffers - 1):
-            raise InvalidArgument(f"num_buffers must be a power of two, got {self.num_buffers}")
-        if self.align & (self.align - 1):
-            raise InvalidArgument(f"align must be a power of two, got {self.align}")
-        int_arg(self.buf_size, "buf_size", minimum=24, maximum=0xFFFF + 16)
-        if self.buf_size % 8:
-            raise InvalidArgument(f"buf_size must be a multiple of 8, got {self.buf_size}")
-        if not isinstance(self.event_idx, bool):
-            raise InvalidArgumentType(f"event_idx must be a bool, got {self.event_idx!r}")
-
-
-def default_resource_table(config: LinkConfig) -> ResourceTable:
-    """The table of firmware that declares none: one rpmsg vdev, the host places its vrings."""
-    features = 1 << VIRTIO_RPMSG_F_NS
-    if config.event_idx:
-        features |= 1 << VIRTIO_RING_F_EVENT_IDX
-    vrings = [VringEntry(FW_RSC_ADDR_ANY, config.align, config.num_buffers, FW_RSC_ADDR_ANY)
-              for _ in range(2)]
-    vdev = VdevEntry(id=VIRTIO_ID_RPMSG, dfeatures=features, vrings=vrings)
-    return ResourceTable([vdev])
-
-
-def _link_memory_size(config: LinkConfig) -> int:
-    """Room for the default table's vrings, buffers and table, placed from address 0.
-
-    Each vring starts on its alignment, the buffers and the table on a page (see
-    :func:`process_resources`); the table (one vdev entry) takes less than a page.
-    """
-    rings = 2 * align_up(vring_size(config.num_buffers, config.align),
-                         max(config.align, PAGE_SIZE))
-    return rings + align_up(2 * config.num_buffers * config.buf_size, PAGE_SIZE) + PAGE_SIZE
-
-
-def place_link(config: LinkConfig, name: str) -> tuple[DeviceMemory, ProcessedResources]:
-    """New processor memory (a memfd called ``name``) holding the default table's link.
-
-    The table is processed into it as :class:`SimRemoteProc` processes a firmware's
-    table, and written there: ``resources.table_location`` is the table,
-    ``resources.vdevs[0]`` the rpmsg vdev with its ``vrings`` and ``buffers``.
-    """
-    memory = DeviceMemory(SharedRegion.memfd(_link_memory_size(config), name))
-    try:
-        resources = process_resources(default_resource_table(config).build(), memory,
-                                      buf_size=config.buf_size)
-        resources.write_table()
-    except BaseException:
-        memory.close()
-        raise
-    return memory, resources
 
 
 def _unset(key: str) -> RuntimeError:

@@ -20,11 +20,13 @@ class EndpointStatistics:
     callback_errors: int
     dropped_overflow: int
     closed: bool
+    #: messages that were queued when the endpoint closed (never read)
+    dropped_at_close: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class LinkStatistics:
-    """One rpmsg link at one moment."""
+    """One link at one moment."""
 
     name: str
     state: str
@@ -36,4 +38,10 @@ class LinkStatistics:
     safety_net_wakeups: int
     sleeps: int
     endpoints: tuple[EndpointStatistics, ...]
-    transport: Mapping[str, Any] = field(default_factory=dict)
+    #: the backend's own counters (protocol faults, kicks, buffers, ...)
+    backend: Mapping[str, Any] = field(default_factory=dict)
+    #: received buffers held by zero-copy endpoints, the most they may hold, and how often
+    #: receiving paused because of it
+    rx_held: int = 0
+    max_held: int = 0
+    rx_backpressure: int = 0

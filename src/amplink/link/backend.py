@@ -1,0 +1,215 @@
+"""The backend interface: what carries a link's messages, and what it can do.
+
+The link core and runtime know nothing of vrings, FIFOs, mailboxes or character
+devices. A backend moves messages between addresses and says what it supports in its
+:class:`Capabilities`; the runtime consults them, and a call that needs a missing one
+raises :class:`~amplink.errors.NotSupported` (as Zephyr's ``-ENOTSUP``), never a crash.
+
+Every method is called with the runtime's lock held and must not block: the runtime
+does the waiting (on :attr:`Backend.waiter`). After :meth:`Backend.close` the runtime
+calls nothing but :meth:`Backend.statistics`.
+
+Receiving hands each message to the runtime as a *view* of the backend's own buffer;
+the runtime either copies it out at once (the buffer goes back at the end of the call)
+or keeps it (zero copy) and gives it back later with :meth:`Backend.release`. Sending
+either copies a finished payload (:meth:`Backend.try_send`) or fills a *loaned* buffer
+in place (:meth:`Backend.loan`, then :meth:`Backend.send_loan` or
+:meth:`Backend.drop_loan`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+from ..errors import LinkDown, NotSupported
+from ..notify.waiter import Waiter
+
+#: ``deliver(src, dst, payload, handle) -> kept``: one received message; return True to
+#: keep the buffer (release it later with ``Backend.release(handle)``), False to let the
+#: backend take it back as soon as ``deliver`` returns (a view is invalid then). The
+#: payload is a memoryview of the buffer when :attr:`Backend.views_wanted`, else it may be
+#: its bytes (a copy made anyway is then the only one)
+Deliver = Callable[[int, int, "memoryview | bytes", Any], bool]
+
+#: how endpoints are addressed: "rpmsg" (32-bit source and destination on every
+#: message, any-to-any), "pair" (each endpoint talks to one fixed peer address, as
+#: /dev/rpmsgN), "channel" (a channel id is both ends, as Keem Bay's), "endpoint"
+#: (a small endpoint number, as RTKit's)
+Addressing = Literal["rpmsg", "pair", "channel", "endpoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do (the runtime and the conformance suite consult it)."""
+
+    #: the largest payload of one message
+    max_payload: int
+    #: the peer announces channels by name (rpmsg's name service at address 53)
+    name_service: bool = False
+    #: a transmit buffer can be loaned, filled in place and sent (zero-copy send)
+    tx_loan: bool = False
+    #: a received buffer can be held past its delivery and released later (zero-copy recv)
+    rx_hold: bool = False
+    #: shared buffers (file descriptors) can be passed by reference
+    send_by_reference: bool = False
+    #: see :data:`Addressing`
+    addressing: Addressing = "rpmsg"
+    #: local addresses an endpoint may have: [first, last]
+    address_range: tuple[int, int] = (0, 0xFFFF_FFFE)
+    #: where an endpoint created with "any address" gets its address from (None: the
+    #: backend assigns it in :meth:`Backend.open_endpoint`)
+    dynamic_base: int | None = 1024
+    #: receive buffers the peer can fill before it must wait for us (0: unknown)
+    rx_buffers: int = 0
+    #: the backend can tell when a send would not block (writable readiness)
+    tx_ready: bool = True
+    #: the peer's channels are found by looking (the kernel's list of them), not
+    #: announced in band: see :meth:`Backend.discover_channels`
+    channel_discovery: bool = False
+
+
+class SeenChannel(NamedTuple):
+    """A channel of the peer as a discovering backend found it."""
+
+    name: str
+    #: the peer's address
+    dst: int
+    #: the local address already bound to it that a first opener takes (RPMSG_ADDR_ANY: none)
+    src: int
+
+
+class Backend(ABC):
+    """A message carrier with a doorbell, driven by the link runtime (see the module doc)."""
+
+    capabilities: Capabilities
+    #: sleeps on the doorbell and the peer's lifeline
+    waiter: Waiter
+    #: set once the peer is gone; every later call fails with it
+    down: LinkDown | None = None
+    #: set when the peer broke the receiving / sending direction beyond repair; calls
+    #: in that direction fail with it while the other direction goes on
+    rx_broken: LinkDown | None = None
+    tx_broken: LinkDown | None = None
+    #: False if the peer never rings when it frees a transmit buffer (OpenAMP): a
+    #: blocked send then polls every :attr:`tx_poll_interval` seconds instead of sleeping
+    tx_kicks: bool = True
+    tx_poll_interval: float = 0.001
+    #: messages sent before the peer went away that it never consumed (set by mark_down)
+    unconsumed_at_down: int = 0
+    #: the link holds received buffers (zero copy): ``deliver`` must get views
+    views_wanted: bool = False
+    #: set when local endpoints lost their carrier (see :meth:`take_lost_endpoints`)
+    endpoints_lost: bool = False
+
+    # -- receiving ---------------------------------------------------------------------------
+    @abstractmethod
+    def receive(self, deliver: Deliver, budget: int) -> int:
+        """Hand up to ``budget`` received messages to ``deliver``, in order.
+
+        Returns the number of buffers taken (malformed ones included), so that a peer
+        flooding garbage cannot hold the caller. A buffer whose message ``deliver`` did
+        not keep goes back to the peer (by the end of this call).
+        """
+
+    def release(self, handle: Any) -> None:
+        """Give back a buffer that ``deliver`` kept (its view must not be used after)."""
+        raise NotSupported(f"{type(self).__name__} cannot hold received buffers")
+
+    @abstractmethod
+    def rx_pending(self) -> bool:
+        """Cheap check: may a message be waiting?"""
+
+    # -- sending -----------------------------------------------------------------------------
+    @abstractmethod
+    def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
+        """Send one message (``len(payload)`` <= max_payload) if a buffer is free now;
+        False if none is."""
+
+    def loan(self) -> tuple[Any, memoryview] | None:
+        """A free transmit buffer, ``(handle, writable view of max_payload bytes)``, or
+        None if none is free now. It is the caller's until :meth:`send_loan` or
+        :meth:`drop_loan`."""
+        raise NotSupported(f"{type(self).__name__} cannot loan transmit buffers")
+
+    def send_loan(self, handle: Any, src: int, dst: int, length: int) -> None:
+        """Send the first ``length`` bytes of a loaned buffer (0 <= length <= max_payload)."""
+        raise NotSupported(f"{type(self).__name__} cannot loan transmit buffers")
+
+    def drop_loan(self, handle: Any) -> None:
+        """Take back a loaned buffer unsent."""
+        raise NotSupported(f"{type(self).__name__} cannot loan transmit buffers")
+
+    @abstractmethod
+    def tx_available(self) -> bool:
+        """Cheap check: may a transmit buffer be free?"""
+
+    def in_flight(self) -> int:
+        """Messages sent that the peer has not consumed yet (0 if the backend cannot tell)."""
+        return 0
+
+    # -- endpoints ---------------------------------------------------------------------------
+    def open_endpoint(self, addr: int | None, name: str | None, dst: int) -> int:
+        """A local endpoint comes into being: return its address (``addr``, or one the
+        backend assigns when ``addr`` is None). Backends whose endpoints are kernel
+        objects (rpmsg_char) or opened channels (Keem Bay) create them here."""
+        if addr is None:
+            raise NotSupported(f"{type(self).__name__} assigns no addresses")
+        return addr
+
+    def close_endpoint(self, addr: int) -> None:  # noqa: B027 - optional, nothing by default
+        """A local endpoint is gone (its messages are dropped from now on)."""
+
+    def take_lost_endpoints(self) -> list[tuple[int, LinkDown]]:
+        """Local endpoints whose carrier went away (a kernel removed its device) with why;
+        each is reported once, and :attr:`endpoints_lost` is cleared. The runtime closes
+        them: their blocked and later calls raise that error."""
+        return []
+
+    # -- channels ----------------------------------------------------------------------------
+    def discover_channels(self) -> list[SeenChannel]:
+        """The peer's channels now (backends with ``channel_discovery``): the runtime
+        compares them with what it knows, adds the new and removes the vanished ones."""
+        raise NotSupported(f"{type(self).__name__} learns channels from the name service")
+
+    # -- notifications -----------------------------------------------------------------------
+    @abstractmethod
+    def arm(self, *, rx: bool, tx: bool) -> bool:
+        """Ask the peer to ring for received messages and/or freed transmit buffers.
+
+        Returns True if work arrived meanwhile (the caller must not sleep then).
+        """
+
+    @abstractmethod
+    def disarm(self) -> None:
+        """Tell the peer not to ring (we are busy or polling)."""
+
+    # -- state -------------------------------------------------------------------------------
+    def mark_down(self, reason: str) -> None:
+        """Record that the peer is gone; wakes every waiter.
+
+        Sends into a ring succeed until the peer's death is noticed (rpmsg has no
+        acknowledgements): the error says how many of them the peer never consumed.
+        """
+        if self.down is None:
+            lost = self.in_flight()
+            self.unconsumed_at_down = lost
+            if lost:
+                reason += (f"; {lost} message{'s' if lost != 1 else ''} sent before were "
+                           "never consumed by the peer")
+            self.down = LinkDown(reason)
+        self.waiter.wake()
+
+    def broken(self, *, tx: bool) -> LinkDown | None:
+        """Why calls in one direction cannot succeed (peer gone or that direction broken)."""
+        return self.down or (self.tx_broken if tx else self.rx_broken)
+
+    def statistics(self) -> Mapping[str, Any]:
+        """Backend-specific counters (merged into the link's statistics)."""
+        return {}
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release everything the backend owns."""

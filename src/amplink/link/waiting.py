@@ -1,0 +1,270 @@
+"""The wait engine of a link: threads and coroutines waiting for the rings.
+
+No background thread sits in the message path: the thread that waits (in ``recv``, a
+blocked ``send``, a dispatcher) drains the backend itself. One waiting thread at a time
+sleeps on the doorbell (the *poller*); the others wait on a condition it signals. In
+polling mode the poller spins on the rings instead. asyncio waiters watch the waiter's
+epoll fd from the event loop and never block it.
+
+The engine holds no user code: ``settle`` (the link's "drain, then check") and the
+``ready`` predicates it is given are the link's own, called with the lock held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .backend import Backend
+
+if TYPE_CHECKING:
+    import asyncio
+
+#: longest sleep before the rings are re-checked even without a kick (the safety net)
+DEFAULT_SAFETY_TIMEOUT = 0.05
+
+#: ``settle(ready, tx) -> bool``: drain, then True if ``ready()``; raises when it cannot be
+Settle = Callable[[Callable[[], bool], bool], bool]
+
+
+class WaitEngine:
+    """Waiting on one backend's doorbell (see the module docstring).
+
+    ``blocked(tx)`` tells that a direction cannot progress by itself (the link holds too
+    many received buffers): its waiters then wait for news only, without arming.
+    """
+
+    def __init__(self, backend: Backend, lock: threading.Lock, settle: Settle,
+                 closed: Callable[[], bool], blocked: Callable[[bool], bool], *,
+                 poll_mode: bool, spin: float, safety_timeout: float) -> None:
+        self.backend = backend
+        self.lock = lock
+        self._settle = settle
+        self._closed = closed
+        self._blocked = blocked
+        self.poll_mode = poll_mode
+        self.spin = spin
+        self.safety_timeout = safety_timeout
+        self.cond = threading.Condition(threading.Lock())
+        self.poller: int | None = None  # the thread watching the rings, if any
+        self.followers = 0
+        self.generation = 0  # bumped whenever waiters must re-check their condition
+        self.sleeps = 0
+        self.safety_net_wakeups = 0
+        self._async_futures: set[asyncio.Future[None]] = set()
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async_fd = -1
+
+    # -- news ---------------------------------------------------------------------------------
+    def tell(self) -> None:
+        """Something changed (lock held or not): every waiter must re-check."""
+        self.generation += 1
+        poller = self.poller
+        if poller is not None and poller != threading.get_ident():
+            self.backend.waiter.wake()  # the sleeping thread may wait for this
+        if self.followers:
+            with self.cond:
+                self.cond.notify_all()
+        loop = self._async_loop
+        if self._async_futures and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._async_readable)
+            except RuntimeError:  # that loop is closed: its waiters are gone
+                pass
+
+    def wake_all(self) -> None:
+        """Rouse every waiter at once (close, link down)."""
+        self.generation += 1
+        self.backend.waiter.wake()
+        with self.cond:
+            self.cond.notify_all()
+
+    def wait_poller_gone(self, timeout: float) -> None:
+        """Let the thread spinning or sleeping on the rings leave them (up to ``timeout``)."""
+        me = threading.get_ident()
+        with self.cond:
+            end = time.monotonic() + timeout
+            while self.poller not in (None, me) and time.monotonic() < end:
+                self.cond.wait(0.05)
+
+    # -- threads ------------------------------------------------------------------------------
+    def _acquire(self, deadline: float | None) -> bool:
+        """Take the lock, giving up at ``deadline``."""
+        lock = self.lock
+        if deadline is None or lock.acquire(False):  # uncontended: no clock read
+            return lock.acquire() if deadline is None else True
+        return lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float | None, *, tx: bool) -> bool:
+        """Drain and wait until ``ready()`` (called with the lock held) or the timeout.
+
+        Returns False on timeout; raises what ``settle`` raises (link down, closed).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backend = self.backend
+        lock = self.lock
+        me = threading.get_ident()
+        while True:
+            if not self._acquire(deadline):
+                return False
+            try:
+                if self._settle(ready, tx):
+                    return True
+                generation = self.generation
+                blocked = self._blocked(tx)
+                poller = self.poller
+                # Another thread sleeps on the doorbell: have the peer ring for our
+                # direction too, or its kick would not come (that thread wakes us).
+                if (not blocked and poller is not None and poller != me and not self.poll_mode
+                        and backend.arm(rx=not tx, tx=tx)):
+                    continue
+            finally:
+                lock.release()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            # One thread (the poller) watches the rings; the others wait for its news, as
+            # does a waiter whose direction only a release by another thread can unblock.
+            with self.cond:
+                if blocked or (self.poller is not None and self.poller != me):
+                    self.followers += 1
+                    try:
+                        if self.generation == generation:
+                            self.cond.wait(self.safety_timeout if remaining is None
+                                           else min(remaining, self.safety_timeout))
+                    finally:
+                        self.followers -= 1
+                    continue
+                outer = self.poller  # a callback of ours may wait inside our own wait
+                self.poller = me
+            try:
+                if self.poll_mode:
+                    self._spin(remaining, tx, generation)
+                else:
+                    self._sleep(remaining, tx, generation)
+            finally:
+                with self.cond:
+                    self.poller = outer
+                    self.cond.notify_all()
+
+    def _spin(self, remaining: float | None, tx: bool, generation: int) -> None:
+        backend = self.backend
+        pending = backend.tx_available if tx else backend.rx_pending
+        end = None if remaining is None else time.monotonic() + remaining
+        spins = 0
+        closed = self._closed
+        while not closed() and not pending():
+            spins += 1
+            if spins & 0x3FF:
+                continue
+            # Now and then: let other threads run, notice a dead peer, news, the time.
+            time.sleep(0)
+            backend.waiter.poll_sources()
+            if backend.broken(tx=tx) is not None:
+                return
+            if generation != self.generation:
+                return
+            if end is not None and time.monotonic() >= end:
+                return
+
+    def _sleep(self, remaining: float | None, tx: bool, generation: int) -> None:
+        backend = self.backend
+        closed = self._closed
+        pending = backend.tx_available if tx else backend.rx_pending
+        if self.spin:
+            end = time.monotonic() + self.spin
+            while time.monotonic() < end:
+                if closed() or pending():
+                    return
+        with self.lock:
+            if generation != self.generation or closed():
+                return  # another thread delivered meanwhile: re-check before sleeping
+            if backend.arm(rx=not tx, tx=tx):
+                backend.disarm()
+                return
+        limit = self.safety_timeout
+        polling_tx = tx and not backend.tx_kicks
+        if polling_tx:
+            limit = backend.tx_poll_interval  # no kick will come: this is the poll period
+        timeout = limit if remaining is None else min(remaining, limit)
+        self.sleeps += 1
+        signalled = backend.waiter.wait(timeout)
+        with self.lock:
+            if closed():
+                return
+            backend.disarm()
+            if not signalled and not polling_tx and pending():
+                self.safety_net_wakeups += 1
+            backend.waiter.reset_wake()
+
+    # -- asyncio ------------------------------------------------------------------------------
+    async def async_wait_until(self, ready: Callable[[], bool], timeout: float | None, *,
+                               tx: bool) -> bool:
+        """The asyncio form of :meth:`wait_until`: the loop watches the waiter's epoll fd.
+
+        The lock is only ever tried, never waited for, inside the loop. A link is awaited
+        from one event loop at a time.
+        """
+        import asyncio  # here: a firmware that never awaits does not pay for its import
+
+        loop = asyncio.get_running_loop()
+        if self._async_loop is not loop:
+            if self._async_futures:
+                raise RuntimeError("this link is already awaited in another event loop")
+            self._async_loop = loop
+        deadline = None if timeout is None else loop.time() + timeout
+        backend = self.backend
+        lock = self.lock
+        while True:
+            if not lock.acquire(False):
+                await asyncio.sleep(0)  # a thread holds it for a moment (no user code runs)
+                if deadline is not None and loop.time() >= deadline:
+                    return False
+                continue
+            try:
+                if self._settle(ready, tx):
+                    return True
+                blocked = self._blocked(tx)
+                if not blocked and backend.arm(rx=not tx, tx=tx):
+                    backend.disarm()
+                    continue
+            finally:
+                lock.release()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            limit = (backend.tx_poll_interval if tx and not backend.tx_kicks
+                     else self.safety_timeout)
+            wait = limit if remaining is None else min(remaining, limit)
+            future = self._async_future(loop)
+            try:
+                await asyncio.wait_for(asyncio.shield(future), wait)
+            except TimeoutError:
+                pass
+            finally:
+                self._async_futures.discard(future)
+                if not self._async_futures:
+                    loop.remove_reader(self._async_fd)
+            if self._closed() or not lock.acquire(False):
+                continue
+            try:
+                backend.waiter.poll_sources()
+                backend.waiter.reset_wake()
+                backend.disarm()
+            finally:
+                lock.release()
+
+    def _async_future(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        if not self._async_futures:
+            self._async_fd = self.backend.waiter.fileno()
+            loop.add_reader(self._async_fd, self._async_readable)
+        future: asyncio.Future[None] = loop.create_future()
+        self._async_futures.add(future)
+        return future
+
+    def _async_readable(self) -> None:
+        for future in self._async_futures:
+            if not future.done():
+                future.set_result(None)
