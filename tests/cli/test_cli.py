@@ -17,7 +17,7 @@ BENCH = ROOT / "bench" / "rpmsg_bench.py"
 SUBCOMMANDS = ["demo", "run", "ping", "frames", "openamp", "vhost-user", "send", "listen"]
 #: the remote-processor commands, all added by one registration function (amplink.cli.rproc)
 RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "attach", "detach", "recovery", "coredump",
-                     "trace", "crash"]
+                     "trace", "crash", "crashlog"]
 
 
 def amplink(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -54,8 +54,8 @@ def _minimal(name: str) -> list[str]:
             "openamp": ["openamp", "host", "--client"], "ls": ["ls"], "boot": ["boot", "fw"],
             "stop": ["stop", "p"], "state": ["state", "p"],
             "recovery": ["recovery", "p", "enabled"], "coredump": ["coredump", "p", "inline"],
-            "trace": ["trace", "p"], "crash": ["crash", "p"], "frames": ["frames"],
-            "attach": ["attach", "p", "4K"], "detach": ["detach", "p", "1"],
+            "trace": ["trace", "p"], "crash": ["crash", "p"], "crashlog": ["crashlog", "p"],
+            "frames": ["frames"], "attach": ["attach", "p", "4K"], "detach": ["detach", "p", "1"],
             "vhost-user": ["vhost-user", "fw", "--socket", "s"],
             "send": ["send", "p", "rpmsg-raw", "hi"], "listen": ["listen", "p", "rpmsg-raw"]}[name]
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fake_sysfs import FakeRemoteprocKernel
 from rig_kit import ECHO, MISSING_MODULE, TRACE_FIRMWARE, children_of, process_alive, wait_for
+from served_kit import Cli
 from trace_firmware import TRACE_LINE
 
 from amplink.cli import main as amplink_main
@@ -20,28 +21,6 @@ from amplink.cli import rproc as cli_rproc
 from amplink.service.supervisor import PID_FILE, read_pid_file
 
 TIMEOUT = 10.0
-
-
-class Cli:
-    """Runs ``amplink`` commands in this process and returns (status, stdout, stderr)."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        status = amplink_main(list(argv))
-        out, err = self.capsys.readouterr()
-        return status, out, err
-
-    def ok(self, *argv: str) -> str:
-        status, out, err = self(*argv)
-        assert status == 0, (argv, out, err)
-        return out
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(capsys)
 
 
 def test_boot_ls_state_crash_recover_stop(runtime: Path, cli: Cli) -> None:

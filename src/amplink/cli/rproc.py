@@ -1,5 +1,5 @@
 """The remote-processor commands of ``amplink``: ls, boot, stop, state, recovery, coredump,
-trace, crash.
+trace, crash, crashlog.
 
 By default they act on the simulator: processors held by a supervisor process (see
 :mod:`amplink.service.supervisor`) that ``amplink boot`` starts on demand and that
@@ -246,6 +246,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     """amplink boot FIRMWARE [--name NAME]."""
     root = _sysfs_root(args)
     if root is not None and not is_simulator_tree(root):
+        if args.rtkit:
+            raise CommandError("--rtkit boots a simulated co-processor: drop --sysfs")
         return _boot_tree(args)
     firmware = _firmware_spec(args.firmware)
     try:
@@ -270,7 +272,7 @@ def _add_processor(args: argparse.Namespace, firmware: str) -> tuple[SupervisorC
     target = _target(args, start=True)
     if target.supervisor is None:
         raise CommandError(f"no supervisor serves {target.where}")
-    dev, name = target.supervisor.add(firmware, args.name)
+    dev, name = target.supervisor.add(firmware, args.name, "rtkit" if args.rtkit else None)
     return target.supervisor, dev, name
 
 
@@ -342,6 +344,21 @@ def cmd_crash(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crashlog(args: argparse.Namespace) -> int:
+    """amplink crashlog NAME."""
+    rproc, target = _processor(args)
+    if target.supervisor is None:
+        raise CommandError(f"{rproc.label}: crashlogs are kept for simulated RTKit "
+                           "co-processors (`amplink boot --rtkit`), not in a remoteproc tree")
+    report = target.supervisor.crashlog(rproc.dev)
+    if report:
+        sys.stdout.write(report)
+        sys.stdout.flush()
+    else:
+        out(f"{rproc.label} has not crashed")
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     """amplink trace NAME [-f]."""
     rproc, _ = _processor(args)
@@ -384,7 +401,7 @@ def _target_options() -> argparse.ArgumentParser:
 
 
 def register(sub: Any) -> None:
-    """Add ls, boot, stop, state, recovery, coredump, trace and crash to ``sub``."""
+    """Add ls, boot, stop, state, recovery, coredump, trace, crash and crashlog to ``sub``."""
     target = _target_options()
 
     def add(name: str, func: Any, help_: str, description: str) -> argparse.ArgumentParser:
@@ -404,8 +421,11 @@ def register(sub: Any) -> None:
     p.add_argument("firmware", metavar="FIRMWARE",
                    help="e.g. amplink.firmware.examples.echo, or fw.elf with --sysfs")
     p.add_argument("--name", default=None,
-                   help="the processor's name (default: the first free simN; with --sysfs "
-                        "the only processor)")
+                   help="the processor's name (default: the first free simN, or rtkitN; "
+                        "with --sysfs the only processor)")
+    p.add_argument("--rtkit", action="store_true",
+                   help="FIRMWARE is Apple RTKit firmware (amplink.firmware.rtkit): boot a "
+                        "simulated RTKit co-processor behind a mailbox")
     for name, func, help_, description in (
             ("stop", cmd_stop, "stop a processor",
              "Stop processor NAME. A simulated one is also removed (a crashed one too); the "
@@ -447,6 +467,11 @@ def register(sub: Any) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new text")
     p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S",
                    help="with -f: poll every S seconds (default 0.5)")
+    p = add("crashlog", cmd_crashlog, "print an RTKit co-processor's last crashlog",
+            "Print the report of the last crash of simulated RTKit co-processor NAME: the "
+            "crashlog it wrote (messages, version, time, mailbox history, registers), "
+            "parsed, with any problem the host found in it.")
+    p.add_argument("name", metavar="NAME", help=NAME_HELP)
     p = add("crash", cmd_crash, "inject a crash",
             "Report a crash of running processor NAME (debugfs crash: root only on real "
             "hardware). With recovery enabled it is restarted; else it stays crashed.")

@@ -13,8 +13,11 @@ kernel's remoteproc class, in a per-user runtime directory (:func:`runtime_dir`)
       supervisor.lock        held (flock) for its whole life; spawn.lock: serialises starts
 
 The processors are :class:`~amplink.platforms.sim.SimRemoteProc` (the remoteproc
-lifecycle: crash recovery, coredumps, the RSC_TRACE buffer; see :func:`make_sim_processor`);
-their firmware's output goes to the supervisor's log. Plain files cannot refuse a write,
+lifecycle: crash recovery, coredumps, the RSC_TRACE buffer; see :func:`make_sim_processor`)
+or, added with the kind "rtkit" (``amplink boot --rtkit``), Apple RTKit co-processors
+(:class:`~amplink.platforms.rtkit.RtkitRemoteProc`: trace0 is their syslog, and
+``crashlog`` answers their last crash report); their firmware's output goes to the
+supervisor's log. Plain files cannot refuse a write,
 so every operation goes through the socket, which answers with the kernel's errno (see
 :class:`~amplink.service.model.RemoteprocModel`);
 :class:`~amplink.platforms.linux.LinuxRemoteProc` and the CLI therefore work unchanged on
@@ -88,6 +91,8 @@ ACCEPT_LOG_INTERVAL = 5.0
 
 #: makes the processor called ``name`` (first argument) with ``firmware`` (second)
 ProcessorFactory = Callable[[str, str], RemoteProcessor]
+#: the kinds of processor ``add`` makes, and the default name of each (with a number)
+KINDS = {"sim": "sim", "rtkit": "rtkit"}
 
 # Started with `python -c`: spawns the supervisor in a new session and exits at once,
 # so the supervisor is nobody's child (no zombie, no signal from the caller's terminal).
@@ -105,6 +110,14 @@ class ReportsChannels(Protocol):
 
     def channels(self) -> list[tuple[str, int, int]]:
         """(name, local address, remote address) of each channel."""
+
+
+@runtime_checkable
+class ReportsCrashlog(Protocol):
+    """Optional: a processor that keeps its last crash report (an RTKit co-processor)."""
+
+    def crashlog(self) -> str:
+        """The report of the last crash ("" if it never crashed)."""
 
 
 class Channel(NamedTuple):
@@ -133,6 +146,13 @@ def make_sim_processor(name: str, firmware: str, *, coredump_dir: Path) -> SimRe
     firmware fails the boot with ENOENT). Crash dumps go to ``coredump_dir``; the
     firmware's stdout and stderr to the supervisor's stderr (its log)."""
     return SimRemoteProc(firmware, name=name, coredump_dir=coredump_dir, stdout=STDERR_FD)
+
+
+def make_rtkit_processor(name: str, firmware: str, *, coredump_dir: Path) -> RemoteProcessor:
+    """The supervisor's simulated Apple RTKit co-processors (``amplink boot --rtkit``)."""
+    from ..platforms.rtkit import RtkitRemoteProc  # only where RTKit is used
+
+    return RtkitRemoteProc(firmware, name=name, coredump_dir=coredump_dir, stdout=STDERR_FD)
 
 
 # -- the runtime directory --------------------------------------------------------------
@@ -208,17 +228,23 @@ def _fail(err: int, message: str) -> RprocControlError:
 
 
 class Supervisor:
-    """Holds processors made by ``factory`` and serves them on ``root``'s control socket.
+    """Holds processors made by ``factory`` (and ``rtkit_factory`` for the kind "rtkit")
+    and serves them on ``root``'s control socket.
 
-    The default factory is :func:`make_sim_processor`, dumping into ``root``/coredumps.
+    The default factories are :func:`make_sim_processor` and :func:`make_rtkit_processor`,
+    dumping into ``root``/coredumps.
     """
 
     def __init__(self, root: Path, factory: ProcessorFactory | None = None, *,
+                 rtkit_factory: ProcessorFactory | None = None,
                  idle_grace: float = 10.0, tick: float = 0.25) -> None:
         self.root = Path(root)
-        if factory is None:
-            factory = functools.partial(make_sim_processor, coredump_dir=self.root / COREDUMP_DIR)
-        self.factory = factory
+        dumps = self.root / COREDUMP_DIR
+        self.factories: dict[str, ProcessorFactory] = {
+            "sim": factory or functools.partial(make_sim_processor, coredump_dir=dumps),
+            "rtkit": rtkit_factory or functools.partial(make_rtkit_processor,
+                                                        coredump_dir=dumps),
+        }
         self.idle_grace = idle_grace
         self.tick = tick
         self.model: RemoteprocModel | None = None
@@ -238,6 +264,7 @@ class Supervisor:
             "debug_write": self._op_debug_write, "add": self._op_add, "remove": self._op_remove,
             "channels": self._op_channels, "crashes": self._op_crashes,
             "buffers": self._op_buffers, "attach": self._op_attach, "detach": self._op_detach,
+            "crashlog": self._op_crashlog,
             "dev_open": self._op_dev_open,
             "dev_write": self._op_dev_write, "dev_set_release": self._op_dev_set_release,
             "dev_get_release": self._op_dev_get_release,
@@ -462,23 +489,27 @@ class Supervisor:
         if not firmware or len(firmware) > _MAX_FIRMWARE or "\n" in firmware or "\0" in firmware:
             raise _fail(errno.EINVAL, f"a firmware name is one non-empty line, "
                                       f"got {firmware[:80]!r}")
+        kind = protocol.field(m, "kind", str, optional=True) or "sim"
+        if kind not in self.factories:
+            raise _fail(errno.EINVAL, f"kind {kind!r}: expected one of "
+                                      f"{', '.join(self.factories)}")
         name = protocol.field(m, "name", str, optional=True)
         if name is None:
             index = 0
-            while self._m.find(f"sim{index}") is not None:
+            while self._m.find(f"{KINDS[kind]}{index}") is not None:
                 index += 1
-            name = f"sim{index}"
+            name = f"{KINDS[kind]}{index}"
         elif not _PROCESSOR_NAME.fullmatch(name):
             raise _fail(errno.EINVAL, f"processor name {name!r}: use 1-32 letters, digits, "
                                       "'_', '.' or '-'")
         if self._m.find(name) is not None:
             raise _fail(errno.EEXIST, f"a processor called {name!r} exists already: stop it "
                                       f"first (`amplink stop {name}`) or choose another --name")
-        rproc = self.factory(name, firmware)
+        rproc = self.factories[kind](name, firmware)
         dev = self._m.add(rproc)
         self._had_processor = True
         self._unsubscribe[dev] = rproc.subscribe(lambda _event: self._wake())
-        log.info("%s: added %s with firmware %s", dev, name, firmware)
+        log.info("%s: added %s (%s) with firmware %s", dev, name, kind, firmware)
         return {"dev": dev, "name": name}
 
     def _op_remove(self, _c: _Client, m: dict[str, Any]) -> None:
@@ -565,6 +596,13 @@ class Supervisor:
         return {"count": stats.crash_count, "last": stats.last_crash,
                 "recovery_stopped": stats.recovery_stopped}
 
+    def _op_crashlog(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
+        rproc = self._m.processor(self._dev(m))
+        if not isinstance(rproc, ReportsCrashlog):
+            raise _fail(errno.EOPNOTSUPP, f"{rproc.name} keeps no crashlog (only RTKit "
+                                          "co-processors do)")
+        return {"report": rproc.crashlog()}
+
     def _op_dev_open(self, c: _Client, m: dict[str, Any]) -> None:
         dev = self._dev(m)
         if c.dev is not None:
@@ -635,10 +673,14 @@ class SupervisorClient:
                                   "let it exit")
         return pid
 
-    def add(self, firmware: str, name: str | None = None) -> tuple[str, str]:
-        """Create an offline processor; returns (device, name)."""
-        response = self.tree.request({"op": "add", "name": name, "firmware": firmware},
-                                     name or "add")
+    def add(self, firmware: str, name: str | None = None, kind: str | None = None
+            ) -> tuple[str, str]:
+        """Create an offline processor of ``kind`` ("sim" by default, "rtkit"); returns
+        (device, name)."""
+        request = {"op": "add", "name": name, "firmware": firmware}
+        if kind is not None:
+            request["kind"] = kind
+        response = self.tree.request(request, name or "add")
         try:
             dev = protocol.field(response, "dev", str)
             got = protocol.field(response, "name", str)
@@ -689,6 +731,14 @@ class SupervisorClient:
             raise SupervisorError(f"{dev}: malformed channel list: {exc}") from None
         return channels
 
+
+    def crashlog(self, dev: str) -> str:
+        """The report of the last crash of RTKit co-processor ``dev`` ("" if none)."""
+        response = self.tree.request({"op": "crashlog", "dev": dev}, dev)
+        try:
+            return protocol.field(response, "report", str)
+        except ValueError as exc:
+            raise SupervisorError(f"{dev}: malformed crashlog answer: {exc}") from None
 
     def crashes(self, dev: str) -> Crashes:
         """How often ``dev`` crashed, the last reason, and why recovery stopped (if it did)."""
