@@ -14,9 +14,9 @@ import time
 import pytest
 from backends import Harness
 from common_kit import Outcome
-from conformance_kit import MARGIN, Recorder, drive_until, exhaust
+from conformance_kit import MARGIN, Recorder, drive_until, exhaust, wait_parked
 
-from amplink.errors import AmplinkError, NoBufferAvailable
+from amplink.errors import AmplinkError, EndpointClosed, NoBufferAvailable
 from amplink.link import Endpoint
 
 pytestmark = pytest.mark.timeout(30)
@@ -138,10 +138,12 @@ def test_a_callback_blocked_in_send_stalls_only_itself(harness: Harness, dispatc
     and C's callback runs; once the peer reads, A's send and B's send complete."""
     local, peer = harness.local, harness.peer
     in_callback = threading.Event()
+    where: list[threading.Thread] = []
     a_sent: list[BaseException | None] = []
     sink = peer.create()
 
     def send_from_callback(ep: Endpoint, payload: bytes, src: int) -> None:
+        where.append(threading.current_thread())
         in_callback.set()
         try:
             ep.sendto(b"from A's callback", sink, timeout=10)
@@ -163,6 +165,7 @@ def test_a_callback_blocked_in_send_stalls_only_itself(harness: Harness, dispatc
         runners = [Outcome(lambda: local.run(until=stop.is_set, timeout=20))
                    for _ in range(2)]
     assert in_callback.wait(10), "A's callback never ran"
+    wait_parked(where[0])  # A's send waits for a buffer
     t0 = time.monotonic()
     stats = local.statistics()
     assert time.monotonic() - t0 < MARGIN  # it takes no lock: no wait at all
@@ -222,3 +225,39 @@ def test_statistics_answers_while_a_callback_blocks(harness: Harness, dispatch: 
         release.set()
     if runner is not None:
         assert runner.join(10)
+
+
+def test_link_close_ends_a_callback_blocked_in_send(harness: Harness, dispatch: str) -> None:
+    """close() does not wait out the send timeout of a callback stuck in a send: the send
+    fails with EndpointClosed at once, and close() returns."""
+    harness.tainted = True
+    local, peer = harness.local, harness.peer
+    entered = threading.Event()
+    where: list[threading.Thread] = []
+    outcome: list[BaseException | None] = []
+    sink = peer.create()
+
+    def stuck(ep: Endpoint, payload: bytes, src: int) -> None:
+        where.append(threading.current_thread())
+        entered.set()
+        try:
+            ep.sendto(b"never", sink, timeout=20)
+            outcome.append(None)
+        except AmplinkError as exc:
+            outcome.append(exc)
+
+    a = local.create_endpoint(callback=stuck)
+    filler = local.create_endpoint(dst=sink)
+    exhaust(filler)
+    peer.send(peer.create(), b"go", dst=a.addr)
+    runner = None
+    if dispatch == "caller":
+        runner = Outcome(lambda: local.run(timeout=20))
+    assert entered.wait(10)
+    wait_parked(where[0])  # the callback's send waits for a buffer
+    t0 = time.monotonic()
+    local.close()
+    assert time.monotonic() - t0 < MARGIN
+    assert len(outcome) == 1 and isinstance(outcome[0], EndpointClosed), outcome
+    if runner is not None:
+        assert runner.join(5)

@@ -61,16 +61,21 @@ def _loan(ep: Endpoint) -> Callable[[], object]:
     return lambda: ep.loan(timeout=3)
 
 
+def _recv_held(ep: Endpoint) -> Callable[[], object]:
+    return lambda: ep.recv_held(timeout=3)
+
+
 BLOCKING = {"recv": _recv, "send-on-full-rings": _send_full,
-            "wait_writable": _wait_writable, "loan": _loan}
+            "wait_writable": _wait_writable, "loan": _loan, "recv_held": _recv_held}
+#: the capability each call needs
+NEEDS = {"wait_writable": "tx_ready", "loan": "tx_loan"}
 
 
 @pytest.mark.parametrize("call", BLOCKING)
 def test_close_wakes_a_blocked_call(harness: Harness, call: str) -> None:
-    if call == "loan" and not harness.local.capabilities.tx_loan:
-        pytest.skip(f"{harness.case.id} does not declare the capability tx_loan")  # type: ignore
-    if call == "wait_writable" and not harness.local.capabilities.tx_ready:
-        pytest.skip(f"{harness.case.id} does not declare the capability tx_ready")  # type: ignore
+    need = NEEDS.get(call)
+    if need is not None and not getattr(harness.local.capabilities, need):
+        pytest.skip(f"{harness.case.id} does not declare the capability {need}")  # type: ignore
     ep, p = connect(harness)
     blocked = Blocked(BLOCKING[call](ep))
     t0 = time.monotonic()
@@ -79,17 +84,22 @@ def test_close_wakes_a_blocked_call(harness: Harness, call: str) -> None:
     assert isinstance(error, EndpointClosed), f"{call} on a closed endpoint: {result!r}, {error!r}"
     assert ended - t0 < MARGIN
     # nothing was sent from the closed endpoint: the peer gets only what filled the rings
-    if call != "recv":
-        got = harness.peer.call("recv_many", addr=p,
-                                count=harness.peer.call("info", addr=p)["received"], timeout=1)
-        assert b"blocked" not in [m for m, _ in got]
+    if call in ("send-on-full-rings", "loan"):
+        harness.peer.call("drain")
+        got = harness.peer.call("take_all", addr=p)
+        assert got and b"blocked" not in [m for m, _ in got]
 
 
-@pytest.mark.parametrize("call", ["arecv", "asend-on-full-rings"])
+@pytest.mark.parametrize("call", ["arecv", "asend-on-full-rings", "await_writable"])
 def test_close_wakes_a_blocked_coroutine(harness: Harness, call: str) -> None:
+    if call == "await_writable" and not harness.local.capabilities.tx_ready:
+        pytest.skip(f"{harness.case.id} does not declare the capability tx_ready")  # type: ignore
     ep, _ = connect(harness)
     if call == "arecv":
         blocked = BlockedCoroutine(lambda: ep.arecv(timeout=3))
+    elif call == "await_writable":
+        exhaust(ep)
+        blocked = BlockedCoroutine(lambda: ep.await_writable(timeout=3))
     else:
         exhaust(ep)
         blocked = BlockedCoroutine(lambda: ep.asend(b"blocked", timeout=3))

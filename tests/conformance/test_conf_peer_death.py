@@ -55,23 +55,38 @@ def _asend_full(ep: Endpoint) -> BlockedCoroutine:
     return BlockedCoroutine(lambda: ep.asend(b"blocked", timeout=10))
 
 
+def _await_writable(ep: Endpoint) -> BlockedCoroutine:
+    exhaust(ep)
+    return BlockedCoroutine(lambda: ep.await_writable(timeout=10))
+
+
 def _loan(ep: Endpoint) -> Blocked:
     exhaust(ep)
     return Blocked(lambda: ep.loan(timeout=10))
 
 
+def _recv_held(ep: Endpoint) -> Blocked:
+    return Blocked(lambda: ep.recv_held(timeout=10))
+
+
+def _wait_channel(ep: Endpoint) -> Blocked:
+    return Blocked(lambda: ep.link.wait_channel("conf-never-announced", timeout=10))
+
+
 BLOCKING: dict[str, Callable[[Endpoint], Blocked | BlockedCoroutine]] = {
     "recv": _recv, "send-on-full-rings": _send_full, "wait_writable": _wait_writable,
-    "arecv": _arecv, "asend-on-full-rings": _asend_full, "loan": _loan}
+    "arecv": _arecv, "asend-on-full-rings": _asend_full, "await_writable": _await_writable,
+    "loan": _loan, "recv_held": _recv_held, "wait_channel": _wait_channel}
+#: the capability each call needs
+NEEDS = {"wait_writable": "tx_ready", "await_writable": "tx_ready", "loan": "tx_loan",
+         "wait_channel": "name_service"}
 
 
 @pytest.mark.parametrize("call", BLOCKING)
 def test_blocked_call_gets_link_down_at_once(harness: Harness, call: str) -> None:
-    caps = harness.local.capabilities
-    if call == "loan" and not caps.tx_loan:
-        pytest.skip(f"{harness.case.id} does not declare the capability tx_loan")  # type: ignore
-    if call == "wait_writable" and not caps.tx_ready:
-        pytest.skip(f"{harness.case.id} does not declare the capability tx_ready")  # type: ignore
+    need = NEEDS.get(call)
+    if need is not None and not getattr(harness.local.capabilities, need):
+        pytest.skip(f"{harness.case.id} does not declare the capability {need}")  # type: ignore
     harness.tainted = True
     ep, _ = connect(harness)
     blocked = BLOCKING[call](ep)
