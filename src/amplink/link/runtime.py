@@ -473,6 +473,8 @@ class Link:
                     break
             if receive(deliver, budget) < budget or self._closed:
                 break
+        if self.backend.endpoints_lost:  # found while receiving: close them now, not at
+            self._close_lost()           # the next drain (nothing may wake one soon)
         total = self.messages_received - before
         if total:
             self._wait.tell()
