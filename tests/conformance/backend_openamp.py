@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from backends import BackendCase, Harness, Side, other_side
+from backends import RUN_PREFIX, BackendCase, Harness, Side, other_side
 from peers import LocalPeer
 
 from amplink.link import Capabilities
@@ -25,7 +25,6 @@ from amplink.platforms.openamp import OpenAmpConfig, OpenAmpLink
 from amplink.platforms.openamp.link import Role
 
 #: every shared memory object and socket of this run starts with this
-RUN_PREFIX = f"amplink-conf-{os.getpid()}-"
 OPEN_TIMEOUT = 10.0
 _serial = itertools.count()
 

@@ -5,20 +5,21 @@ socket of its own (see :class:`peers.AgentPeer`). Booting a processor costs two 
 start-ups (the resource-table reader and the firmware), so a processor whose case left
 it clean is reset and reused by the next case; one that a case damaged (killed peer,
 garbage, closed link) or that does not reset cleanly is stopped, and the next case
-boots a fresh one. The pool is emptied at the end of the session.
+boots a fresh one; so is one whose host link started dispatcher threads (they drain the
+rings unasked: the link no longer behaves as a fresh one). The pool is emptied after
+the folder's last case.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from backends import BackendCase, Harness, Side
+from backends import RUN_PREFIX, BackendCase, Harness, Side
 from peers import AgentPeer, ControlListener
 
 from amplink import SimProcessor
@@ -30,7 +31,6 @@ from amplink.platforms.sim.layout import LinkConfig
 log = logging.getLogger(__name__)
 
 AGENT = str(Path(__file__).resolve().parent / "peer_agent.py")
-RUN_PREFIX = f"amplink-conf-{os.getpid()}-"
 BOOT_TIMEOUT = 15.0
 #: how long a reset may wait for either side to see the other's channels go
 RESET_TIMEOUT = 2.0
@@ -62,6 +62,11 @@ class SimRig:
         peer = self.peer
         try:
             if peer is None or not peer.alive or not self.proc.running or not link.is_up:
+                return False
+            # A link that ran callbacks keeps its dispatcher threads, which drain the rings
+            # without being asked: it no longer behaves as a fresh one would.
+            dispatchers = f"amplink-{link.name}-dispatch"
+            if any(t.name.startswith(dispatchers) for t in threading.enumerate()):
                 return False
             # first the agent takes what waits in its rings: the host's end-of-service
             # announcements need free buffers

@@ -5,6 +5,7 @@ that are known to be blocked, callback recorders, timing bounds, leak accounting
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import threading
@@ -33,13 +34,33 @@ PARK_TIMEOUT = 5.0
 DEATH_LATENCIES: list[tuple[str, str, str, float]] = []
 
 
+_channels = itertools.count()
+
+
 def connect(h: Harness, *, echo: bool = False, name: str | None = None) -> tuple[Endpoint, int]:
     """A local endpoint and a peer endpoint (an echo one with ``echo``) addressed to each
-    other; returns ``(local endpoint, peer address)``."""
+    other; returns ``(local endpoint, peer address)``.
+
+    With "rpmsg" addressing both are made at addresses; with "pair" addressing (an
+    endpoint talks to one fixed peer address) the peer announces a channel that this
+    side opens.
+    """
+    if h.local.capabilities.addressing == "pair":
+        channel = name or f"conf-ch-{next(_channels)}"
+        peer_addr = h.peer.create(channel, announce=True, echo=echo)
+        return h.local.open_channel(channel, timeout=5), peer_addr
     ep = h.local.create_endpoint(name)
     peer_addr = h.peer.create(dst=ep.addr, echo=echo)
     ep.dst = peer_addr
     return ep, peer_addr
+
+
+def echo_channel(h: Harness) -> str:
+    """Have the peer announce a channel that echoes every message to its sender; its name."""
+    assert h.case is not None
+    name: str = h.case.extra.get("echo_channel", "conf-echo")
+    h.peer.create(name, announce=True, echo=True)
+    return name
 
 
 def exhaust(ep: Endpoint) -> list[bytes]:

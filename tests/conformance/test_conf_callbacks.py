@@ -19,7 +19,7 @@ from conformance_kit import MARGIN, Recorder, drive_until, exhaust, wait_parked
 from amplink.errors import AmplinkError, EndpointClosed, NoBufferAvailable
 from amplink.link import Endpoint
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg")]
 
 
 def test_callbacks_run_in_order(harness: Harness, dispatch: str) -> None:

@@ -17,7 +17,8 @@ from conformance_kit import MARGIN, connect
 
 from amplink.errors import LinkDown
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.needs("hostile")]
+pytestmark = [pytest.mark.timeout(30), pytest.mark.needs("hostile"),
+              pytest.mark.addressing("rpmsg")]
 
 
 def fault_counts(harness: Harness) -> tuple[int, int]:

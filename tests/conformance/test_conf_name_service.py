@@ -10,7 +10,8 @@ from conformance_kit import MARGIN, assert_within
 
 from amplink.errors import EndpointClosed, InvalidArgument, PeerTimeout
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.needs("name_service")]
+pytestmark = [pytest.mark.timeout(30), pytest.mark.needs("name_service"),
+              pytest.mark.addressing("rpmsg")]
 
 
 def test_local_announcement_reaches_the_peer(harness: Harness) -> None:

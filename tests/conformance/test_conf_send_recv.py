@@ -16,7 +16,7 @@ from conformance_kit import connect, exhaust
 
 from amplink.errors import InvalidArgumentType, NoBufferAvailable
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg")]
 
 
 def test_blocking_send_and_recvfrom(harness: Harness) -> None:

@@ -12,7 +12,7 @@ from conformance_kit import MARGIN, Blocked, assert_within, connect, exhaust
 
 from amplink.errors import InvalidArgument, NoBufferAvailable, ReceiveTimeout, SendTimeout
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg")]
 
 T = 0.05
 

@@ -19,7 +19,7 @@ from amplink.errors import (
 )
 from amplink.link import HeldMessage, TxLoan
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg")]
 
 
 def loans_until_exhausted(ep) -> list[TxLoan]:  # noqa: ANN001
