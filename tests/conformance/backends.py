@@ -67,6 +67,7 @@ BACKEND_MODULES: tuple[str, ...] = (
     "backend_openamp",  # OpenAMP's Linux-userspace profile, both roles in this process
     "backend_sim",      # a simulated processor: the far side is the peer agent firmware
     "backend_loopback",  # two links joined by queues (no shared memory, no zero copy)
+    "backend_rpmsg_char",  # /dev/rpmsg* over the fake kernel ("pair" addressing)
 )
 
 
