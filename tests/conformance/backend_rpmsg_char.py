@@ -150,7 +150,7 @@ class FakeKernelPeer(Peer):
         return [self._recv(addr, timeout) for _ in range(count)]
 
     def _take_all(self, addr: int) -> list[tuple[bytes, int]]:
-        got = []
+        got: list[tuple[bytes, int]] = []
         while True:
             with self._cond:
                 if not self._inbox[addr]:

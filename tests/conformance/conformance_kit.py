@@ -66,7 +66,7 @@ def echo_channel(h: Harness) -> str:
 def exhaust(ep: Endpoint) -> list[bytes]:
     """``try_send`` until no transmit buffer is free; return what was sent (message i is
     ``i.to_bytes(4, "little")``)."""
-    sent = []
+    sent: list[bytes] = []
     for i in range(MAX_TX):
         payload = i.to_bytes(4, "little")
         try:
@@ -121,13 +121,7 @@ def wait_parked(thread: threading.Thread, *, loop: bool = False,
         time.sleep(0.001)
 
 
-class Blocked(Outcome):
-    """A call run in a thread until it blocks in a link's wait (see :func:`wait_parked`)."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        super().__init__(fn)
-        wait_parked(self.thread)
-
+class _Waiting(Outcome):
     def outcome(self, timeout: float = 10.0) -> tuple[object, BaseException | None, float]:
         """``(result, error, when it ended)``; fails if it did not end in ``timeout`` s."""
         assert self.join(timeout), "the blocked call did not return"
@@ -135,7 +129,15 @@ class Blocked(Outcome):
         return self.result, self.error, self.ended
 
 
-class BlockedCoroutine(Outcome):
+class Blocked(_Waiting):
+    """A call run in a thread until it blocks in a link's wait (see :func:`wait_parked`)."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        super().__init__(fn)
+        wait_parked(self.thread)
+
+
+class BlockedCoroutine(_Waiting):
     """A coroutine run in an event loop of its own thread until the loop is idle (the
     coroutine suspended in its await)."""
 
@@ -149,8 +151,6 @@ class BlockedCoroutine(Outcome):
         super().__init__(lambda: asyncio.run(main()))
         assert self.started.wait(PARK_TIMEOUT), "the event loop did not start"
         wait_parked(self.thread, loop=True)
-
-    outcome = Blocked.outcome
 
 
 # -- callbacks --------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ class PeerOps:
     def take_all(self, addr: int) -> list[tuple[bytes, int]]:
         """Every message that has arrived for ``addr`` by now (without waiting)."""
         ep = self._ep(addr)
-        got = []
+        got: list[tuple[bytes, int]] = []
         while (item := ep.try_recvfrom()) is not None:
             got.append(item)
         return got
