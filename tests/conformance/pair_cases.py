@@ -1,15 +1,14 @@
 """Endpoint-API conformance cases for a link whose peer is echo firmware on a channel.
 
 For backends with "pair" addressing (rpmsg_char: each /dev/rpmsgN talks to one fixed
-peer address) the peer is firmware, not a second amplink link, so the pair-of-links
-suite (test_endpoint_conformance.py) does not apply. These cases need only a link and
-the name of a channel whose firmware echoes every message to its sender. They use the
-public endpoint API only and raise AssertionError on a failure.
+peer address) the peer is firmware, not a second amplink link. These cases need only a
+link and the name of a channel whose firmware echoes every message to its sender. They
+use the public endpoint API only and raise AssertionError on a failure.
 
-They run against the fake kernel (test_pair_conformance.py) and, unchanged, inside a
-real kernel (tests/kernel/guest/checks.py). The conformance suite being rebuilt with a
-registration API is not on main yet: once it is, each entry of :data:`CASES` registers
-as one case for backends with ``addressing == "pair"`` (no code here changes).
+The conformance suite runs each entry of :data:`CASES` against every registered backend
+that can offer an echo channel (test_conf_echo_channel.py: rpmsg_char over the fake
+kernel, and the rpmsg backends, whose peer announces one); unchanged, they also run
+inside a real kernel (tests/kernel/guest/checks.py).
 """
 
 from __future__ import annotations

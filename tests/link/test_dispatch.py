@@ -232,3 +232,26 @@ def test_closing_an_endpoint_ends_its_callbacks_blocked_send_at_once():
         assert time.monotonic() - t0 < 2 and len(outcome) == 1
     finally:
         p.close()
+
+
+@pytest.mark.parametrize("form", ["sync", "asyncio"])
+def test_closing_an_endpoint_ends_its_blocked_wait_writable_at_once(form):
+    """A wait for writability on an endpoint ends with EndpointClosed when the endpoint is
+    closed meanwhile, as a blocked send does (not False after the whole timeout)."""
+    p = LinkPair.create(LinkConfig(num_buffers=4))
+    try:
+        ep = p.host.create_endpoint(dst=p.device.create_endpoint().addr)
+        with pytest.raises(NoBufferAvailable):
+            for _ in range(5):
+                ep.try_send(b"x")  # the device never reads: the ring fills
+        if form == "sync":
+            waiting = Outcome(lambda: ep.wait_writable(timeout=30))
+        else:
+            waiting = Outcome(lambda: asyncio.run(ep.await_writable(timeout=30)))
+        time.sleep(0.1)  # it now waits for a buffer
+        t0 = time.monotonic()
+        ep.close()
+        assert waiting.join(5) and time.monotonic() - t0 < 2
+        assert isinstance(waiting.error, EndpointClosed), (waiting.result, waiting.error)
+    finally:
+        p.close()

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from common_kit import Outcome
+from common_kit import Outcome, wait_for
 
 from amplink import EndpointClosed, NoBufferAvailable, ReceiveTimeout, SendTimeout
 from amplink.platforms.inprocess import LinkPair
@@ -109,7 +109,15 @@ def test_a_callback_may_close_its_own_link(pair):
 
     pair.device.create_endpoint("quit", addr=1031, callback=callback)
     pair.host.create_endpoint(None, dst=1031).send(b"quit")
-    pair.device.poll()  # neither raises nor touches the closed rings
+
+    def closed_by_its_callback() -> bool:
+        try:
+            pair.device.poll()  # or a dispatcher thread: neither touches the closed rings
+        except EndpointClosed:
+            return True
+        return False
+
+    assert wait_for(closed_by_its_callback, 5.0)
     assert not pair.device.is_up
     with pytest.raises(EndpointClosed):
         pair.device.poll()

@@ -326,6 +326,33 @@ def test_a_removed_channel_loses_its_endpoint_and_the_link_goes_on(kernel, link)
     assert link.statistics().backend["endpoints_lost"] == 1
 
 
+def test_a_blocked_reader_of_a_removed_channel_gets_link_down_at_once(kernel):
+    """The endpoint lost while the reader waited is closed by the drain that found it,
+    not by a later one: nothing else would wake the reader before the safety net."""
+    link = make_link(kernel, safety_timeout=5.0)
+    try:
+        raw = kernel.announce(RAW, 0x400)
+        ep = link.open_channel(RAW, timeout=1)
+        errors: list[BaseException] = []
+
+        def blocked() -> None:
+            try:
+                ep.recv(timeout=10)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                errors.append(exc)
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        time.sleep(0.1)  # it waits now
+        t0 = time.monotonic()
+        kernel.remove_channel(raw)
+        t.join(5)
+        assert time.monotonic() - t0 < 1.0  # the safety net would take 5 s
+        assert isinstance(errors[0], LinkDown) and errors[0].errno == errno.EPIPE
+    finally:
+        link.close()
+
+
 def test_the_device_going_away_is_link_down_for_every_waiter(kernel, link):
     kernel.announce(RAW, 0x400)
     kernel.announce("rpmsg-echo", 0x401)

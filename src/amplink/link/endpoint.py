@@ -158,12 +158,12 @@ class Endpoint:
     def wait_writable(self, timeout: float | None = None) -> bool:
         """Wait until a send would not block (a transmit buffer is free); False on timeout."""
         self._check_open()
-        return self._link.wait_writable(timeout_arg(timeout))
+        return self._link._wait_writable(self, timeout_arg(timeout))
 
     async def await_writable(self, timeout: float | None = None) -> bool:
         """:meth:`wait_writable` in asyncio: back-pressure for a producer coroutine."""
         self._check_open()
-        return await self._link.await_writable(timeout_arg(timeout))
+        return await self._link._await_writable(self, timeout_arg(timeout))
 
     # -- receiving --
     def _taker(self, *, held: bool) -> tuple[Callable[[], bool], list[tuple[Any, int]]]:

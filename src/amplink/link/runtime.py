@@ -473,6 +473,8 @@ class Link:
                     break
             if receive(deliver, budget) < budget or self._closed:
                 break
+        if self.backend.endpoints_lost:  # found while receiving: close them now, not at
+            self._close_lost()           # the next drain (nothing may wake one soon)
         total = self.messages_received - before
         if total:
             self._wait.tell()
@@ -652,14 +654,32 @@ class Link:
 
     def wait_writable(self, timeout: float | None = None) -> bool:
         """Wait until a send would not block (a transmit buffer is free); False on timeout."""
-        self._check_tx_ready()
-        return self.wait_until(self.backend.tx_available, timeout_arg(timeout), tx=True)
+        return self._wait_writable(None, timeout)
 
     async def await_writable(self, timeout: float | None = None) -> bool:
         """:meth:`wait_writable` for asyncio."""
+        return await self._await_writable(None, timeout)
+
+    def _wait_writable(self, ep: Endpoint | None, timeout: float | None) -> bool:
+        """:meth:`wait_writable` for ``ep`` (its close ends the wait: EndpointClosed)."""
         self._check_tx_ready()
-        return await self.async_wait_until(self.backend.tx_available, timeout_arg(timeout),
-                                           tx=True)
+        return self.wait_until(self._writable(ep), timeout_arg(timeout), tx=True)
+
+    async def _await_writable(self, ep: Endpoint | None, timeout: float | None) -> bool:
+        self._check_tx_ready()
+        return await self.async_wait_until(self._writable(ep), timeout_arg(timeout), tx=True)
+
+    def _writable(self, ep: Endpoint | None) -> Callable[[], bool]:
+        tx_available = self.backend.tx_available
+        if ep is None:
+            return tx_available
+
+        def ready() -> bool:
+            if ep._closed_reason is not None:
+                raise ep._closed_error()  # closed while it waited, as a blocked send
+            return tx_available()
+
+        return ready
 
     def _check_tx_ready(self) -> None:
         if not self.capabilities.tx_ready:

@@ -1,0 +1,37 @@
+"""The echo-channel cases (``pair_cases.py``) against every backend that can offer an
+echo channel: written for "pair" addressing, where the far side is firmware on a
+channel and not a second link, they need only a link and the name of a channel whose
+far side echoes every message to its sender; the same cases run unchanged inside a
+real kernel (tests/kernel)."""
+
+from __future__ import annotations
+
+import pytest
+from backends import Harness
+from conformance_kit import echo_channel
+from pair_cases import CASES
+
+pytestmark = pytest.mark.timeout(60)
+
+#: messages a case keeps in flight before it reads any (it needs that many buffers)
+IN_FLIGHT = {"many_endpoints": 64}
+
+
+# The host side only: these cases exercise the side under test's channel API, which the
+# test_conf_* cases already run in both roles; once per backend keeps the suite fast.
+@pytest.mark.parametrize("side", ["host"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_echo_channel_case(harness: Harness, case: str, side: str) -> None:
+    caps = harness.local.capabilities
+    assert harness.case is not None
+    if not (caps.name_service or caps.channel_discovery):
+        pytest.skip(f"{harness.case.id} declares neither name_service nor channel_discovery: "
+                    "the case opens a channel by name")
+    if case == "pair_addressing" and caps.addressing != "pair":
+        pytest.skip(f"{harness.case.id}: capability addressing={caps.addressing!r}, the case "
+                    "needs 'pair'")
+    need = IN_FLIGHT.get(case, 0)
+    if caps.rx_buffers and caps.rx_buffers < need:
+        pytest.skip(f"{harness.case.id}: capability rx_buffers={caps.rx_buffers}, the case keeps "
+                    f"{need} messages in flight")
+    CASES[case](harness.local, echo_channel(harness))
