@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from ..errors import LinkDown, NotSupported
+from ..errors import LinkDown, NotSupported, SendTimeout
 from ..notify.waiter import Waiter
 
 #: ``deliver(src, dst, payload, handle) -> kept``: one received message; return True to
@@ -37,7 +37,8 @@ Deliver = Callable[[int, int, "memoryview | bytes", Any], bool]
 #: how endpoints are addressed: "rpmsg" (32-bit source and destination on every
 #: message, any-to-any), "pair" (each endpoint talks to one fixed peer address, as
 #: /dev/rpmsgN), "channel" (a channel id is both ends, as Keem Bay's), "endpoint"
-#: (a small endpoint number, as RTKit's)
+#: (a small endpoint number is both ends, as RTKit's). With "channel" and "endpoint" an
+#: endpoint's destination is its own address
 Addressing = Literal["rpmsg", "pair", "channel", "endpoint"]
 
 
@@ -47,6 +48,9 @@ class Capabilities:
 
     #: the largest payload of one message
     max_payload: int
+    #: the smallest payload of one message: a shorter one is refused (InvalidArgument),
+    #: never padded (RTKit: every message is one 64-bit word, ``min_payload == 8``)
+    min_payload: int = 0
     #: the peer announces channels by name (rpmsg's name service at address 53)
     name_service: bool = False
     #: a transmit buffer can be loaned, filled in place and sent (zero-copy send)
@@ -149,6 +153,11 @@ class Backend(ABC):
     def in_flight(self) -> int:
         """Messages sent that the peer has not consumed yet (0 if the backend cannot tell)."""
         return 0
+
+    def send_timeout(self, timeout: float | None) -> SendTimeout:
+        """The error of a send that found no free transmit buffer within ``timeout`` s (a
+        backend whose platform has its own, with its errno, returns that)."""
+        return SendTimeout(f"no TX buffer became free within {timeout} s")
 
     # -- endpoints ---------------------------------------------------------------------------
     def open_endpoint(self, addr: int | None, name: str | None, dst: int) -> int:

@@ -88,6 +88,7 @@ class Link:
         self.capabilities = caps
         self.name = name
         self.mtu = caps.max_payload
+        self.min_payload = caps.min_payload
         self.poll_mode = poll_mode
         self.max_held = (int_arg(max_held, "max_held", minimum=1) if max_held is not None
                          else max(1, caps.rx_buffers // 2))
@@ -198,6 +199,8 @@ class Link:
                 self.core.check_address(addr)
                 picked = addr
             addr = self.backend.open_endpoint(picked, name, dst)
+            if dst == RPMSG_ADDR_ANY and self.capabilities.addressing in ("channel", "endpoint"):
+                dst = addr  # one number is both ends
             ep = Endpoint(self, addr, name=name, dst=dst, callback=callback,
                           announced=announce and self.core.name_service, hold=hold, priv=priv)
             self.core.add_endpoint(ep)
@@ -584,10 +587,18 @@ class Link:
     def _check_send(self, src: int, dst: int, data: bytes | bytearray | memoryview) -> None:
         """The checks of a send (``data`` already a byte payload)."""
         self._check_addresses(src, dst)
-        if len(data) > self.mtu:
+        self._check_length(len(data))
+
+    def _check_length(self, length: int) -> None:
+        if length > self.mtu:
             raise MessageTooLarge(
-                f"payload of {len(data)} bytes exceeds the MTU of {self.mtu}: split it or "
+                f"payload of {length} bytes exceeds the MTU of {self.mtu}: split it or "
                 "pass large data through shared memory"
+            )
+        if length < self.min_payload:
+            raise InvalidArgument(
+                f"payload of {length} bytes is shorter than the {self.min_payload} bytes every "
+                "message of this link carries: it is refused, not padded"
             )
 
     def send_message(self, ep: Endpoint | None, src: int, dst: int,
@@ -598,7 +609,7 @@ class Link:
         if type(data) is not bytes:
             data = payload_arg(data)
         if not (type(src) is int and type(dst) is int and 0 <= src < RPMSG_ADDR_ANY
-                and 0 <= dst < RPMSG_ADDR_ANY and len(data) <= self.mtu):
+                and 0 <= dst < RPMSG_ADDR_ANY and self.min_payload <= len(data) <= self.mtu):
             self._check_send(src, dst, data)
         if timeout != DEFAULT_SEND_TIMEOUT:
             timeout = timeout_arg(timeout)
@@ -622,7 +633,7 @@ class Link:
             return backend.try_send(src, dst, data)
 
         if not self.wait_until(sent, timeout, tx=True):
-            raise SendTimeout(f"no TX buffer became free within {timeout} s")
+            raise backend.send_timeout(timeout)
         self._count_sent(ep)
 
     async def async_send_message(self, ep: Endpoint, src: int, dst: int,
@@ -639,7 +650,7 @@ class Link:
 
         ok = await self.async_wait_until(sent, timeout_arg(timeout), tx=True)
         if not ok:
-            raise SendTimeout(f"no TX buffer became free within {timeout} s")
+            raise backend.send_timeout(timeout)
         self._count_sent(ep)
 
     def _count_sent(self, ep: Endpoint | None) -> None:
@@ -748,6 +759,7 @@ class Link:
             if backend.down is not None:
                 backend.drop_loan(handle)
                 raise backend.down.again()
+            self._check_length(length)
             backend.send_loan(handle, ep.addr, dst, length)
             self._count_sent(ep)
 
