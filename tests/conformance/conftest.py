@@ -33,7 +33,8 @@ from backends import (
     registered,
     unmet,
 )
-from conformance_kit import DEATH_LATENCIES, leaks, snapshot
+from common_kit import leaks, snapshot
+from conformance_kit import DEATH_LATENCIES
 
 CASES = registered()
 
