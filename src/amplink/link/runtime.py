@@ -842,6 +842,9 @@ class Link:
         called close() itself) and every held message and loan is void.
         """
         if self._closed:
+            # A callback that closed its own link may still be returning through the
+            # dispatcher (holding views of the rings): this close waits for it as well.
+            self._dispatch.stop(DISPATCH_STOP_TIMEOUT)
             return
         if reason is None:
             # The end-of-service announcements share one deadline: a stuck peer costs
