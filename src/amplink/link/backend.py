@@ -24,7 +24,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from ..errors import LinkDown, NotSupported
+from ..errors import (
+    AddressError,
+    EndpointClosed,
+    LinkDown,
+    NoBufferAvailable,
+    NotSupported,
+    ReceiveTimeout,
+)
 from ..notify.waiter import Waiter
 
 #: ``deliver(src, dst, payload, handle) -> kept``: one received message; return True to
@@ -81,10 +88,29 @@ class SeenChannel(NamedTuple):
     src: int
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorTypes:
+    """The exceptions a link raises where its backend may say more than amplink's generic
+    type: each is a subclass of that type (so ``except EndpointClosed`` still works), e.g.
+    one that carries the errno the backend's own API returns for the condition. Each is
+    built from one message string."""
+
+    #: an endpoint or the link was closed by this side
+    closed: type[EndpointClosed] = EndpointClosed
+    #: the peer is gone (or broke the link); its ``again()`` returns its own type
+    down: type[LinkDown] = LinkDown
+    #: a receive got nothing within its timeout
+    recv_timeout: type[ReceiveTimeout] = ReceiveTimeout
+    #: an explicit local address is taken
+    in_use: type[AddressError] = AddressError
+
+
 class Backend(ABC):
     """A message carrier with a doorbell, driven by the link runtime (see the module doc)."""
 
     capabilities: Capabilities
+    #: the error types of links over this backend
+    errors: ErrorTypes = ErrorTypes()
     #: sleeps on the doorbell and the peer's lifeline
     waiter: Waiter
     #: set once the peer is gone; every later call fails with it
@@ -150,6 +176,11 @@ class Backend(ABC):
         """Messages sent that the peer has not consumed yet (0 if the backend cannot tell)."""
         return 0
 
+    def no_buffer_error(self) -> NoBufferAvailable:
+        """The error of a send that cannot wait when :meth:`try_send` (or :meth:`loan`)
+        just refused (a backend may name why: no buffer, a full queue)."""
+        return NoBufferAvailable()
+
     # -- endpoints ---------------------------------------------------------------------------
     def open_endpoint(self, addr: int | None, name: str | None, dst: int) -> int:
         """A local endpoint comes into being: return its address (``addr``, or one the
@@ -199,7 +230,7 @@ class Backend(ABC):
             if lost:
                 reason += (f"; {lost} message{'s' if lost != 1 else ''} sent before were "
                            "never consumed by the peer")
-            self.down = LinkDown(reason)
+            self.down = self.errors.down(reason)
         self.waiter.wake()
 
     def broken(self, *, tx: bool) -> LinkDown | None:

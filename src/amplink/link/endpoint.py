@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
 from .._args import timeout_arg
-from ..errors import AddressError, AmplinkError, EndpointClosed, LinkDown, ReceiveTimeout
+from ..errors import AddressError, AmplinkError, EndpointClosed, LinkDown
 from ..rpmsg.wire import RPMSG_ADDR_ANY
 from .stats import EndpointStatistics
 from .zerocopy import HeldMessage, TxLoan
@@ -96,9 +96,11 @@ class Endpoint:
         """Why this closed endpoint cannot be used: the peer went away (LinkDown), or this
         side closed it (EndpointClosed)."""
         what = f"endpoint 0x{self.addr:x}: {self._closed_reason}"
+        errors = self._link.errors
         if not self._link_lost:
-            return EndpointClosed(what)
-        return LinkDown(what) if self._closed_errno is None else LinkDown(self._closed_errno, what)
+            return errors.closed(what)
+        return errors.down(what) if self._closed_errno is None else LinkDown(self._closed_errno,
+                                                                              what)
 
     def _dst(self) -> int:
         if self.dst == RPMSG_ADDR_ANY:
@@ -189,7 +191,8 @@ class Endpoint:
 
     def _no_message(self, timeout: float | None) -> AmplinkError:
         if self._closed_reason is None:
-            return ReceiveTimeout(f"no message for endpoint 0x{self.addr:x} in {timeout} s")
+            return self._link.errors.recv_timeout(
+                f"no message for endpoint 0x{self.addr:x} in {timeout} s")
         return self._closed_error()
 
     def _check_queue_reader(self) -> None:

@@ -31,7 +31,6 @@ from ..errors import (
     InvalidArgumentType,
     LinkDown,
     MessageTooLarge,
-    NoBufferAvailable,
     NotSupported,
     PeerTimeout,
     SendTimeout,
@@ -86,12 +85,14 @@ class Link:
         caps = backend.capabilities
         self.backend = backend
         self.capabilities = caps
+        #: the error types this link raises (its backend's, see ErrorTypes)
+        self.errors = backend.errors
         self.name = name
         self.mtu = caps.max_payload
         self.poll_mode = poll_mode
         self.max_held = (int_arg(max_held, "max_held", minimum=1) if max_held is not None
                          else max(1, caps.rx_buffers // 2))
-        self.core = LinkCore(caps, rules, name=name)
+        self.core = LinkCore(caps, rules, name=name, in_use=backend.errors.in_use)
         self._table = self.core.endpoints  # the hot path looks endpoints up here
         self._lock = threading.Lock()
         self._closed = False
@@ -140,8 +141,8 @@ class Link:
     def _closed_error(self) -> AmplinkError:
         """The error for a call on the closed link: LinkDown if the peer went away."""
         if self._lost is not None:
-            return LinkDown(f"link {self.name}: {self._lost}")
-        return EndpointClosed(f"link {self.name} is closed")
+            return self.errors.down(f"link {self.name}: {self._lost}")
+        return self.errors.closed(f"link {self.name} is closed")
 
     def _check_usable(self) -> None:  # lock held
         if self._closed:
@@ -614,7 +615,7 @@ class Link:
                     ep.messages_sent += 1
                 return
         if timeout == 0:
-            raise NoBufferAvailable()
+            raise backend.no_buffer_error()
 
         def sent() -> bool:
             if ep is not None and ep._closed_reason is not None:
@@ -719,7 +720,7 @@ class Link:
         if slot is not None:
             return self._lend(ep, *slot)
         if timeout == 0:
-            raise NoBufferAvailable()
+            raise self.backend.no_buffer_error()
         got: list[tuple[Any, memoryview]] = []
         if not self.wait_until(self._loan_ready(ep, got), timeout, tx=True):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
