@@ -60,7 +60,8 @@ class Capabilities:
     tx_loan: bool = False
     #: a received buffer can be held past its delivery and released later (zero-copy recv)
     rx_hold: bool = False
-    #: shared buffers (file descriptors) can be passed by reference
+    #: data already in memory the peer can address (a shared buffer) can be sent by
+    #: reference: the peer reads it in place, whatever its size (Endpoint.send_reference)
     send_by_reference: bool = False
     #: see :data:`Addressing`
     addressing: Addressing = "rpmsg"
@@ -171,6 +172,39 @@ class Backend(ABC):
     @abstractmethod
     def tx_available(self) -> bool:
         """Cheap check: may a transmit buffer be free?"""
+
+    # -- queued sends (optional) ---------------------------------------------------------------
+    def enqueue(self, src: int, dst: int, payload: Any) -> Any | None:
+        """Queue a message whose sender waits for it (``try_send`` just refused it), to go
+        out in the backend's own order (e.g. transmit queues served round-robin); returns
+        a ticket for :meth:`sent` and :meth:`withdraw`. None, the default: the backend
+        keeps no queues, and the waiting sender tries :meth:`try_send` again and again.
+
+        Every queued message has a sender waiting for it, so whoever calls into the
+        backend moves queued messages out when there is room: nothing is left behind
+        when the caller stops calling."""
+        return None
+
+    def sent(self, ticket: Any) -> bool:
+        """Whether the queued message of ``ticket`` went out (sending what is queued, in
+        order, while there is room)."""
+        raise NotSupported(f"{type(self).__name__} queues no sends")
+
+    def withdraw(self, ticket: Any) -> bool:
+        """The sender gives up (timeout, closed endpoint): take its message out of the
+        queue unsent. False if it went out already; idempotent."""
+        raise NotSupported(f"{type(self).__name__} queues no sends")
+
+    # -- sending by reference (capability send_by_reference) ---------------------------------
+    def reference(self, target: Any) -> Any:
+        """Check ``target`` (data the peer can address in place, e.g. a shared buffer) and
+        return what :meth:`try_send` and :meth:`enqueue` take as its payload. Raises a
+        typed error when the peer cannot address it."""
+        raise NotSupported(f"{type(self).__name__} cannot send by reference")
+
+    def drop_reference(self, ref: Any) -> None:
+        """A reference from :meth:`reference` was not sent after all (timeout, error)."""
+        raise NotSupported(f"{type(self).__name__} cannot send by reference")
 
     def in_flight(self) -> int:
         """Messages sent that the peer has not consumed yet (0 if the backend cannot tell)."""

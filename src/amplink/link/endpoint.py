@@ -146,6 +146,19 @@ class Endpoint:
         self._check_open()
         self._link.send_message(self, src, dst, data, 0)
 
+    def send_reference(self, target: Any,
+                       timeout: float | None = DEFAULT_SEND_TIMEOUT) -> Any:
+        """Send ``target``, data already in memory the peer can address (for Keem Bay: a
+        shared buffer from the link's heap, or a slice of one), by reference to the
+        endpoint's destination: the peer reads it in place, nothing is copied through the
+        link and the MTU does not bound it. Waits up to ``timeout`` s for room. Returns
+        the backend's reference (its ``done`` tells when the peer has consumed it).
+
+        Needs the capability send_by_reference (else NotSupported).
+        """
+        self._check_open()
+        return self._link.send_reference(self, target, self._dst(), timeout)
+
     def loan(self, timeout: float | None = DEFAULT_SEND_TIMEOUT) -> TxLoan:
         """A transmit buffer to fill in place (zero copy), waiting up to ``timeout`` s for
         one (0: NoBufferAvailable at once); send it with ``loan.send(length)``."""
