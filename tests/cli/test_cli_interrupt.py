@@ -65,6 +65,15 @@ def test_run_stops_the_firmware_in_order_and_exits_130() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_run_keembay_lists_the_vpus_channels_and_exits_130() -> None:
+    status, out, err = _interrupt(
+        amplink("run", "--keembay", "amplink.firmware.examples.vpu_service"), "channel 12 (GP)")
+    _clean(err)
+    assert status == 130, out + err
+    assert "channel 0 (HS)" in out and "stopped (firmware exit status 0)" in out
+
+
+@pytest.mark.timeout(60)
 def test_ping_until_ctrl_c_prints_its_statistics_and_exits_130() -> None:
     status, out, err = _interrupt(
         amplink("ping", ECHO, "-s", "rpmsg-echo", "-c", "0", "-i", "0.05"), "seq=3 ")
