@@ -28,11 +28,16 @@ def _run_until(argv: list[str], ready: str) -> tuple[subprocess.Popen[bytes], st
     fd = proc.stdout.fileno()  # raw reads: a buffered readline would hide lines from select
     seen = b""
     deadline = time.monotonic() + TIMEOUT
-    while ready.encode() not in seen:
-        left = deadline - time.monotonic()
-        assert left > 0 and proc.poll() is None, f"never printed {ready!r}: {seen!r}"
-        if select.select([fd], [], [], left)[0]:
-            seen += os.read(fd, 65536)
+    try:
+        while ready.encode() not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0 and proc.poll() is None, f"never printed {ready!r}: {seen!r}"
+            if select.select([fd], [], [], left)[0]:
+                seen += os.read(fd, 65536)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)  # the command: its firmware follows the lifeline
+        proc.wait()
+        raise
     return proc, seen.decode()
 
 

@@ -240,6 +240,7 @@ def test_gp_channels_hold_their_share_of_the_fifo_hs_the_rest():
         assert not gp.wait_writable(timeout=0.01)
         assert fill(hs) == KMB_IPC_FIFO_DEPTH - 8
         assert p.cpu.statistics().backend["gp_share_full"] >= 1
+        assert p.vpu.backend.fifo_share == 8  # the VPU read it from the descriptor
 
 
 # -- by reference ------------------------------------------------------------------------

@@ -64,16 +64,19 @@ def test_layout_refuses_what_cannot_be():
 
 def test_descriptor_round_trip_and_checks():
     size = KmbLayout.needed(64, 256, 0x4000)
-    layout = KmbLayout.compute(DA, size, 64, 256)
+    layout = KmbLayout.compute(DA, size, 64, 256, fifo_share=16)
     raw = layout.descriptor()
     assert KmbLayout.from_descriptor(raw, DA, size) == layout
+    assert layout.fifo_share == 16
     bad = {
-        "magic": DESCRIPTOR.pack(0, 1, 64, 256, size, 0, 0),
-        "version": DESCRIPTOR.pack(KMB_IPC_MAGIC, 2, 64, 256, size, 0, 0),
-        "size": DESCRIPTOR.pack(KMB_IPC_MAGIC, 1, 64, 256, size + PAGE, 0, 0),
-        "headers": DESCRIPTOR.pack(KMB_IPC_MAGIC, 1, 1 << 20, 256, size, 0, 0),
-        "slot": DESCRIPTOR.pack(KMB_IPC_MAGIC, 1, 64, 65, size, 0, 0),
-        "too big": DESCRIPTOR.pack(KMB_IPC_MAGIC, 1, 4096, 1 << 20, size, 0, 0),
+        "magic": DESCRIPTOR.pack(0, 1, 64, 256, size, 16, 0, 0),
+        "version": DESCRIPTOR.pack(KMB_IPC_MAGIC, 2, 64, 256, size, 16, 0, 0),
+        "size": DESCRIPTOR.pack(KMB_IPC_MAGIC, 1, 64, 256, size + PAGE, 16, 0, 0),
+        "headers": DESCRIPTOR.pack(KMB_IPC_MAGIC, 1, 1 << 20, 256, size, 16, 0, 0),
+        "slot": DESCRIPTOR.pack(KMB_IPC_MAGIC, 1, 64, 65, size, 16, 0, 0),
+        "too big": DESCRIPTOR.pack(KMB_IPC_MAGIC, 1, 4096, 1 << 20, size, 16, 0, 0),
+        "share 0": DESCRIPTOR.pack(KMB_IPC_MAGIC, 1, 64, 256, size, 0, 0, 0),
+        "share 129": DESCRIPTOR.pack(KMB_IPC_MAGIC, 1, 64, 256, size, 129, 0, 0),
         "truncated": raw[:10],
     }
     for what, raw in bad.items():

@@ -46,7 +46,7 @@ def keembay_area(resources: ProcessedResources) -> Allocation:
 
 class KeemBayOps(SimOps):
     """The simulator's operations for firmware that talks Keem Bay IPC (see the module
-    docstring); ``kmb`` sizes the pools and slots and sets the host's GP share."""
+    docstring); ``kmb`` sizes the pools and slots and sets the GP share of both nodes."""
 
     extra_doorbells = 1
     kmb = KmbConfig()
@@ -61,13 +61,13 @@ class KeemBayOps(SimOps):
         area = keembay_area(resources)
         try:
             layout = KmbLayout.compute(area.da, area.length, self.kmb.headers,
-                                       self.kmb.slot_size, offset=area.offset)
+                                       self.kmb.slot_size, offset=area.offset,
+                                       fifo_share=self.kmb.fifo_share)
         except InvalidArgument as exc:
             raise FirmwareError(f"carveout {KEEMBAY_CARVEOUT!r} (0x{area.length:x} bytes at "
                                 f"0x{area.da:x}): {exc}") from None
         doorbell = self.process.take_doorbell(len(self._rpmsg_order))
-        return [cpu_link(area.region, layout, doorbell, name=name,
-                         fifo_share=self.kmb.fifo_share, poll_mode=self.poll_mode,
+        return [cpu_link(area.region, layout, doorbell, name=name, poll_mode=self.poll_mode,
                          spin=self.spin)]
 
 

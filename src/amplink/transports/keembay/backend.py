@@ -79,26 +79,24 @@ _NO_HEADER, _FIFO_FULL, _GP_SHARE, _QUEUED = range(4)
 
 class KeemBayBackend(Backend):
     """Node ``node`` of the Keem Bay link laid out as ``layout`` in ``region`` (see the
-    module docstring). ``doorbell`` rings the peer's FIFO interrupt and is rung by it."""
+    module docstring; its GP share is the layout's). ``doorbell`` rings the peer's FIFO
+    interrupt and is rung by it."""
 
     errors = KEEMBAY_ERRORS
     tx_kicks = False  # headers are freed silently: a blocked sender polls
     tx_poll_interval = TX_POLL_INTERVAL
 
     def __init__(self, region: SharedRegion, layout: KmbLayout, node: int, doorbell: Doorbell,
-                 waiter: Waiter, *, fifo_share: int = KMB_IPC_FIFO_DEPTH) -> None:
+                 waiter: Waiter) -> None:
         if node not in NODE_NAMES:
             raise InvalidArgument(f"node must be 0 (CPU) or 1 (VPU), got {node!r}")
-        if not 1 <= fifo_share <= KMB_IPC_FIFO_DEPTH:
-            raise InvalidArgument(f"fifo_share must be in 1..{KMB_IPC_FIFO_DEPTH}, got "
-                                  f"{fifo_share!r}")
         self.node = node
         self.peer = peer = 1 - node
         self.layout = layout
         self.region = region
         self.doorbell = doorbell
         self.waiter = waiter
-        self.fifo_share = fifo_share
+        self.fifo_share = layout.fifo_share
         self.capabilities = Capabilities(
             max_payload=layout.slot_size, name_service=False, tx_loan=True, rx_hold=True,
             send_by_reference=True, addressing="channel",

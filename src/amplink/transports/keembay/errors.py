@@ -27,14 +27,22 @@ from ...errors import (
 from ...link.backend import ErrorTypes
 
 
-class ChannelClosed(EndpointClosed):
+class _Errno(OSError):
+    """The message alone in ``str()`` (the errno is in ``.errno``): a message the runtime
+    wraps in another error must not repeat the prefix."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class ChannelClosed(_Errno, EndpointClosed):
     """ENOENT: the channel is not open (or was closed while a call waited on it)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.ENOENT, message)
 
 
-class NoFreeHeader(NoBufferAvailable):
+class NoFreeHeader(_Errno, NoBufferAvailable):
     """ENOMEM: every header of the sender's pool is ALLOCATED (the peer has not freed
     them yet, or never will)."""
 
@@ -43,7 +51,7 @@ class NoFreeHeader(NoBufferAvailable):
         BlockingIOError.__init__(self, errno.ENOMEM, message)  # the errno, not EAGAIN
 
 
-class FifoBusy(NoBufferAvailable):
+class FifoBusy(_Errno, NoBufferAvailable):
     """EBUSY: the destination FIFO is full (the write was dropped and its overflow flag
     set), or the channel's transmit queue holds its share of it."""
 
@@ -63,14 +71,14 @@ class MisalignedData(AddressError):
     errno = errno.EFAULT
 
 
-class LinkTornDown(LinkDown):
+class LinkTornDown(_Errno, LinkDown):
     """EPIPE: the link was torn down (the peer closed it, died, or broke it)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.EPIPE, message)
 
 
-class RecvTimeout(ReceiveTimeout):
+class RecvTimeout(_Errno, ReceiveTimeout):
     """ETIME: no message arrived within the timeout."""
 
     def __init__(self, message: str) -> None:

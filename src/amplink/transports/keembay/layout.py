@@ -15,8 +15,8 @@ The pools come first and the data areas last, so the *payload window* (where a h
 ``data_addr`` may point) is one range that covers no header, FIFO or descriptor.
 
 Both nodes derive the layout from ``(headers, slot_size, size)`` with :meth:`KmbLayout.
-compute`; the VPU reads those three numbers from the descriptor the host wrote and checks
-them before it uses any of it.
+compute`; the VPU reads those numbers (and the GP share both nodes' senders keep) from
+the descriptor the host wrote and checks them before it uses any of it.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ PAGE = 0x1000
 #: "KMBI", version 1
 KMB_IPC_MAGIC = 0x49424D4B
 KMB_IPC_VERSION = 1
-#: magic, version, headers, slot_size, size, state[CPU], state[VPU]
-DESCRIPTOR = struct.Struct("<7I")
-STATE_OFFSET = {NODE_CPU: 20, NODE_VPU: 24}
+#: magic, version, headers, slot_size, size, fifo_share, state[CPU], state[VPU]
+DESCRIPTOR = struct.Struct("<8I")
+STATE_OFFSET = {NODE_CPU: 24, NODE_VPU: 28}
 #: a node's state word, written by that node only
 STATE_DOWN = 0
 STATE_UP = 1
@@ -84,13 +84,15 @@ class KmbLayout:
     offset: int
     headers: int
     slot_size: int
+    #: entries of the peer's FIFO all GP channels of a sender may hold at once
+    fifo_share: int
     nodes: tuple[NodeLayout, NodeLayout]
     #: [start, end) offsets where payloads may lie
     window: tuple[int, int]
 
     @classmethod
-    def compute(cls, da: int, size: int, headers: int, slot_size: int,
-                offset: int = 0) -> KmbLayout:
+    def compute(cls, da: int, size: int, headers: int, slot_size: int, offset: int = 0,
+                fifo_share: int = KMB_IPC_FIFO_DEPTH) -> KmbLayout:
         """The layout for these sizes; InvalidArgument if they do not fit or are out of
         range (the VPU turns that into a RemoteProtocolError naming the descriptor)."""
         if not 1 <= headers <= MAX_HEADERS:
@@ -98,6 +100,9 @@ class KmbLayout:
         if not MIN_SLOT <= slot_size <= MAX_SLOT or slot_size % KMB_IPC_ALIGNMENT:
             raise InvalidArgument(f"slot_size must be a multiple of {KMB_IPC_ALIGNMENT} in "
                                   f"{MIN_SLOT}..{MAX_SLOT}, got {slot_size}")
+        if not 1 <= fifo_share <= KMB_IPC_FIFO_DEPTH:
+            raise InvalidArgument(f"fifo_share must be in 1..{KMB_IPC_FIFO_DEPTH}, got "
+                                  f"{fifo_share}")
         if da % PAGE or size % PAGE or da < 0 or da + size > U32_LIMIT:
             raise InvalidArgument(f"the IPC area 0x{da:x}+0x{size:x} must be page-aligned and "
                                   "below 4 GiB (its addresses travel in 32-bit fields)")
@@ -113,7 +118,7 @@ class KmbLayout:
         nodes = (NodeLayout(o + PAGE, o + data, o + heaps, heap_size),
                  NodeLayout(o + PAGE + pool, o + data + headers * slot_size,
                             o + heaps + heap_size, heap_size))
-        return cls(da, size, offset, headers, slot_size, nodes,
+        return cls(da, size, offset, headers, slot_size, fifo_share, nodes,
                    (o + data, o + heaps + 2 * heap_size))
 
     @classmethod
@@ -151,7 +156,7 @@ class KmbLayout:
     def descriptor(self) -> bytes:
         """The descriptor the host writes at offset 0 (both nodes DOWN)."""
         return DESCRIPTOR.pack(KMB_IPC_MAGIC, KMB_IPC_VERSION, self.headers, self.slot_size,
-                               self.size, STATE_DOWN, STATE_DOWN)
+                               self.size, self.fifo_share, STATE_DOWN, STATE_DOWN)
 
     @classmethod
     def from_descriptor(cls, raw: bytes, da: int, size: int, offset: int = 0) -> KmbLayout:
@@ -160,7 +165,7 @@ class KmbLayout:
         RemoteProtocolError names what is wrong."""
         if len(raw) < DESCRIPTOR.size:
             raise RemoteProtocolError("Keem Bay IPC descriptor: truncated")
-        magic, version, headers, slot_size, described, _, _ = DESCRIPTOR.unpack_from(raw)
+        magic, version, headers, slot_size, described, share, _, _ = DESCRIPTOR.unpack_from(raw)
         if magic != KMB_IPC_MAGIC or version != KMB_IPC_VERSION:
             raise RemoteProtocolError(f"Keem Bay IPC descriptor: magic 0x{magic:08x} version "
                                       f"{version}, expected 0x{KMB_IPC_MAGIC:08x} version "
@@ -169,6 +174,6 @@ class KmbLayout:
             raise RemoteProtocolError(f"Keem Bay IPC descriptor: field size = 0x{described:x}, "
                                       f"but the IPC area is 0x{size:x} bytes")
         try:
-            return cls.compute(da, size, headers, slot_size, offset)
+            return cls.compute(da, size, headers, slot_size, offset, share)
         except InvalidArgument as exc:
             raise RemoteProtocolError(f"Keem Bay IPC descriptor: {exc}") from None

@@ -40,7 +40,8 @@ class KmbConfig:
     payload sent inline (the link's MTU; more goes by reference); ``heap_size``, the
     shared buffers of each node (in-process pairs; a simulated processor's heaps are what
     its carveout leaves); ``fifo_share``, how many entries of the peer's FIFO all GP
-    channels together may hold (an HS message finds at most that many ahead of it).
+    channels of a sender together may hold (an HS message finds at most that many ahead of
+    it; both nodes keep it: the host writes it in the descriptor).
     """
 
     headers: int = 256
@@ -50,8 +51,8 @@ class KmbConfig:
 
     def __post_init__(self) -> None:
         int_arg(self.heap_size, "heap_size", minimum=0)
-        int_arg(self.fifo_share, "fifo_share", minimum=1, maximum=KMB_IPC_FIFO_DEPTH)
-        KmbLayout.compute(PAIR_DA, self.area_size, self.headers, self.slot_size)
+        KmbLayout.compute(PAIR_DA, self.area_size, self.headers, self.slot_size,
+                          fifo_share=self.fifo_share)
 
     @property
     def area_size(self) -> int:
@@ -69,11 +70,11 @@ def init_area(region: SharedRegion, layout: KmbLayout) -> None:
 
 
 def _assemble(region: SharedRegion, layout: KmbLayout, node: int, doorbell: Doorbell, *,
-              fifo_share: int, owned: Iterable[Any], link_options: dict[str, Any]) -> Link:
+              owned: Iterable[Any], link_options: dict[str, Any]) -> Link:
     waiter = None
     try:
         waiter = Waiter(doorbell)
-        backend = KeemBayBackend(region, layout, node, doorbell, waiter, fifo_share=fifo_share)
+        backend = KeemBayBackend(region, layout, node, doorbell, waiter)
     except BaseException:
         if waiter is not None:
             waiter.close()
@@ -92,19 +93,17 @@ def _assemble(region: SharedRegion, layout: KmbLayout, node: int, doorbell: Door
 
 
 def cpu_link(region: SharedRegion, layout: KmbLayout, doorbell: Doorbell, *,
-             name: str = "cpu", fifo_share: int = KMB_IPC_FIFO_DEPTH,
-             owned: Iterable[Any] = (), **link_options: Any) -> Link:
+             name: str = "cpu", owned: Iterable[Any] = (), **link_options: Any) -> Link:
     """The host's link: initialise the IPC area ``layout`` in ``region`` and go up.
     ``owned`` objects close with the link; ``link_options`` go to :class:`Link`."""
     init_area(region, layout)
-    return _assemble(region, layout, NODE_CPU, doorbell, fifo_share=fifo_share, owned=owned,
+    return _assemble(region, layout, NODE_CPU, doorbell, owned=owned,
                      link_options=dict(name=name, **link_options))
 
 
 def vpu_link(region: SharedRegion, da: int, size: int, doorbell: Doorbell, *,
-             offset: int = 0, name: str = "vpu", fifo_share: int = KMB_IPC_FIFO_DEPTH,
-             timeout: float = HOST_UP_TIMEOUT, owned: Iterable[Any] = (),
-             **link_options: Any) -> Link:
+             offset: int = 0, name: str = "vpu", timeout: float = HOST_UP_TIMEOUT,
+             owned: Iterable[Any] = (), **link_options: Any) -> Link:
     """The firmware's link on the IPC area of ``size`` bytes at device address ``da``
     (``offset`` in ``region``): wait up to ``timeout`` s for the host to be up, check its
     descriptor, go up."""
@@ -116,7 +115,7 @@ def vpu_link(region: SharedRegion, da: int, size: int, doorbell: Doorbell, *,
     except BaseException:
         doorbell.close()
         raise
-    return _assemble(region, layout, NODE_VPU, doorbell, fifo_share=fifo_share, owned=owned,
+    return _assemble(region, layout, NODE_VPU, doorbell, owned=owned,
                      link_options=dict(name=name, **link_options))
 
 
@@ -181,12 +180,11 @@ class KeemBayPair:
             size = config.area_size
             region = SharedRegion.memfd(size, "amplink-keembay", da_base=PAIR_DA)
             undo.callback(region.close)
-            layout = KmbLayout.compute(PAIR_DA, size, config.headers, config.slot_size)
-            cpu = cpu_link(region, layout, cpu_bell, fifo_share=config.fifo_share,
-                           **link_options)
+            layout = KmbLayout.compute(PAIR_DA, size, config.headers, config.slot_size,
+                                       fifo_share=config.fifo_share)
+            cpu = cpu_link(region, layout, cpu_bell, **link_options)
             undo.callback(cpu.close)
-            vpu = vpu_link(region, PAIR_DA, size, vpu_bell, fifo_share=config.fifo_share,
-                           timeout=1.0, **link_options)
+            vpu = vpu_link(region, PAIR_DA, size, vpu_bell, timeout=1.0, **link_options)
             undo.pop_all()
         return cls(cpu, vpu, region, layout)
 
