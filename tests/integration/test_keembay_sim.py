@@ -13,6 +13,7 @@ from common_kit import Outcome
 from sim_kit import assert_no_leaks, fixture_firmware, snapshot, stop_quietly
 
 from amplink import FirmwareError, RprocState
+from amplink.firmware.examples.kmb_echo import COUNT
 from amplink.firmware.examples.vpu_service import RESULT, thumbnail
 from amplink.perf import SINK_REPORT
 from amplink.platforms.sim.keembay import KeemBayProcessor, KeemBayRemoteProc
@@ -71,6 +72,32 @@ def test_echo_sinks_and_a_clean_stop_leave_nothing_behind():
         code = proc.stop()
     assert code == 0
     assert_no_leaks(before, "Keem Bay start/stop")
+
+
+def test_hs_echo_goes_on_while_the_vpu_floods_gp_channels(kmb):
+    proc = kmb(KMB_ECHO, kmb=KmbConfig(fifo_share=16))
+    link = proc.link
+    for channel in (0, 1, 30, 31):
+        assert wait_peer_channel(link, channel, WAIT)
+    hs, control = link.create_endpoint(addr=0), link.create_endpoint(addr=1)
+    floods = [link.create_endpoint(addr=c) for c in (30, 31)]
+    control.send(b"flood on", timeout=WAIT)
+    assert control.recv(timeout=WAIT) == b"ok"
+    received = 0
+    for i in range(100):
+        hs.send(b"%d" % i, timeout=WAIT)
+        assert hs.recv(timeout=WAIT) == b"%d" % i  # answered amid the flood
+        for ep in floods:
+            while ep.try_recvfrom() is not None:
+                received += 1
+    control.send(b"flood off", timeout=WAIT)
+    (sent,) = COUNT.unpack(control.recv(timeout=WAIT))
+    for ep in floods:
+        while ep.try_recvfrom() is not None:
+            received += 1
+    assert received > 100 and sent >= received
+    stats = link.statistics()
+    assert stats.backend["malformed_rx"] == 0 and stats.dropped_unknown_dst == 0
 
 
 def test_a_killed_vpu_is_epipe_and_recovery_brings_a_fresh_link():
