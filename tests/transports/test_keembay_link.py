@@ -38,7 +38,8 @@ from amplink.transports.keembay.wire import KMB_IPC_FIFO_DEPTH
 
 @pytest.fixture
 def pair():
-    p = KeemBayPair.create(KmbConfig(heap_size=4 << 20))
+    # GP channels may fill the whole FIFO, as in the driver (the GP share has its test)
+    p = KeemBayPair.create(KmbConfig(heap_size=4 << 20, fifo_share=KMB_IPC_FIFO_DEPTH))
     try:
         yield p
     finally:

@@ -71,6 +71,8 @@ def main(link: Link) -> None:
             link.run(until=lambda: flood.on)
             continue
         link.poll()  # what arrived meanwhile: echoes first, then the next burst
+        if not flood.on:
+            continue  # switched off by what arrived: the count it answered is final
         for ep in floods:
             for _ in range(BURST):
                 try:

@@ -6,8 +6,9 @@ window), marks it ALLOCATED and writes its address into the *peer's* FIFO; a sle
 peer is woken by the FIFO's "not empty" doorbell. Receiving pops this node's FIFO,
 checks each entry and header (see :mod:`.wire`: the peer is not trusted), delivers the
 payload and marks the header FREE, at once or, for a held message, at its release. The
-sender is never told: it finds its headers FREE on later scans (so a blocked sender
-polls, :attr:`tx_poll_interval`).
+sender is never told: it finds its headers FREE on later scans (so a sender blocked
+for a header polls, :attr:`tx_poll_interval`); one blocked for room in the FIFO asks
+to be rung when the reader has taken entries out ("room wanted", amplink's addition).
 
 Sends that cannot go at once wait in the driver's transmit queues (:mod:`.scheduler`),
 served round-robin as room appears. All general-purpose channels together may hold at
@@ -453,6 +454,8 @@ class KeemBayBackend(Backend):
             finally:  # the header goes back unless kept, whatever delivery did
                 if not kept:
                     mm[header + STATUS_OFFSET] = IPC_BUF_FREE
+        if entries and self.rx_fifo.room_wanted():
+            self.ring()  # its sender waits for the room just made
         if self._sched.waiting:
             self._pump()
         if self._refs:
@@ -483,6 +486,7 @@ class KeemBayBackend(Backend):
         if rx:
             pending = self.rx_fifo.arm() or self._peer_gone()
         if tx and not pending:
+            self.tx_fifo.want_room()
             pending = self._can_progress()
         return pending
 

@@ -3,16 +3,21 @@
 
 The control block holds the write index (the writer's), the read index (the reader's),
 the overflow flag (set by a writer whose write found the FIFO full, cleared by the
-reader) and the "not empty" interrupt enable (the reader's: set while it sleeps). Both
-indices run free over 32 bits; each side keeps its own in a private shadow and reads the
-other's as untrusted: a distance of more than 128 is a fault, never an index.
+reader), the "not empty" interrupt enable (the reader's: set while it sleeps) and "room
+wanted" (set by a writer that waits for room, cleared by the reader, which then rings
+it). Both indices run free over 32 bits; each side keeps its own in a private shadow and
+reads the other's as untrusted: a distance of more than 128 is a fault, never an index.
+
+"Room wanted" is amplink's: the driver's sender was never told and retried; here a
+sender waiting for room in the FIFO is rung as soon as the reader took entries out
+(freed headers it still finds by looking).
 """
 
 from __future__ import annotations
 
 from ...memory.fence import full_fence
 from ...memory.region import SharedRegion
-from .layout import FIFO_ENTRIES, FIFO_IRQ, FIFO_OVERFLOW, FIFO_RD, FIFO_WR
+from .layout import FIFO_ENTRIES, FIFO_IRQ, FIFO_OVERFLOW, FIFO_RD, FIFO_ROOM, FIFO_WR
 from .wire import KMB_IPC_FIFO_DEPTH, KMB_IPC_NUM_TX_QUEUES
 
 _MASK = 0xFFFF_FFFF
@@ -30,6 +35,7 @@ class _Fifo:
         self._rd = base + FIFO_RD // 4
         self._overflow = base + FIFO_OVERFLOW // 4
         self._irq = base + FIFO_IRQ // 4
+        self._room = base + FIFO_ROOM // 4
         self._entries = base + FIFO_ENTRIES // 4
 
     def reset(self) -> None:
@@ -86,6 +92,11 @@ class FifoWriter(_Fifo):
         full_fence()
         return self._u32[self._irq] != 0
 
+    def want_room(self) -> None:
+        """Ask the reader to ring us when it has taken entries out."""
+        self._u32[self._room] = 1
+        full_fence()  # the request is visible before we look at the read index again
+
 
 class FifoReader(_Fifo):
     """A node's own FIFO as its reader sees it."""
@@ -126,6 +137,13 @@ class FifoReader(_Fifo):
         self._r = (r + count) & _MASK
         u32[self._rd] = self._r
         return entries
+
+    def room_wanted(self) -> bool:
+        """Whether the writer waits for room (the request is cleared: ring it once)."""
+        if not self._u32[self._room]:
+            return False
+        self._u32[self._room] = 0
+        return True
 
     def arm(self) -> bool:
         """Ask for the "not empty" interrupt; True if entries are waiting already."""

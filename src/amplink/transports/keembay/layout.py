@@ -47,9 +47,9 @@ STATE_DOWN = 0
 STATE_UP = 1
 STATE_TORN_DOWN = 2
 
-#: a FIFO: write index, read index, overflow flag, "not empty" interrupt enable (u32
-#: each), then the entries from byte 64
-FIFO_WR, FIFO_RD, FIFO_OVERFLOW, FIFO_IRQ = 0, 4, 8, 12
+#: a FIFO: write index, read index, overflow flag, "not empty" interrupt enable, "room
+#: wanted" (u32 each), then the entries from byte 64
+FIFO_WR, FIFO_RD, FIFO_OVERFLOW, FIFO_IRQ, FIFO_ROOM = 0, 4, 8, 12, 16
 FIFO_ENTRIES = 64
 FIFO_SIZE = FIFO_ENTRIES + 4 * KMB_IPC_FIFO_DEPTH
 FIFO_OFFSET = {NODE_CPU: 0x100, NODE_VPU: 0x400}

@@ -23,12 +23,17 @@ from ...notify.doorbell import Doorbell
 from ...notify.waiter import Waiter
 from .backend import KeemBayBackend
 from .layout import DESCRIPTOR, PAGE, STATE_OFFSET, STATE_UP, KmbLayout
-from .wire import KMB_IPC_FIFO_DEPTH, NODE_CPU, NODE_VPU
+from .wire import NODE_CPU, NODE_VPU
 
 #: where the IPC area of an in-process pair is seen (below 4 GiB: 32-bit addresses)
 PAIR_DA = 0x8000_0000
 #: how long the VPU waits for the host to initialise the IPC area
 HOST_UP_TIMEOUT = 20.0
+#: the GP share of the peer's FIFO: about one transmit queue's round-robin share of its
+#: 128 entries among 11 queues (11.6), rounded up to a power of two. Measured with
+#: bench/keembay_bench.py: at 8 the GP message rate falls; from 32 on, the HS round trip
+#: under a GP flood grows with it; the whole FIFO (128) is what the driver did
+DEFAULT_FIFO_SHARE = 16
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class KmbConfig:
     headers: int = 256
     slot_size: int = 512
     heap_size: int = 1 << 20
-    fifo_share: int = KMB_IPC_FIFO_DEPTH
+    fifo_share: int = DEFAULT_FIFO_SHARE
 
     def __post_init__(self) -> None:
         int_arg(self.heap_size, "heap_size", minimum=0)
