@@ -77,6 +77,9 @@ class LinkTornDown(_Errno, LinkDown):
     def __init__(self, message: str) -> None:
         super().__init__(errno.EPIPE, message)
 
+    def again(self) -> LinkTornDown:
+        return LinkTornDown(str(self))
+
 
 class RecvTimeout(_Errno, ReceiveTimeout):
     """ETIME: no message arrived within the timeout."""
