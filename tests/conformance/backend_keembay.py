@@ -51,7 +51,7 @@ def keembay_capabilities(config: KmbConfig) -> Capabilities:
         max_payload=config.slot_size, name_service=False, tx_loan=True, rx_hold=True,
         send_by_reference=True, addressing="channel",
         address_range=(0, KMB_IPC_MAX_CHANNELS - 1), dynamic_base=None,
-        rx_buffers=min(KMB_IPC_FIFO_DEPTH, config.headers), tx_ready=True)
+        rx_buffers=min(config.fifo_share, config.headers), tx_ready=True)
 
 
 def _pair_factory(config: KmbConfig, notify: Notify,

@@ -52,7 +52,6 @@ from .wire import (
     IPC_BUF_ALLOCATED,
     IPC_BUF_FREE,
     KMB_IPC_ALIGNMENT,
-    KMB_IPC_FIFO_DEPTH,
     KMB_IPC_MAX_CHANNELS,
     KMB_IPC_NUM_HS_CHANNELS,
     NODE_CPU,
@@ -102,7 +101,9 @@ class KeemBayBackend(Backend):
             max_payload=layout.slot_size, name_service=False, tx_loan=True, rx_hold=True,
             send_by_reference=True, addressing="channel",
             address_range=(0, KMB_IPC_MAX_CHANNELS - 1), dynamic_base=None,
-            rx_buffers=min(KMB_IPC_FIFO_DEPTH, layout.headers))
+            # what the peer can leave in our FIFO before it must wait for us to drain: its
+            # GP share (its HS channels may add more); so max_held is half of it
+            rx_buffers=min(layout.fifo_share, layout.headers))
         self._mm = region.mm
         self._whole = memoryview(region.mm)
         self._u32 = region.u32
