@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from ..._args import int_arg
-from ...errors import InvalidArgumentType, PeerTimeout
+from ...errors import InvalidArgumentType, NotSupported, PeerTimeout
 from ...link.runtime import Link
+from ...memory.providers import CarveoutProvider
 from ...memory.region import SharedRegion
-from ...notify.doorbell import Doorbell
+from ...notify.doorbell import Doorbell, Notify, doorbell_pair
 from ...notify.waiter import Waiter
 from .backend import KeemBayBackend
 from .layout import DESCRIPTOR, PAGE, STATE_OFFSET, STATE_UP, KmbLayout
@@ -171,14 +172,12 @@ class KeemBayPair:
     layout: KmbLayout
 
     @classmethod
-    def create(cls, config: KmbConfig | None = None, *, notify: str = "eventfd",
+    def create(cls, config: KmbConfig | None = None, *, notify: Notify = "eventfd",
                **link_options: Any) -> Self:
         """``notify``: "eventfd", "socket" (the peer's death can be played: shut its
         socket) or "poll"; ``link_options`` go to both :class:`Link` objects."""
-        from ...platforms.inprocess import doorbell_pair  # the pair kinds are defined there
-
         config = config or KmbConfig()
-        cpu_bell, vpu_bell = doorbell_pair(notify)  # type: ignore[arg-type]
+        cpu_bell, vpu_bell = doorbell_pair(notify)
         with ExitStack() as undo:
             undo.callback(vpu_bell.close)
             undo.callback(cpu_bell.close)
@@ -203,6 +202,17 @@ class KeemBayPair:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def heap(link: Link) -> CarveoutProvider:
+    """The shared buffers of this node of a Keem Bay link: allocate from it what you send
+    by reference (``ep.send_reference(buffer)``)."""
+    backend = link.backend
+    if not isinstance(backend, KeemBayBackend):
+        raise InvalidArgumentType(f"link {link.name} is not a Keem Bay link")
+    if backend.heap is None:
+        raise NotSupported(f"link {link.name}: its IPC area leaves this node no heap")
+    return backend.heap
 
 
 def wait_peer_channel(link: Link, channel: int, timeout: float | None) -> bool:
