@@ -20,7 +20,7 @@ from ..link.runtime import Link
 from ..memory import SharedBuffer
 from ..perf import PayloadMismatch, format_percentiles, make_payloads, time_round_trips
 from ..platforms.sim.keembay import KeemBayProcessor
-from ..transports.keembay import KeemBayBackend, KmbReference, wait_peer_channel
+from ..transports.keembay import KeemBayBackend, KmbReference, heap, wait_peer_channel
 from ..transports.keembay.wire import KMB_IPC_MAX_CHANNELS, is_hs
 from .common import CommandError, out, step
 
@@ -51,12 +51,10 @@ def _frame(i: int) -> bytes:
 def _frames(link: Link, count: int) -> tuple[float, int]:
     """Send ``count`` frames by reference and check every result and thumbnail; returns
     (seconds, bytes)."""
-    backend = link.backend
-    assert isinstance(backend, KeemBayBackend) and backend.heap is not None
     frames = link.create_endpoint(addr=FRAMES)
     results = link.create_endpoint(addr=RESULTS)
     thumbs = link.create_endpoint(addr=THUMBNAILS, hold=True)
-    buffers: list[SharedBuffer] = [backend.heap.allocate(FRAME_SIZE, name=f"frame{i}")
+    buffers: list[SharedBuffer] = [heap(link).allocate(FRAME_SIZE, name=f"frame{i}")
                                    for i in range(FRAME_BUFFERS)]
     refs: list[KmbReference | None] = [None] * FRAME_BUFFERS
     table = bright_table(128)

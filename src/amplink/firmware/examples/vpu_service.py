@@ -22,7 +22,7 @@ import zlib
 from amplink.firmware.keembay import resource_table
 from amplink.link import Endpoint, HeldMessage, Link
 from amplink.memory import SharedBuffer
-from amplink.transports.keembay import KeemBayBackend, KmbReference
+from amplink.transports.keembay import KmbReference, heap
 
 #: frames of up to 8 MiB from the host; as much again for the VPU's thumbnails
 RESOURCE_TABLE = resource_table(heap_size=8 << 20)
@@ -47,10 +47,7 @@ class VpuService:
     """The service's state and its channel callbacks."""
 
     def __init__(self, link: Link) -> None:
-        backend = link.backend
-        assert isinstance(backend, KeemBayBackend), "the VPU service runs over Keem Bay IPC"
-        assert backend.heap is not None, "the IPC area leaves the VPU no heap"
-        self.heap = backend.heap
+        self.heap = heap(link)  # where the thumbnails go
         self.frames = self.bytes = self.thumbnails = self.dropped = 0
         self.table = bright_table(DEFAULT_THRESHOLD)
         self.lent: list[tuple[KmbReference, SharedBuffer]] = []

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         RecvTimeout,
     )
     from .layout import KmbLayout
-    from .link import KeemBayPair, KmbConfig, cpu_link, vpu_link, wait_peer_channel
+    from .link import KeemBayPair, KmbConfig, cpu_link, heap, vpu_link, wait_peer_channel
     from .reference import KmbReference
     from .wire import KMB_IPC_NUM_HS_CHANNELS, NODE_CPU, NODE_VPU
 
@@ -44,6 +44,7 @@ _EXPORTS = {
     "KeemBayPair": ".link",
     "KmbConfig": ".link",
     "cpu_link": ".link",
+    "heap": ".link",
     "vpu_link": ".link",
     "wait_peer_channel": ".link",
     "KmbReference": ".reference",
@@ -71,6 +72,7 @@ __all__ = [
     "NoFreeHeader",
     "RecvTimeout",
     "cpu_link",
+    "heap",
     "vpu_link",
     "wait_peer_channel",
 ]
