@@ -11,7 +11,8 @@ Channels, all opened before the firmware reports it is up:
   and answers the count sent (a little-endian u64); every other request is answered
   ``ok``. While it floods, the firmware still answers the echo channels: it takes in
   and dispatches what arrived between bursts, and a burst ends when the link refuses
-  (the general-purpose share of the CPU's FIFO is full).
+  (the general-purpose share of the CPU's FIFO is full); then it sleeps until the host
+  makes room.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ FLOOD_CHANNELS = (30, 31)
 FLOOD_SIZE = 64
 #: messages per flood channel between two looks at what arrived
 BURST = 8
+#: the longest sleep of a flood the link refuses (the host rings when it makes room)
+FULL_WAIT = 0.001
 COUNT = struct.Struct("<Q")
 
 
@@ -73,6 +76,7 @@ def main(link: Link) -> None:
         link.poll()  # what arrived meanwhile: echoes first, then the next burst
         if not flood.on:
             continue  # switched off by what arrived: the count it answered is final
+        sent = flood.sent
         for ep in floods:
             for _ in range(BURST):
                 try:
@@ -80,3 +84,5 @@ def main(link: Link) -> None:
                 except NoBufferAvailable:
                     break
                 flood.sent += 1
+        if flood.sent == sent:  # the link is full: sleep until the host makes room (it
+            link.wait_writable(timeout=FULL_WAIT)  # rings), taking in what arrives

@@ -30,11 +30,13 @@ from .wire import NODE_CPU, NODE_VPU
 PAIR_DA = 0x8000_0000
 #: how long the VPU waits for the host to initialise the IPC area
 HOST_UP_TIMEOUT = 20.0
-#: the GP share of the peer's FIFO: about one transmit queue's round-robin share of its
-#: 128 entries among 11 queues (11.6), rounded up to a power of two. Measured with
-#: bench/keembay_bench.py: at 8 the GP message rate falls; from 32 on, the HS round trip
-#: under a GP flood grows with it; the whole FIFO (128) is what the driver did
-DEFAULT_FIFO_SHARE = 16
+#: the GP share of the peer's FIFO: an HS message finds at most this many GP entries
+#: ahead of it (about 3 us each to take in, in Python), while a GP sender that fills it
+#: sleeps until the reader makes room. Measured (bench/keembay_bench.py and one-way runs
+#: interleaved with virtio): at 16 a blocking GP sender reaches about 70% of rpmsg over
+#: virtio's message rate, at 32 about the same rate, at 128 (the whole FIFO, what the
+#: driver did) more, with up to 127 entries ahead of an HS message
+DEFAULT_FIFO_SHARE = 32
 
 
 @dataclass(frozen=True)
