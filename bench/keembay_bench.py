@@ -18,7 +18,8 @@ over the runs). ``--plot PATH`` draws the percentiles (PNG, needs matplotlib).
 
 **Beside virtio.** RTT (16 B, 496 B) of the HS echo against the rpmsg echo firmware, and
 the one-way message rate to a sink (GP channel 20 against ``rpmsg-sink``), with the same
-timing loops (:mod:`amplink.perf`); ratios Keem Bay / virtio of the medians.
+timing loops (:mod:`amplink.perf`); both processors run throughout and are measured in
+turn within every run; ratios Keem Bay / virtio of the medians.
 
 A benchmark, not a test: ``python3 bench/keembay_bench.py [--quick] [--plot P] [--json P]``.
 """
@@ -220,58 +221,80 @@ def measure_priority(params: Params, pin: bool) -> dict[str, Any]:
 
 
 # -- beside virtio --------------------------------------------------------------------------
-@contextmanager
-def endpoint(backend: str, sink: bool, fifo_share: int) -> Iterator[tuple[Endpoint, int]]:
-    """A Keem Bay or virtio endpoint on an echo (or a sink) and the firmware's pid."""
+BACKENDS = ("keembay", "virtio")
+
+
+def _start(backend: str, sink: bool, fifo_share: int) -> tuple[SimProcessor, Endpoint]:
+    """A Keem Bay or virtio processor and an endpoint on its echo (or sink)."""
     if backend == "keembay":
-        proc: SimProcessor = KeemBayProcessor(KMB_FIRMWARE, name="bench",
+        proc: SimProcessor = KeemBayProcessor(KMB_FIRMWARE, name=f"bench-{backend}",
                                               kmb=KmbConfig(fifo_share=fifo_share))
     else:
         proc = SimProcessor(f"amplink.firmware.examples.{'sink' if sink else 'echo'}",
-                            name="bench")
+                            name=f"bench-{backend}")
     proc.start()
     try:
         link = proc.link
-        if backend == "keembay":
-            channel = SINKS[0] if sink else HS
-            if not wait_peer_channel(link, channel, TIMEOUT):
-                raise RuntimeError(f"the firmware did not open channel {channel}")
-            ep = link.create_endpoint(addr=channel)
-        else:
-            ep = link.open_channel("rpmsg-sink" if sink else "rpmsg-echo", timeout=TIMEOUT)
-        assert proc.process is not None
-        yield ep, proc.process.pid
-    finally:
+        if backend == "virtio":
+            return proc, link.open_channel("rpmsg-sink" if sink else "rpmsg-echo",
+                                           timeout=TIMEOUT)
+        channel = SINKS[0] if sink else HS
+        if not wait_peer_channel(link, channel, TIMEOUT):
+            raise RuntimeError(f"the firmware did not open channel {channel}")
+        return proc, link.create_endpoint(addr=channel)
+    except BaseException:
         proc.stop()
+        raise
 
 
-def measure_beside(backend: str, params: Params, pin: bool) -> dict[str, Any]:
-    result: dict[str, Any] = {"rtt": {}, "one_way": {}}
-    with endpoint(backend, False, params.fifo_share) as (ep, pid), pinned(pid, pin) as ok:
-        result["pinned"] = ok
-        rtt: dict[int, list[dict[str, float]]] = {s: [] for s in params.sizes}
+@contextmanager
+def started(sink: bool, fifo_share: int) -> Iterator[dict[str, tuple[SimProcessor, Endpoint]]]:
+    """Both backends' processors at once (one measured at a time: the other sleeps)."""
+    running: dict[str, tuple[SimProcessor, Endpoint]] = {}
+    try:
+        for backend in BACKENDS:
+            running[backend] = _start(backend, sink, fifo_share)
+        yield running
+    finally:
+        for proc, _ep in running.values():
+            proc.stop()
+
+
+def measure_beside(params: Params, pin: bool) -> dict[str, Any]:
+    """RTT and one-way rate of both backends, alternating within every run."""
+    rtt: dict[str, dict[int, list[dict[str, float]]]] = {
+        b: {s: [] for s in params.sizes} for b in BACKENDS}
+    ow: dict[str, dict[int, list[dict[str, Any]]]] = {
+        b: {s: [] for s in params.sizes} for b in BACKENDS}
+    pinned_all = True
+    with started(False, params.fifo_share) as running:
         for _ in range(params.runs):
-            for size in params.sizes:
-                with quiet_gc():
-                    rtt[size].append(percentiles(measure_round_trip(
-                        ep, size, params.rtt_count, params.rtt_warmup)))
-    with endpoint(backend, True, params.fifo_share) as (ep, _pid):
-        ow: dict[int, list[dict[str, float]]] = {s: [] for s in params.sizes}
+            for backend, (proc, ep) in running.items():
+                assert proc.process is not None
+                with pinned(proc.process.pid, pin) as ok:
+                    pinned_all &= ok
+                    for size in params.sizes:
+                        with quiet_gc():
+                            rtt[backend][size].append(percentiles(measure_round_trip(
+                                ep, size, params.rtt_count, params.rtt_warmup)))
+    with started(True, params.fifo_share) as running:
         for _ in range(params.runs):
-            for size in params.sizes:
-                with quiet_gc():
-                    r = measure_one_way(ep, size, params.one_way_count, params.one_way_warmup)
-                ow[size].append({**asdict(r), "msg_per_s": r.messages_per_second})
-    for size in params.sizes:
-        result["rtt"][str(size)] = summarized(rtt[size])
-        result["one_way"][str(size)] = summarized(ow[size], ("msg_per_s",))
-    return result
+            for backend, (_proc, ep) in running.items():
+                for size in params.sizes:
+                    with quiet_gc():
+                        r = measure_one_way(ep, size, params.one_way_count,
+                                            params.one_way_warmup)
+                    ow[backend][size].append({**asdict(r), "msg_per_s": r.messages_per_second})
+    return {"pinned": pinned_all, **{b: {
+        "rtt": {str(s): summarized(rtt[b][s]) for s in params.sizes},
+        "one_way": {str(s): summarized(ow[b][s], ("msg_per_s",)) for s in params.sizes},
+    } for b in BACKENDS}}
 
 
 def measure(name: str, params: Params, pin: bool) -> dict[str, Any]:
     if name == "priority":
         return measure_priority(params, pin)
-    return measure_beside(name, params, pin)
+    return measure_beside(params, pin)
 
 
 # -- reporting ----------------------------------------------------------------------------
@@ -321,8 +344,8 @@ def report(data: dict[str, Any], params: Params) -> str:
                                            ("rtt", "p99", 1e6, "us", 1),
                                            ("one_way", "msg_per_s", 1, "msg/s", 0)):
         for size in params.sizes:
-            k = Summary.from_dict(results["keembay"][kind][str(size)][key])
-            v = Summary.from_dict(results["virtio"][kind][str(size)][key])
+            k = Summary.from_dict(results["beside"]["keembay"][kind][str(size)][key])
+            v = Summary.from_dict(results["beside"]["virtio"][kind][str(size)][key])
             name = f"{'RTT ' + key if kind == 'rtt' else 'one-way'} {size:>3} B ({unit})"
             lines.append([name, k.format(scale, digits=digits), v.format(scale, digits=digits),
                           f"{k.median / v.median:.2f}x"])
@@ -388,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--fifo-share must be in 1..128")
         params = Params(**{**asdict(params), "fifo_share": args.fifo_share})
     titles = {"priority": "priority (Keem Bay, idle and flooded)",
-              "keembay": "Keem Bay RTT and one-way", "virtio": "virtio RTT and one-way"}
+              "beside": "Keem Bay and virtio, RTT and one-way, alternating"}
     data = measure_all(args, params, titles, measure, pinned_key="pinned")
     data["targets"] = verdict(data["results"])
     print(report(data, params))
