@@ -87,7 +87,6 @@ def test_descriptor_round_trip_and_checks():
 
 # -- FIFO --------------------------------------------------------------------------------
 def test_fifo_order_wrap_overflow_and_irq(region):
-    FifoReader(region, 0x100).reset()
     writer, reader = FifoWriter(region, 0x100), FifoReader(region, 0x100)
     assert writer.room() == KMB_IPC_FIFO_DEPTH and not reader.pending()
     for lap in range(3):  # around the ring several times
@@ -133,8 +132,7 @@ def test_fifo_indices_from_a_peer_never_lead_out_of_the_ring(wr, rd, entries):
 # -- pool --------------------------------------------------------------------------------
 def test_pool_takes_free_headers_round_robin(region):
     layout = KmbLayout.compute(DA, 0x10000, 8, 64)
-    pool = HeaderPool(region, layout, NODE_VPU)
-    pool.reset()
+    pool = HeaderPool(region, layout, NODE_VPU)  # a fresh memfd: every header FREE
     assert [pool.take() for _ in range(3)] == [0, 1, 2]
     assert pool.allocated() == 3 and pool.status(1) == IPC_BUF_ALLOCATED
     # the peer frees 1 and 0; the scan goes on from 3 and wraps round

@@ -61,6 +61,7 @@ from .wire import (
     Fault,
     check_entry,
     check_header,
+    tx_queue,
 )
 
 log = logging.getLogger(__name__)
@@ -156,9 +157,6 @@ class KeemBayBackend(Backend):
         """Say this node is up (after the host initialised the area / the VPU attached)."""
         self._u32[self._state] = STATE_UP
 
-    def peer_up(self) -> bool:
-        return self._u32[self._peer_state] == STATE_UP
-
     def _peer_gone(self) -> bool:
         """The peer tore the link down (checked wherever we look for work)."""
         if self._u32[self._peer_state] != STATE_TORN_DOWN:
@@ -221,7 +219,7 @@ class KeemBayBackend(Backend):
     def try_send(self, src: int, dst: int, payload: Any) -> bool:
         if src != dst or dst not in self.open_channels:
             self._check_channel(src, dst)
-        queue = dst if dst < KMB_IPC_NUM_HS_CHANNELS else GP_QUEUE
+        queue = dst if dst < KMB_IPC_NUM_HS_CHANNELS else GP_QUEUE  # tx_queue(): hot path
         sched = self._sched
         if sched.waiting:
             self._pump()
@@ -311,8 +309,7 @@ class KeemBayBackend(Backend):
 
     # -- the transmit queues -----------------------------------------------------------------
     def enqueue(self, src: int, dst: int, payload: Any) -> Queued:
-        queue = dst if dst < KMB_IPC_NUM_HS_CHANNELS else GP_QUEUE
-        item = Queued(src, dst, payload, queue)
+        item = Queued(src, dst, payload, tx_queue(dst))
         self._sched.push(item)
         return item
 
@@ -366,8 +363,8 @@ class KeemBayBackend(Backend):
             raise
         self.pool.held.discard(handle)
         self._loans -= 1
-        queue = dst if dst < KMB_IPC_NUM_HS_CHANNELS else GP_QUEUE
-        self._post(handle, self._slot_da + handle * self._slot_size, length, dst, queue)
+        self._post(handle, self._slot_da + handle * self._slot_size, length, dst,
+                   tx_queue(dst))
 
     def drop_loan(self, handle: Any) -> None:
         self.pool.held.discard(handle)
@@ -510,7 +507,7 @@ class KeemBayBackend(Backend):
             "bad_read_index": self.tx_fifo.bad_read_index,
             "bad_write_index": self.rx_fifo.bad_write_index,
             "malformed_rx": self.malformed_rx, "protocol_faults": dict(self.faults),
-            "references_in_flight": len(self._refs),
+            "references_in_flight": len(self._refs), "buffers_lent": self._lender.lent,
             "references_done": self.references_done,
             "open_channels": len(self.open_channels),
             "unconsumed_at_down": self.unconsumed_at_down,

@@ -38,12 +38,6 @@ class _Fifo:
         self._room = base + FIFO_ROOM // 4
         self._entries = base + FIFO_ENTRIES // 4
 
-    def reset(self) -> None:
-        """Zero the control block and the entries (the host, before either side runs)."""
-        u32 = self._u32
-        for i in range(self._wr, self._entries + _DEPTH):
-            u32[i] = 0
-
 
 class FifoWriter(_Fifo):
     """The peer's FIFO as its writer sees it. Remembers which transmit queue each entry

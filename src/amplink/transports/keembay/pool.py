@@ -31,11 +31,6 @@ class HeaderPool:
         #: peer that frees what it never got must not make us hand them out twice)
         self.held: set[int] = set()
 
-    def reset(self) -> None:
-        """Every header FREE (the host, before either side runs)."""
-        self._mm[self.base:self.base + self.count * KMB_IPC_ALIGNMENT] = bytes(
-            self.count * KMB_IPC_ALIGNMENT)
-
     def statuses(self) -> bytes:
         """One status byte per header."""
         return self._mm[self._status0:self._status_end:KMB_IPC_ALIGNMENT]
