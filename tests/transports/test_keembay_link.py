@@ -33,7 +33,13 @@ from amplink.transports.keembay import (
     RecvTimeout,
     wait_peer_channel,
 )
-from amplink.transports.keembay.wire import KMB_IPC_FIFO_DEPTH
+from amplink.transports.keembay.wire import (
+    HEADER,
+    IPC_BUF_FREE,
+    KMB_IPC_FIFO_DEPTH,
+    STATUS_OFFSET,
+    check_entry,
+)
 
 
 @pytest.fixture
@@ -163,6 +169,22 @@ def test_peer_tears_the_link_down(pair):
 
 
 # -- transmit queues and priority ---------------------------------------------------------
+def fifo_order(backend) -> list[bytes]:
+    """The payloads of the entries in ``backend``'s FIFO, in FIFO order (taken out, their
+    headers freed): what the sender's transmitter wrote, before any receiver's choice."""
+    layout, mm = backend.layout, backend.region.mm
+    got = []
+    for entry in backend.rx_fifo.pop(1000):
+        index = check_entry(entry, peer=backend.peer, pool_da=backend._peer_pool_da,
+                            headers=layout.headers)
+        header = layout.nodes[backend.peer].pool + index * 64
+        addr, size, *_ = HEADER.unpack_from(mm, header)
+        start = layout.to_offset(addr)
+        got.append(bytes(mm[start:start + size]))
+        mm[header + STATUS_OFFSET] = IPC_BUF_FREE
+    return got
+
+
 def test_blocked_senders_are_served_round_robin(pair):
     cpu, vpu = pair.cpu, pair.vpu
     backend = cpu.backend
@@ -173,19 +195,34 @@ def test_blocked_senders_are_served_round_robin(pair):
     assert fill(tx[10]) == KMB_IPC_FIFO_DEPTH
     # twelve waiting senders (as the runtime queues them), three per channel
     tickets = [backend.enqueue(c, c, b"%d.%d" % (c, i)) for i in range(3) for c in channels]
-    arrived: list[bytes] = []
+    assert len(fifo_order(vpu.backend)) == KMB_IPC_FIFO_DEPTH  # room for everything
+    assert backend.sent(tickets[-1]) and all(t.sent for t in tickets)
+    # queue 0, queue 1, then the GP queue, which channels 10 and 11 share, in its order
+    assert fifo_order(vpu.backend) == [b"0.0", b"1.0", b"10.0", b"0.1", b"1.1", b"11.0",
+                                       b"0.2", b"1.2", b"10.1", b"11.1", b"10.2", b"11.2"]
 
-    def take(src, dst, payload, handle) -> bool:  # the VPU's FIFO, in order
-        arrived.append(bytes(payload))
+
+def test_the_receiver_hands_hs_messages_over_before_gp_ones_taken_with_them(pair):
+    cpu, vpu = pair.cpu, pair.vpu
+    for c in (0, 10, 11):
+        cpu.create_endpoint(addr=c)
+    tx = {c: vpu.create_endpoint(addr=c) for c in (0, 10, 11)}
+    for channel, payload in ((10, b"gp 10.0"), (11, b"gp 11.0"), (10, b"gp 10.1"),
+                             (0, b"hs 0.0"), (11, b"gp 11.1"), (0, b"hs 0.1")):
+        tx[channel].send(payload, timeout=1)
+    calls: list[list[bytes]] = []
+
+    def take(src, dst, payload, handle) -> bool:
+        calls[-1].append(bytes(payload))
         return False
 
-    assert vpu.backend.receive(take, 1000) == KMB_IPC_FIFO_DEPTH  # room for everything
-    assert backend.sent(tickets[-1]) and all(t.sent for t in tickets)
-    arrived.clear()
-    vpu.backend.receive(take, 1000)
-    # queue 0, queue 1, then the GP queue, which channels 10 and 11 share, in its order
-    assert arrived == [b"0.0", b"1.0", b"10.0", b"0.1", b"1.1", b"11.0", b"0.2", b"1.2",
-                       b"10.1", b"11.1", b"10.2", b"11.2"]
+    for _ in range(3):
+        calls.append([])
+        cpu.backend.receive(take, 64)
+    # the HS messages first, alone; then the GP ones, in their order; nothing twice
+    assert calls == [[b"hs 0.0", b"hs 0.1"],
+                     [b"gp 10.0", b"gp 11.0", b"gp 10.1", b"gp 11.1"], []]
+    assert vpu.statistics().backend["headers_allocated"] == 0  # every header freed
 
 
 def test_blocked_send_times_out_and_is_never_sent(pair):

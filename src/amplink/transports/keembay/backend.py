@@ -13,13 +13,14 @@ to be rung when the reader has taken entries out ("room wanted", amplink's addit
 Sends that cannot go at once wait in the driver's transmit queues (:mod:`.scheduler`),
 served round-robin as room appears. All general-purpose channels together may hold at
 most ``fifo_share`` entries of the peer's FIFO: the FIFO is first-in first-out, so that
-bounds how many GP messages a later high-speed one can find ahead of it.
+bounds how many GP messages a later high-speed one can find ahead of it; the receiver
+hands HS messages over before the GP ones it took out with them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -132,6 +133,8 @@ class KeemBayBackend(Backend):
                      if node_layout.heap_size else None)
         self.open_channels: set[int] = set()
         self._sched = TxScheduler()
+        #: checked messages taken out of the FIFO, not handed over yet (GP ones behind HS)
+        self._backlog: deque[tuple[int, tuple[int, ...], int, int]] = deque()
         self._loans = 0  # headers loaned out, each with a FIFO entry reserved
         self._refs: dict[int, KmbReference] = {}  # header index -> reference in flight
         self._lender = Lender(PEER_DEVICE[peer])
@@ -422,43 +425,79 @@ class KeemBayBackend(Backend):
 
     # -- receiving ---------------------------------------------------------------------------
     def receive(self, deliver: Deliver, budget: int) -> int:
+        """Take entries out of the FIFO and hand their messages to ``deliver``.
+
+        High-speed first: when the entries taken in hold messages of both kinds, those
+        of the HS channels are handed over now and the GP ones stay for the next call
+        (each channel's messages keep their order), so a waiter for an HS message does
+        not wait until the GP messages ahead of it in the FIFO are handed over too.
+        """
         self._peer_gone()  # what it sent before still counts
-        entries = self.rx_fifo.pop(budget)
+        backlog = self._backlog
+        room = budget - len(backlog)
+        entries = self.rx_fifo.pop(room) if room > 0 else []
+        faults = self._check(entries) if entries else 0
+        if entries and self.rx_fifo.room_wanted():
+            self.ring()  # its sender waits for the room just made
+        handed = self._hand_over(deliver, budget) if backlog else 0
+        if self._sched.waiting:
+            self._pump()
+        if self._refs:
+            self._reap()
+        return faults + handed
+
+    def _check(self, entries: list[int]) -> int:
+        """Check entries and their headers; the good ones join the backlog as ``(channel,
+        fields, header offset, index)``. Returns how many were dropped."""
         mm = self._mm
-        whole = self._whole
         me, peer = self.node, self.peer
         pool, pool_da, headers = self._peer_pool, self._peer_pool_da, self.layout.headers
         window = self._window_da
-        to_offset = self._da_to_offset
+        append = self._backlog.append
+        dropped = 0
         for entry in entries:
             index = check_entry(entry, peer=peer, pool_da=pool_da, headers=headers)
             if type(index) is not int:
                 self._fault(index, entry)
+                dropped += 1
                 continue
             header = pool + index * KMB_IPC_ALIGNMENT
             fields = _unpack_header(mm, header)  # a copy: the peer may change the header
             fault = check_header(fields, me=me, peer=peer, window=window)
             if fault is not None:
                 self._fault(fault, entry)
+                dropped += 1
                 if fault.frees:
                     mm[header + STATUS_OFFSET] = IPC_BUF_FREE
                 continue
+            append((fields[2], fields, header, index))
+        return dropped
+
+    def _hand_over(self, deliver: Deliver, budget: int) -> int:
+        """Deliver from the backlog: its HS messages only, if it holds both kinds; else
+        up to ``budget`` in order. Returns how many were handed over."""
+        backlog = self._backlog
+        hs = [item for item in backlog if item[0] < KMB_IPC_NUM_HS_CHANNELS]
+        if hs and len(hs) < len(backlog):
+            batch = hs
+            self._backlog = deque(item for item in backlog if item[0] >= KMB_IPC_NUM_HS_CHANNELS)
+        else:
+            batch = [backlog.popleft() for _ in range(min(budget, len(backlog)))]
+        mm = self._mm
+        whole = self._whole
+        to_offset = self._da_to_offset
+        views = self.views_wanted
+        for channel, fields, header, index in batch:
             start = fields[0] + to_offset
             end = start + fields[1]
             kept = False
             try:
-                kept = deliver(fields[2], fields[2],
-                               whole[start:end] if self.views_wanted else mm[start:end], index)
+                kept = deliver(channel, channel, whole[start:end] if views else mm[start:end],
+                               index)
             finally:  # the header goes back unless kept, whatever delivery did
                 if not kept:
                     mm[header + STATUS_OFFSET] = IPC_BUF_FREE
-        if entries and self.rx_fifo.room_wanted():
-            self.ring()  # its sender waits for the room just made
-        if self._sched.waiting:
-            self._pump()
-        if self._refs:
-            self._reap()
-        return len(entries)
+        return len(batch)
 
     def _fault(self, fault: Fault | int, entry: int) -> None:
         assert isinstance(fault, Fault)
@@ -473,7 +512,8 @@ class KeemBayBackend(Backend):
         self._mm[self._peer_pool + handle * KMB_IPC_ALIGNMENT + STATUS_OFFSET] = IPC_BUF_FREE
 
     def rx_pending(self) -> bool:
-        return self.rx_fifo.pending() or self._u32[self._peer_state] == STATE_TORN_DOWN
+        return (bool(self._backlog) or self.rx_fifo.pending()
+                or self._u32[self._peer_state] == STATE_TORN_DOWN)
 
     def in_flight(self) -> int:
         return 0 if self._closed else self.pool.allocated() - self._loans
@@ -482,7 +522,7 @@ class KeemBayBackend(Backend):
     def arm(self, *, rx: bool, tx: bool) -> bool:
         pending = False
         if rx:
-            pending = self.rx_fifo.arm() or self._peer_gone()
+            pending = self.rx_fifo.arm() or bool(self._backlog) or self._peer_gone()
         if tx and not pending:
             self.tx_fifo.want_room()
             pending = self._can_progress()
@@ -501,7 +541,8 @@ class KeemBayBackend(Backend):
             "headers_allocated": self.pool.allocated(), "loaned": self._loans,
             "kicks_sent": getattr(self.doorbell, "kicks_sent", 0),
             "messages_out": self.messages_out, "queued_sends": self.queued_sends,
-            "tx_waiting": self._sched.waiting, "no_header": self.no_header,
+            "tx_waiting": self._sched.waiting, "rx_backlog": len(self._backlog),
+            "no_header": self.no_header,
             "fifo_full": self.fifo_full, "gp_share_full": self.gp_share_full,
             "fifo_overflows_seen": self.rx_fifo.overflows,
             "bad_read_index": self.tx_fifo.bad_read_index,
