@@ -57,6 +57,7 @@ from .wire import (
     KMB_IPC_NUM_HS_CHANNELS,
     NODE_CPU,
     NODE_NAMES,
+    NODE_VPU,
     STATUS_OFFSET,
     U32_LIMIT,
     Fault,
@@ -70,7 +71,7 @@ log = logging.getLogger(__name__)
 #: how often a blocked sender looks for freed headers and FIFO room (the peer never tells)
 TX_POLL_INTERVAL = 0.0002
 #: what the peer's side is called when a shared buffer is handed to it
-PEER_DEVICE = {NODE_CPU: "host", 1: "vpu"}
+PEER_DEVICE = {NODE_CPU: "host", NODE_VPU: "vpu"}
 
 _pack_header = HEADER.pack_into
 _unpack_header = HEADER.unpack_from
