@@ -25,22 +25,9 @@ WAIT = 5.0
 
 
 @pytest.fixture
-def kmb():
+def kmb(sim):
     """``kmb(firmware, **options)`` starts a KeemBayProcessor; every one is stopped."""
-    started: list[KeemBayProcessor] = []
-
-    def start(firmware: str, **options) -> KeemBayProcessor:
-        options.setdefault("boot_timeout", 10.0)
-        proc = KeemBayProcessor(firmware, **options)
-        started.append(proc)
-        proc.start()
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            stop_quietly(proc)
+    return lambda firmware, **options: sim(firmware, kind=KeemBayProcessor, **options)
 
 
 def _echo_and_sink(proc: KeemBayProcessor) -> None:

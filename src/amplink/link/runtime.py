@@ -708,7 +708,7 @@ class Link:
             if self._closed:
                 raise self._closed_error()
             if backend.down is not None:
-                raise self.errors.down(str(backend.down))
+                raise backend.down.again()
             ref = backend.reference(target)  # checked and handed to the peer's side
             try:
                 if backend.try_send(ep.addr, dst, ref):
