@@ -365,6 +365,33 @@ def test_reference_that_times_out_or_is_lost_comes_back(pair):
     buf.close()
 
 
+def test_a_reference_waiting_to_be_sent_comes_back_when_the_link_closes(pair):
+    cpu, vpu = pair.cpu, pair.vpu
+    tx = cpu.create_endpoint(addr=31)
+    vpu.create_endpoint(addr=31)
+    buf = cpu.backend.heap.allocate(4096)
+    fill(tx)
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            tx.send_reference(buf, timeout=10)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            errors.append(exc)
+
+    t = threading.Thread(target=send)
+    t.start()
+    deadline = time.monotonic() + 5
+    while not cpu.statistics().backend["tx_waiting"] and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert buf.owner == "vpu"  # lent while it waits in its transmit queue
+    cpu.close()
+    t.join(5)
+    assert not t.is_alive() and isinstance(errors[0], EndpointClosed)
+    assert buf.owner == "cpu"
+    buf.close()
+
+
 # -- zero copy ----------------------------------------------------------------------------
 def test_loans_and_held_messages(pair):
     cpu, vpu = pair.cpu, pair.vpu

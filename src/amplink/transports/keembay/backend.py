@@ -138,6 +138,8 @@ class KeemBayBackend(Backend):
         self._backlog: deque[tuple[int, tuple[int, ...], int, int]] = deque()
         self._loans = 0  # headers loaned out, each with a FIFO entry reserved
         self._refs: dict[int, KmbReference] = {}  # header index -> reference in flight
+        #: references made (their buffers lent) that are not on their way yet
+        self._unsent: set[KmbReference] = set()
         self._lender = Lender(PEER_DEVICE[peer])
         #: the link's wait_until (set by the link's builder): references wait with it
         self.link_wait: Waiting | None = None
@@ -257,6 +259,7 @@ class KeemBayBackend(Backend):
         if type(payload) is KmbReference:
             da, size = payload.da, payload.size
             self._refs[index] = payload
+            self._unsent.discard(payload)
         else:
             size = len(payload)
             start = self._slots + index * self._slot_size
@@ -404,11 +407,14 @@ class KeemBayBackend(Backend):
         ref.waiting = self.link_wait
         if buffer is not None:
             self._lender.lend(buffer)
+        self._unsent.add(ref)
         return ref
 
     def drop_reference(self, ref: KmbReference) -> None:
-        if ref.buffer is not None:
-            self._lender.give_back(ref.buffer)
+        if ref in self._unsent:
+            self._unsent.discard(ref)
+            if ref.buffer is not None:
+                self._lender.give_back(ref.buffer)
 
     def _complete(self, index: int) -> None:
         """The header of a reference is FREE again: the peer is done with the payload."""
@@ -561,11 +567,12 @@ class KeemBayBackend(Backend):
         self._last_stats = dict(self.statistics())
         self._u32[self._state] = STATE_TORN_DOWN
         self.ring()
-        for index in list(self._refs):  # the peer will not read them now
-            ref = self._refs.pop(index)
+        for ref in [*self._refs.values(), *self._unsent]:  # the peer will not read them
             ref.lost = True
             if ref.buffer is not None:
                 self._lender.give_back(ref.buffer)
+        self._refs.clear()
+        self._unsent.clear()
         self._sched.clear()
         self._closed = True
         self._whole.release()
