@@ -1,43 +1,42 @@
-"""Keem Bay IPC for the conformance suite (branch conformance): registration file.
+"""Keem Bay IPC: both nodes in this process (:class:`KeemBayPair`), and a simulated VPU.
 
-Not a test module: the suite picks it up once ``"backend_keembay"`` is in
-``BACKEND_MODULES`` (backends.py). Until that suite is on main, the cases that apply run
-from test_endpoint_conformance.py (its ``keembay-*`` factories).
-
-* In this process (:class:`KeemBayPair`): either node can be the side under test, the
-  other is a :class:`LocalPeer`; per doorbell kind, a pool smaller than the FIFO, and
-  GP channels allowed the whole FIFO. A peer's death can be played only where the
-  doorbell is a socket: shutting it down is what the other side sees when a process dies.
+* In this process: either node can be the side under test, the other is a
+  :class:`LocalPeer`; per doorbell kind, a pool smaller than the FIFO, and GP channels
+  allowed the whole FIFO. A peer's death can be played only where the doorbell is a
+  socket: shutting it down is what the other side sees when a process dies.
 * ``keembay-sim``: the VPU is a simulated processor running the suite's peer agent
-  (``peer_agent_keembay.py``: the same agent, with the Keem Bay carveout in its table).
+  (``peer_agent_keembay.py``: the same agent, with the Keem Bay carveout in its table),
+  pooled as the simulator's are (backend_sim.py).
 
 Keem Bay has no name service (its channels are static) and "channel" addressing: a
-channel is both ends of its messages, so a case that sends to another address than the
-endpoint's own, or from a source other than the destination, does not apply (the link
-refuses it with InvalidArgument); the suite's cases marked ``addressing("rpmsg")`` skip.
+channel is both ends of its messages, so the cases that send to another address than
+the endpoint's own, from a source other than the destination, to explicit addresses
+beyond 1023 or to dynamic ones from 1024 are for "rpmsg" addressing and skip.
 """
 
 from __future__ import annotations
 
 import socket
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from backends import RUN_PREFIX, BackendCase, Harness, Side, other_side
-from peers import AgentPeer, ControlListener, LocalPeer
+from backend_sim import BOOT_TIMEOUT, SimPool, SimRig
+from backends import BackendCase, Harness, Side, other_side
+from peers import LocalPeer
 
+from amplink import SimProcessor
 from amplink.link import Capabilities
 from amplink.link.dispatch import DispatchMode
 from amplink.notify.doorbell import SocketDoorbell
 from amplink.platforms.inprocess import Notify
 from amplink.platforms.sim.keembay import KeemBayProcessor
+from amplink.platforms.sim.layout import LinkConfig
 from amplink.transports.keembay import KeemBayPair, KmbConfig
 from amplink.transports.keembay.wire import KMB_IPC_FIFO_DEPTH, KMB_IPC_MAX_CHANNELS
 
 AGENT = str(Path(__file__).resolve().parent / "peer_agent_keembay.py")
-BOOT_TIMEOUT = 15.0
 NO_HANGUP = ("{notify} doorbells carry no hang-up: a peer's death cannot be played in "
              "one process")
 NO_GARBAGE = ("the suite's garbage writer (peer_garbage.py) speaks virtio; a hostile Keem Bay "
@@ -93,31 +92,36 @@ def _case(id: str, config: KmbConfig | None = None, notify: Notify = "eventfd",
     )
 
 
+class KeemBayRig(SimRig):
+    """A simulated Keem Bay VPU running the agent."""
+
+    booted = 0
+
+    def processor(self, config: LinkConfig, control: str) -> SimProcessor:
+        return KeemBayProcessor(AGENT, name="conformance-kmb", args=[control],
+                                boot_timeout=BOOT_TIMEOUT)
+
+    def idle(self, backend: Mapping[str, Any]) -> bool:
+        """Every header back, nothing loaned, queued or taken in but not handed over."""
+        return all(backend[key] == 0 for key in ("headers_allocated", "loaned", "tx_waiting",
+                                                 "rx_backlog"))
+
+
+POOL = SimPool(LinkConfig(), KeemBayRig)
+
+
 @contextmanager
 def _sim(side: Side, dispatch: DispatchMode) -> Iterator[Harness]:
     assert side == "host" and dispatch == "thread", (side, dispatch)
-    listener = ControlListener(RUN_PREFIX + "kmb-ctl-")
-    proc = KeemBayProcessor(AGENT, name="conformance-kmb", args=[listener.path],
-                            boot_timeout=BOOT_TIMEOUT)
-    peer = None
+    rig = POOL.take()
+    assert rig.peer is not None
+    harness = Harness(local=rig.proc.link, peer=rig.peer, side=side, dispatch=dispatch)
+    clean = False
     try:
-        proc.start()
-        peer = AgentPeer(listener.accept(BOOT_TIMEOUT), proc.kill)
-        yield Harness(local=proc.link, peer=peer, side=side, dispatch=dispatch)
+        yield harness
+        clean = not harness.tainted
     finally:
-        if peer is not None:
-            peer.close()
-        try:
-            proc.stop(5.0)
-        finally:
-            child = proc.process
-            if child is not None and child.poll() is None:
-                child.kill()
-                try:
-                    child.wait(5.0)
-                except subprocess.TimeoutExpired:
-                    pass
-            listener.close()
+        POOL.give_back(rig, clean)
 
 
 CASES = [
@@ -137,6 +141,9 @@ CASES = [
         dispatch_note="KeemBayProcessor builds its host link with dispatcher threads (no "
                       "dispatch option)",
         can_kill_peer=True, hostile=False, hostile_note=NO_GARBAGE, cross_process=True,
+        cleanup=POOL.close_all,
+        summary=lambda: (f"{KeemBayRig.booted} simulated Keem Bay VPUs booted"
+                         if KeemBayRig.booted else None),
         expect={"backend": {"kind": "keembay", "node": "CPU"}},
     ),
 ]
