@@ -81,10 +81,11 @@ class PlatformOps(ABC):
     def doorbell(self, vdev: VdevResource) -> Doorbell:
         """The host's doorbell for ``vdev``'s vrings (Linux's kick); the link takes ownership."""
 
-    def links(self) -> list[Link]:
-        """Links of this run that the platform made itself, not a vdev driver (RTKit's
-        application endpoints); asked once, after :meth:`start`. The engine treats them as
-        the vdevs' links: down at a crash, closed when the run stops."""
+    def links(self, resources: ProcessedResources, *, name: str) -> list[Link]:
+        """Links the platform builds itself, beyond the vdevs' (e.g. Keem Bay IPC in a
+        carveout, RTKit's application endpoints); asked once per run, after :meth:`start`.
+        They follow the vdevs' links: down at a crash, closed when the run stops.
+        Default: none."""
         return []
 
     @abstractmethod

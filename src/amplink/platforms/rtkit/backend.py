@@ -43,8 +43,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ...errors import AddressError, InvalidArgument, LinkDown, NotSupported, SendTimeout
-from ...link.backend import Backend, Capabilities, Deliver, SeenChannel
+from ...errors import AddressError, InvalidArgument, LinkDown, NotSupported
+from ...link.backend import Backend, Capabilities, Deliver, ErrorTypes, SeenChannel
 from ...link.runtime import Link
 from ...notify.doorbell import Doorbell
 from ...notify.waiter import Waiter
@@ -138,6 +138,9 @@ class RtkitBackend(Backend):
     """The application endpoints of one run of an RTKit co-processor (see the module
     docstring); ``inbox_limit`` bounds the messages kept for the link."""
 
+    #: a send timeout is the mailbox's (ETIMEDOUT), as a blocking mailbox send raises it
+    errors = ErrorTypes(send_timeout=MailboxSendTimeout)
+
     def __init__(self, host: RtkitHost, *, inbox_limit: int = INBOX_LIMIT) -> None:
         self.capabilities = Capabilities(
             max_payload=MESSAGE_SIZE, min_payload=MESSAGE_SIZE, addressing="endpoint",
@@ -221,10 +224,6 @@ class RtkitBackend(Backend):
         if self._mailbox.closed:
             return 0
         return self._mailbox.statistics().tx_queued
-
-    def send_timeout(self, timeout: float | None) -> SendTimeout:
-        return MailboxSendTimeout(f"mailbox ({self._host.name}): the co-processor's FIFO "
-                                  f"stayed full for {timeout} s")
 
     # -- endpoints ---------------------------------------------------------------------------
     def open_endpoint(self, addr: int | None, name: str | None, dst: int) -> int:

@@ -35,7 +35,7 @@ from ...remoteproc.coredump import CoredumpMode
 from ...remoteproc.devmem import PAGE_SIZE, DeviceMemory
 from ...remoteproc.image import LoadableImage
 from ...remoteproc.ops import CrashReport, PlatformOps, StartInfo
-from ...remoteproc.resources import VdevResource
+from ...remoteproc.resources import ProcessedResources, VdevResource
 from ...remoteproc.states import InvalidTransition, RprocState
 from ...rtkit import messages as m
 from ...rtkit.errors import RtkitNotRunning
@@ -204,7 +204,7 @@ class RtkitOps(PlatformOps):
         self.host.start()
         self.link = rtkit_link(self.host, name=o.name)
 
-    def links(self) -> list[Link]:
+    def links(self, resources: ProcessedResources, *, name: str) -> list[Link]:
         return [] if self.link is None else [self.link]
 
     def doorbell(self, vdev: VdevResource) -> Doorbell:
