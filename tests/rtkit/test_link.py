@@ -214,8 +214,10 @@ def test_a_crash_fails_blocked_and_later_calls_with_rtkit_crashed(rig, link):
     assert isinstance(waiting.error, RtkitCrashed) and isinstance(waiting.error, LinkDown)
     assert waiting.error.errno == errno.EINVAL
     assert not link.is_up and link.statistics().state == "down"
+    assert not link.writable()
     for call in (lambda: ep.send(pack_message(1), timeout=1), lambda: ep.recv(timeout=1),
-                 lambda: link.create_endpoint(addr=SINK)):
+                 lambda: link.create_endpoint(addr=SINK),
+                 lambda: ep.wait_writable(timeout=1)):  # not "writable": a gone co-processor
         with pytest.raises(RtkitCrashed):
             call()
     rig.host.reinit()  # the run is over: still down (a recovery makes a new run and link)

@@ -218,7 +218,9 @@ class RtkitBackend(Backend):
             raise
 
     def tx_available(self) -> bool:
-        return self.down is not None or self._mailbox.tx_ready()
+        # not once the run ended: a waiter then gets the run's error (a wait_writable
+        # would otherwise say True for a co-processor that is gone)
+        return self.down is None and self._mailbox.tx_ready()
 
     def in_flight(self) -> int:
         if self._mailbox.closed:
