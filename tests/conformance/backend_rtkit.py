@@ -152,12 +152,14 @@ class ProcRig:
             dispatchers = f"amplink-{link.name}-dispatch"
             if any(t.name.startswith(dispatchers) for t in threading.enumerate()):
                 return False
+            # the peer's endpoints first: an echo one keeps the firmware reading, so a
+            # drain would wait for it to stop until its timeout
+            if not peer.call("reset", timeout=RESET_TIMEOUT):
+                return False
             peer.call("drain")  # the firmware takes what the host sent: the mailbox empties
             for ep in link.endpoints():
                 ep.close()
-            if not peer.call("reset", timeout=RESET_TIMEOUT):
-                return False
-            peer.call("drain")  # and the host's STOPEPs of those closes
+            peer.call("drain")  # and whatever those closes sent
             link.poll(dispatch=False)
             stats = link.statistics()
             return (link.is_up and not link.endpoints() and stats.backend["queued_in"] == 0
