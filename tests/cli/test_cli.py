@@ -17,6 +17,8 @@ BENCH = ROOT / "bench" / "rpmsg_bench.py"
 SUBCOMMANDS = ["demo", "run", "ping", "openamp", "vhost-user"]
 #: the remote-processor commands, all added by one registration function (amplink.cli.rproc)
 RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash"]
+#: the endpoint commands (amplink.cli.endpoints)
+ENDPOINT_SUBCOMMANDS = ["send", "listen", "top"]
 
 
 def amplink(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -28,7 +30,7 @@ def test_help() -> None:
     r = amplink("--help")
     assert r.returncode == 0, r.stderr
     assert "usage: amplink" in r.stdout
-    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS:
+    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS + ENDPOINT_SUBCOMMANDS:
         assert name in r.stdout
 
 
@@ -42,8 +44,8 @@ def test_subcommand_help(command: str) -> None:
 
 def test_every_registered_command_is_listed() -> None:
     parser = build_parser()
-    assert len(COMMANDS) == 4  # sim (demo, run, ping), openamp, vhost_user, rproc
-    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS:
+    assert len(COMMANDS) == 5  # sim (demo, run, ping), openamp, vhost_user, rproc, endpoints
+    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS + ENDPOINT_SUBCOMMANDS:
         args = parser.parse_args(_minimal(name))
         assert args.command == name and callable(args.func)
 
@@ -54,7 +56,9 @@ def _minimal(name: str) -> list[str]:
             "stop": ["stop", "p"], "state": ["state", "p"],
             "recovery": ["recovery", "p", "enabled"], "coredump": ["coredump", "p", "inline"],
             "trace": ["trace", "p"], "crash": ["crash", "p"],
-            "vhost-user": ["vhost-user", "fw", "--socket", "s"]}[name]
+            "vhost-user": ["vhost-user", "fw", "--socket", "s"],
+            "send": ["send", "p", "ch", "data"], "listen": ["listen", "p", "ch"],
+            "top": ["top"]}[name]
 
 
 def test_no_command_is_an_error() -> None:

@@ -1,7 +1,8 @@
 """The ``amplink`` command.
 
 One module per group of subcommands (:mod:`.sim`: demo, run, ping; :mod:`.openamp`;
-:mod:`.vhost_user`; :mod:`.rproc`: the remote-processor commands); each has a
+:mod:`.vhost_user`; :mod:`.rproc`: the remote-processor commands; :mod:`.endpoints`:
+send, listen, top on a processor's channels, whose link :mod:`.links` resolves); each has a
 ``register(sub)`` that adds its commands. What they share (errors, output, option
 types) is in :mod:`.common`.
 """
@@ -18,14 +19,14 @@ from typing import Any
 
 from .. import __version__
 from ..errors import AmplinkError
-from . import openamp, rproc, sim, vhost_user
+from . import endpoints, openamp, rproc, sim, vhost_user
 from .common import EXIT_INTERRUPTED, setup_logging
 
 log = logging.getLogger(__name__)
 
 #: subcommand registration functions, in the order ``--help`` lists them
 COMMANDS: list[Callable[[Any], None]] = [
-    sim.register, openamp.register, vhost_user.register, rproc.register,
+    sim.register, openamp.register, vhost_user.register, rproc.register, endpoints.register,
 ]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 import time
@@ -45,6 +46,8 @@ from ..service.supervisor import (
     ensure_supervisor,
     runtime_dir,
 )
+from ..transports.service import service_status
+from ..transports.service_status import ProcessorStatus, to_json
 from .common import EXIT_INTERRUPTED, CommandError, add_command, out, positive_seconds, table
 
 ENV_SYSFS = "AMPLINK_SYSFS"
@@ -60,11 +63,13 @@ CRASH_REASONS = {
 # -- which tree -------------------------------------------------------------------------
 @dataclass
 class _Target:
-    """The tree the command acts on; ``supervisor`` is set for a simulator's tree."""
+    """The tree the command acts on; ``supervisor`` is set for a simulator's tree (whose
+    directory ``root`` also holds the endpoint service)."""
 
     tree: ControlTree | None  # None: the simulator is not running
     supervisor: SupervisorClient | None
     where: str
+    root: Path | None = None
 
 
 def _sysfs_root(args: argparse.Namespace) -> Path | None:
@@ -79,11 +84,12 @@ def _target(args: argparse.Namespace, *, start: bool = False) -> _Target:
         if debug is None and root == CLASS_ROOT:
             debug = str(DEBUG_ROOT)
         tree = open_tree(root, debug_root=debug)
-        supervisor = SupervisorClient(root) if is_simulator_tree(root) else None
-        return _Target(tree, supervisor, str(root))
+        simulated = is_simulator_tree(root)
+        supervisor = SupervisorClient(root) if simulated else None
+        return _Target(tree, supervisor, str(root), root if simulated else None)
     where = f"the simulator ({runtime_dir()})"
     client = ensure_supervisor() if start else connect_supervisor()
-    return _Target(client.tree if client else None, client, where)
+    return _Target(client.tree if client else None, client, where, runtime_dir())
 
 
 def _processor(args: argparse.Namespace) -> tuple[LinuxRemoteProc, _Target]:
@@ -104,59 +110,121 @@ def _field(read: Any) -> str:
 
 # -- ls ---------------------------------------------------------------------------------
 def cmd_ls(args: argparse.Namespace) -> int:
-    """amplink ls: the processors, their settings and (simulated) channels."""
+    """amplink ls [--json]: the processors, their settings, channels, endpoints, clients."""
     target = _target(args)
     if target.tree is None:
-        out("no simulated processors (start one with `amplink boot FIRMWARE`; for hardware: "
-             f"`amplink ls --sysfs {CLASS_ROOT}`)")
+        if args.json:
+            out("[]")
+        else:
+            out("no simulated processors (start one with `amplink boot FIRMWARE`; for "
+                f"hardware: `amplink ls --sysfs {CLASS_ROOT}`)")
         return 0
     processors = list_processors(target.tree)
-    if not processors:
-        out(f"no remote processors in {target.where}")
-        return 0
-    rows = [("NAME", "DEVICE", "STATE", "RECOVERY", "COREDUMP", "FIRMWARE")]
-    details: dict[str, list[str]] = {}
+    served = _served(target)
+    listing = []
     for name, dev in processors.items():
         try:
             rproc = LinuxRemoteProc(dev, target.tree)
         except ProcessorNotFound:
             continue  # removed while listing
-        recovery = _field(lambda r=rproc: "enabled" if r.recovery else "disabled")
-        rows.append((name, dev, _field(lambda r=rproc: r.state), recovery,
-                     _field(lambda r=rproc: r.coredump), _field(lambda r=rproc: r.firmware)))
+        item: dict[str, Any] = {
+            "name": name, "dev": dev, "state": _field(lambda r=rproc: r.state),
+            "recovery": _field(lambda r=rproc: "enabled" if r.recovery else "disabled"),
+            "coredump": _field(lambda r=rproc: r.coredump),
+            "firmware": _field(lambda r=rproc: r.firmware)}
         if target.supervisor is not None:
-            details[name] = _detail_lines(target.supervisor, dev)
-    for row, line in zip(rows, table(rows), strict=True):
-        out(line)
-        for detail in details.get(row[0], []):
-            out(detail)
+            item.update(_details(target.supervisor, dev, served.get(name)))
+        listing.append(item)
+    if args.json:
+        out(json.dumps(listing, indent=2))
+    elif not listing:
+        out(f"no remote processors in {target.where}")
+    else:
+        _print_ls(listing)
     return 0
 
 
-def _detail_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
-    """What a simulated processor adds to its row: crashes, then channels."""
-    lines = []
+def _served(target: _Target) -> dict[str, ProcessorStatus]:
+    """What the target's endpoint service serves, by processor name ({} if none answers)."""
+    if target.root is None:
+        return {}
+    try:
+        return {p.name: p for p in service_status(target.root)}
+    except (AmplinkError, OSError):
+        return {}  # an older supervisor, or one on its way out: the control tree still tells
+
+
+def _details(supervisor: SupervisorClient, dev: str,
+             served: ProcessorStatus | None) -> dict[str, Any]:
+    """What a simulated processor adds: crashes; channels with endpoints; clients."""
+    details: dict[str, Any] = {}
     try:
         crashes = supervisor.crashes(dev)
+        details["crashes"] = crashes._asdict()
     except RprocControlError:
-        crashes = None  # gone meanwhile, or a processor that does not count crashes
-    if crashes is not None and crashes.total:
-        lines.append(f"    crashes: {crashes.total}, last: {crashes.last}")
-        if crashes.recovery_stopped:
-            lines.append(f"    automatic recovery stopped: {crashes.recovery_stopped}")
-    return lines + _channel_lines(supervisor, dev)
-
-
-def _channel_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
+        pass  # gone meanwhile, or a processor that does not count crashes
+    if served is not None:
+        details["links"] = [to_json(link) for link in served.links]
+        details["clients"] = [to_json(client) for client in served.clients]
+        return details
     try:
-        channels = supervisor.channels(dev)
+        details["channels"] = [c._asdict() for c in supervisor.channels(dev)]
     except RprocControlError:
-        return []  # this processor cannot list its channels
+        pass  # this processor cannot list its channels
+    return details
+
+
+def _print_ls(listing: list[dict[str, Any]]) -> None:
+    rows = [("NAME", "DEVICE", "STATE", "RECOVERY", "COREDUMP", "FIRMWARE")]
+    rows += [(p["name"], p["dev"], p["state"], p["recovery"], p["coredump"], p["firmware"])
+             for p in listing]
+    for item, line in zip([None, *listing], table(rows), strict=True):
+        out(line)
+        if item is not None:
+            for detail in _detail_lines(item):
+                out(detail)
+
+
+def _detail_lines(item: dict[str, Any]) -> list[str]:
     lines = []
-    for channel in channels:
-        local = ("no local endpoint open" if channel.src == RPMSG_ADDR_ANY
-                 else f"local endpoint 0x{channel.src:x}")
-        lines.append(f"    channel {channel.name}: remote endpoint 0x{channel.dst:x}, {local}")
+    crashes = item.get("crashes")
+    if crashes and crashes["total"]:
+        lines.append(f"    crashes: {crashes['total']}, last: {crashes['last']}")
+        if crashes["recovery_stopped"]:
+            lines.append(f"    automatic recovery stopped: {crashes['recovery_stopped']}")
+    for channel in item.get("channels", []):
+        local = ("no local endpoint open" if channel["src"] == RPMSG_ADDR_ANY
+                 else f"local endpoint 0x{channel['src']:x}")
+        lines.append(f"    channel {channel['name']}: remote endpoint 0x{channel['dst']:x}, "
+                     f"{local}")
+    clients = {c["id"]: c for c in item.get("clients", [])}
+    for link in item.get("links", []):
+        lines += _link_lines(link, clients)
+    for client in clients.values():
+        lines.append(f"    client {client['id']}: {client['user']} (uid {client['uid']}) pid "
+                     f"{client['pid']}, {client['endpoints']} endpoint(s)"
+                     f"{', watching' if client['watch'] else ''}; {client['queued']} queued, "
+                     f"{client['dropped']} dropped, {client['refused']} refused")
+    return lines
+
+
+def _link_lines(link: dict[str, Any], clients: dict[int, dict[str, Any]]) -> list[str]:
+    def who(cid: int) -> str:
+        client = clients.get(cid)
+        return f"client {cid}" + (f" ({client['user']} pid {client['pid']})" if client else "")
+
+    lines = []
+    prefix = f"link {link['index']} " if link["index"] else ""
+    for c in link["channels"]:
+        lines.append(f"    {prefix}channel {c['name']}: remote endpoint 0x{c['dst']:x}; "
+                     f"{c['to_processor']} messages to the processor, {c['from_processor']} "
+                     f"from it, {c['dropped']} dropped, {c['refused']} refused")
+        for ep in c["endpoints"]:
+            lines.append(f"      endpoint 0x{ep['addr']:x}: {who(ep['client'])}, "
+                         f"{'+'.join(ep['rights'])}; {ep['sent']} sent, {ep['received']} "
+                         "received")
+        if c["watchers"]:
+            lines.append(f"      watched by {', '.join(who(w) for w in c['watchers'])}")
     return lines
 
 
@@ -315,9 +383,11 @@ def register(sub: Any) -> None:
         return add_command(sub, name, func, parents=[target], help=help_,
                            description=description)
 
-    add("ls", cmd_ls, "list remote processors",
-        "List the remote processors with their state, recovery and coredump settings and "
-        "firmware; for simulated ones also the rpmsg channels their firmware announced.")
+    p = add("ls", cmd_ls, "list remote processors",
+            "List the remote processors with their state, recovery and coredump settings "
+            "and firmware; for the service's (simulated) ones also their rpmsg channels "
+            "with the clients' endpoints, and the connected clients.")
+    p.add_argument("--json", action="store_true", help="print the listing as JSON")
     p = add("boot", cmd_boot, "boot firmware on a processor that outlives this command",
             "Simulator: create a processor (started by a supervisor process that lives "
             "until the last processor is stopped) and boot FIRMWARE on it. FIRMWARE is a "
