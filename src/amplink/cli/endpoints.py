@@ -80,12 +80,14 @@ def describe(data: bytes) -> dict[str, Any]:
     return item
 
 
-def show(data: bytes, src: int, mode: str) -> None:
-    """Print one message: text on one line, else a hexdump (``mode``: auto, text, hex)."""
+def show(data: bytes, src: int, mode: str, who: str = "") -> None:
+    """Print one message: text on one line, else a hexdump (``mode``: auto, text, hex);
+    ``who`` names the sender after its address."""
+    sender = f"0x{src:x}{f' ({who})' if who else ''}"
     if mode == "text" or (mode == "auto" and is_text(data)):
-        out(f"0x{src:x}: {data.decode(errors='replace')}")
+        out(f"{sender}: {data.decode(errors='replace')}")
     else:
-        out(f"0x{src:x}: {len(data)} B")
+        out(f"{sender}: {len(data)} B")
         for line in hexdump(data):
             out(f"  {line}")
 
@@ -130,7 +132,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     try:
         ep = link.open_channel(args.channel, timeout=args.timeout)
         if not args.json:
-            what = "messages to this endpoint" if args.mine else "what the processor sends"
+            what = ("messages to this endpoint" if args.mine else
+                    "every message on the channel, both ways")
             print(f"listening on {args.name}/{args.channel} (endpoint 0x{ep.addr:x}): {what}; "
                   "Ctrl-C stops", file=sys.stderr, flush=True)
         mode = "hex" if args.hex else "text" if args.text else "auto"
@@ -141,10 +144,14 @@ def cmd_listen(args: argparse.Namespace) -> int:
             except (LinkDown, EndpointClosed) as exc:
                 raise CommandError(f"{args.name}/{args.channel}: {exc}") from exc
             seen += 1
+            # the processor's address of the channel; a watched client's message comes
+            # from that client's address
+            who = "processor" if src == ep.dst else "client"
             if args.json:
-                out(json.dumps({"time": time.time(), "src": src, **describe(data)}))
+                out(json.dumps({"time": time.time(), "src": src, "from": who,
+                                **describe(data)}))
             else:
-                show(data, src, mode)
+                show(data, src, mode, who)
         return 0
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -240,10 +247,11 @@ def register(sub: Any) -> None:
                         f"(default {DEFAULT_TIMEOUT:g})")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = add_command(sub, "listen", cmd_listen, parents=[target],
-                    help="print what a processor sends on a channel",
-                    description="Print the messages processor NAME sends on CHANNEL (to any "
-                                "client: the 'watch' right), as text or a hexdump, until "
-                                "Ctrl-C (exit status 130).")
+                    help="print the messages on a processor's channel",
+                    description="Print the messages on CHANNEL of processor NAME, both ways "
+                                "(what the processor sends to any client, what any client "
+                                "sends to it: the 'watch' right), each with its sender, as "
+                                "text or a hexdump, until Ctrl-C (exit status 130).")
     p.add_argument("name", metavar="NAME", help=NAME_HELP)
     p.add_argument("channel", metavar="CHANNEL", help="the channel's name")
     p.add_argument("--mine", action="store_true",

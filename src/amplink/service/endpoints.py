@@ -423,10 +423,10 @@ class EndpointService:
             if exc.errno == errno.EACCES:
                 self._deny(session, f"{op}: {exc}")
             answer = {"ok": False, "errno": exc.errno, "error": str(exc)}
+        except AmplinkError as exc:  # the link's refusals: AddressError, LinkDown, ...
+            answer = {"ok": False, "errno": W.errno_of(exc), "error": str(exc)}
         except (W.FrameError, ValueError, TypeError) as exc:
             answer = {"ok": False, "errno": errno.EINVAL, "error": f"bad {op} request: {exc}"}
-        except AmplinkError as exc:
-            answer = {"ok": False, "errno": W.errno_of(exc), "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a bug costs one request, not the service
             log.exception("%s request failed", op)
             answer = {"ok": False, "errno": errno.EIO, "error": f"{op}: internal error: {exc}"}

@@ -22,8 +22,9 @@ The file is TOML (read with the standard library's :mod:`tomllib`)::
     firmware = ["amplink.firmware.examples.*"]  # what `boot` may load into a new one
 
 Rights: ``send`` (messages to the processor), ``receive`` (what the processor sends to
-the client's own endpoints), ``watch`` (copies of everything the processor sends on the
-channel, whoever it is addressed to). Actions: ``boot`` (start, recover, set the
+the client's own endpoints), ``watch`` (copies of every message on the channel, both
+ways: what the processor sends to any client, what any client sends to the processor).
+Actions: ``boot`` (start, recover, set the
 firmware of an existing processor; create one only with firmware matching
 ``firmware``: a simulated processor's firmware runs as the service's user), ``stop``
 (stop, remove, shutdown-on-release), ``crash`` (inject a crash), ``configure``

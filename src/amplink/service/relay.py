@@ -8,8 +8,10 @@ costs one wake-up of the service on its way back.
 
 Each endpoint a client opens is a real endpoint of the processor's link, with an
 address of its own, bound to one channel (closed by the link when the channel goes).
-What the processor sends to it goes to that client (only with the "receive" right) and
-is copied to the channel's watchers. The relay thread also notices channels coming and
+What the processor sends to it goes to that client (only with the "receive" right).
+The channel's watchers get a copy of every message on the channel, both ways: what
+the processor sends to any client's endpoint, and what any client sends to the
+processor (from that client's address). The relay thread also notices channels coming and
 going (from the link's core, after each drain) and tells the clients that may see them,
 as rpmsg name-service messages; when the link goes down (the processor crashed or
 stopped) it tells every client. Posting to a client never blocks (:mod:`.session`): a
@@ -348,6 +350,8 @@ class ServedLink:
         channel = ce.channel
         channel.to_processor += 1
         channel.bytes_to += len(payload)
+        if channel.watchers:  # watchers see the channel's traffic both ways
+            channel.copy_to_watchers(ce.addr, payload, exclude=ce.session)
         return True
 
     def refuse(self, session: Session, state: ChannelState | None, err: int, why: str,

@@ -17,7 +17,8 @@ DATA     c->s  one message: ``a`` = source address, ``b`` = destination, body = 
 DATA     s->c  one message: ``a`` = source, ``b`` = destination (an endpoint of this
                client), ``c`` = send credits returned, ``d`` = messages the service
                dropped for this client so far (mod 2**32); flag WATCHED: a copy of a
-               message the processor sent to another endpoint of the channel
+               message on a channel this client watches, sent by the processor to
+               another client's endpoint, or by another client (``a``) to the processor
 CREDIT   s->c  ``c`` = send credits returned, ``d`` = as in DATA
 EVENT    s->c  body = ``{"event": "link_down", "reason": ...}`` or ``{"event":
                "refused", "errno": N, "error": ..., "src": addr}`` (a DATA frame the
