@@ -41,6 +41,7 @@ from ..link.runtime import Link
 from ..remoteproc.api import RemoteProcessor
 from ..rpmsg.wire import RPMSG_NAME_SIZE
 from ..transports import service_wire as W
+from ..transports.service import queued_bytes
 from ..transports.service_status import ClientStatus, LinkStatus, ProcessorStatus, to_json
 from .policy import Peer, Policy, peer_of
 from .relay import ServedLink
@@ -105,6 +106,7 @@ class EndpointService:
         self._served: dict[tuple[RemoteProcessor, int], ServedLink] = {}
         self._unsubscribe: dict[RemoteProcessor, Callable[[], None]] = {}
         self._next_id = 1
+        self._queued = array.array("i", [0])
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.refused_connections = 0
@@ -328,7 +330,9 @@ class EndpointService:
     # -- reading ------------------------------------------------------------------------------
     def _read(self, session: Session) -> None:
         sock = session.sock
-        for _ in range(READ_BATCH):
+        for n in range(READ_BATCH):
+            if n and not queued_bytes(sock, self._queued):
+                return  # cheaper than a read that fails; the first read sees an end
             try:
                 packet, ancillary, flags, _ = sock.recvmsg(W.MAX_FRAME + 1, _FD_SPACE,
                                                            _MSG_CMSG_CLOEXEC)

@@ -32,11 +32,14 @@ for the service to return some, as it waits for a ring buffer on a local link.
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import itertools
 import logging
 import select
 import socket
+import termios
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -81,15 +84,28 @@ class _Opened:
     rights: frozenset[str]
 
 
+def queued_bytes(sock: socket.socket, buf: array.array[int]) -> int:
+    """Bytes waiting in ``sock`` (FIONREAD: far cheaper than a read that fails with EAGAIN);
+    1 if the socket cannot tell (the caller's read then does)."""
+    try:
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf, True)
+    except OSError:
+        return 1
+    return buf[0]
+
+
 class _SocketReadiness(Doorbell):
     """The socket as the waiter's doorbell: readable while frames wait (level-triggered).
 
-    Nothing is consumed here: the thread that wakes reads the frames under the link's
-    lock (:meth:`ServiceBackend.receive`).
+    Frames are not consumed here: the thread that wakes reads them under the link's lock
+    (:meth:`ServiceBackend.receive`). Readable without a byte queued is the end of the
+    connection, reported as LinkDown (the waiter then calls the backend's mark_down).
     """
 
     def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
         self._fd = sock.fileno()
+        self._buf = array.array("i", [0])
 
     def kick(self) -> None:
         pass  # a frame is its own notification
@@ -98,7 +114,16 @@ class _SocketReadiness(Doorbell):
         return self._fd
 
     def clear(self) -> None:
-        pass
+        if queued_bytes(self._sock, self._buf):
+            return
+        try:  # nothing queued: another thread took the frames, or the service is gone
+            if self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                return
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise LinkDown(f"lost the amplink service: {exc}") from None
+        raise LinkDown("the amplink service closed the connection (it stopped or restarted)")
 
     def close(self) -> None:
         pass  # the backend owns the socket
@@ -251,8 +276,10 @@ class ServiceBackend(Backend):
         self._socket_full = False
         self._opened: dict[int, _Opened] = {}
         self.waiter = Waiter(_SocketReadiness(sock))
+        self.waiter.on_hangup = self.mark_down
         self._poll = select.poll()
         self._poll.register(sock, select.POLLIN)
+        self._queued = array.array("i", [0])
         # counters (read by statistics() without a lock)
         self.frames_in = 0
         self.frames_out = 0
@@ -294,8 +321,8 @@ class ServiceBackend(Backend):
         plain message comes as its packet (bytes), anything else decoded."""
         if self._inbox:
             return self._inbox.popleft()
-        if self.down is not None:
-            return None
+        if self.down is not None or not queued_bytes(self._sock, self._queued):
+            return None  # (the end of the connection is the waiter's to notice)
         try:
             packet = self._sock.recv(W.MAX_FRAME + 1)
         except BlockingIOError:
