@@ -392,7 +392,9 @@ def register(sub: Any) -> None:
             "Simulator: create a processor (started by a supervisor process that lives "
             "until the last processor is stopped) and boot FIRMWARE on it. FIRMWARE is a "
             "Python module importable by the supervisor or a .py file, optionally with "
-            ":function. With --sysfs: set the firmware of processor NAME (it must be "
+            ":function; or openamp:SHM:SOCKET for a peer of OpenAMP's Linux-userspace "
+            "profile, started separately (the boot waits up to 25 s for it to connect). "
+            "With --sysfs: set the firmware of processor NAME (it must be "
             "offline; the kernel looks for the file in /lib/firmware) and start it.")
     p.add_argument("firmware", metavar="FIRMWARE",
                    help="e.g. amplink.firmware.examples.echo, or fw.elf with --sysfs")

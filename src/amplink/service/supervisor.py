@@ -56,6 +56,8 @@ from ..platforms.linux.errors import (
     SupervisorError,
     SupervisorUnavailable,
 )
+from ..platforms.openamp.rproc import SPEC_PREFIX as OPENAMP_SPEC
+from ..platforms.openamp.rproc import OpenAmpRemoteProc
 from ..platforms.sim import SimRemoteProc
 from ..remoteproc.api import RemoteProcessor
 from ..transports.service_wire import ENDPOINT_SOCKET
@@ -133,6 +135,15 @@ def make_sim_processor(name: str, firmware: str, *, coredump_dir: Path) -> SimRe
     return SimRemoteProc(firmware, name=name, coredump_dir=coredump_dir, stdout=STDERR_FD)
 
 
+def make_processor(name: str, firmware: str, *, coredump_dir: Path) -> RemoteProcessor:
+    """The default factory: an OpenAMP-profile peer for a firmware ``openamp:SHM:SOCKET``
+    (:class:`~amplink.platforms.openamp.rproc.OpenAmpRemoteProc`), else a simulated
+    processor (:func:`make_sim_processor`)."""
+    if firmware.startswith(OPENAMP_SPEC):
+        return OpenAmpRemoteProc(firmware, name=name)
+    return make_sim_processor(name, firmware, coredump_dir=coredump_dir)
+
+
 # -- the runtime directory --------------------------------------------------------------
 def prepare_runtime_dir(path: Path | str) -> Path:
     """Create ``path`` (mode 0700) or check that it is a directory of ours that nobody
@@ -200,7 +211,8 @@ class Supervisor:
     (channels of the processors, :mod:`.endpoints`), each request checked against
     ``policy`` (default: only the owner may do anything).
 
-    The default factory is :func:`make_sim_processor`, dumping into ``root``/coredumps.
+    The default factory is :func:`make_processor` (simulated processors, dumping into
+    ``root``/coredumps, and OpenAMP-profile peers).
     Each control connection is served by a thread of its own, so a slow request (a boot)
     delays nobody else.
     """
@@ -210,7 +222,7 @@ class Supervisor:
                  policy: Policy | None = None) -> None:
         self.root = Path(root)
         if factory is None:
-            factory = functools.partial(make_sim_processor, coredump_dir=self.root / COREDUMP_DIR)
+            factory = functools.partial(make_processor, coredump_dir=self.root / COREDUMP_DIR)
         self.factory = factory
         self.idle_grace = idle_grace
         self.tick = tick
@@ -476,7 +488,8 @@ class Supervisor:
         """At exit: stop every processor, but leave those that outlive the service
         (not simulated) running if the policy says ``on_exit = "keep"``."""
         for dev, rproc in self.entries():
-            if self.policy.on_exit == "keep" and not isinstance(rproc, SimRemoteProc):
+            held = isinstance(rproc, (SimRemoteProc, OpenAmpRemoteProc))  # die with us
+            if self.policy.on_exit == "keep" and not held:
                 log.info("%s: %s left %s (on_exit = keep)", dev, rproc.name, rproc.state)
                 continue
             try:
@@ -656,8 +669,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run a supervisor in the foreground (``amplink boot`` starts it detached)."""
     parser = argparse.ArgumentParser(
         prog="python -m amplink.service",
-        description="Hold simulated remote processors and serve them like "
-                    "/sys/class/remoteproc in a runtime directory.")
+        description="Hold simulated remote processors (and OpenAMP-profile peers), serve "
+                    "them like /sys/class/remoteproc in a runtime directory, and serve "
+                    "their channels to client programs as the policy allows.")
     parser.add_argument("--root", type=Path, default=None,
                         help=f"the runtime directory (default: ${ENV_RUNTIME_DIR}, "
                              "$XDG_RUNTIME_DIR/amplink or /tmp/amplink-$UID)")
