@@ -145,9 +145,15 @@ class ControlOps:
 
     def _processor(self, client: ControlConnection, dev: str,
                    action: str | None = None) -> RemoteProcessor:
-        """``dev``'s processor, if ``client`` may see it (and do ``action``)."""
-        rproc = self._m.processor(dev)
+        """``dev``'s processor, if ``client`` may see it (and do ``action``); one who may
+        see nothing learns nothing, not even whether ``dev`` exists."""
         peer = client.peer
+        try:
+            rproc = self._m.processor(dev)
+        except RprocControlError:
+            if self.policy.is_owner(peer):
+                raise
+            raise self._deny(client, dev) from None
         if not self.policy.may_see(peer, rproc.name):
             raise self._deny(client, f"{dev} ({rproc.name})")
         if action is not None and not self.policy.may(peer, action, rproc.name):

@@ -19,10 +19,11 @@ already knows its rights.
 
 What it can do (:class:`Capabilities`): the processor link's MTU, the name service
 (announcements come from the service; announcing endpoints of one's own is not
-supported), addresses assigned by the service. No zero copy: every message crosses the
-socket, so its payload is copied into the kernel and out again on each side of the
-service (two copies of at most one MTU per hop, besides the copy into or out of the
-processor's ring buffers), and ``loan()`` / ``hold=True`` raise NotSupported.
+supported), addresses assigned by the service, "pair" addressing (an endpoint sends to
+its channel's remote address only, as ``/dev/rpmsgN``). No zero copy: every message
+crosses the socket, so its payload is copied into the kernel and out again on each side
+of the service (two copies of at most one MTU per hop, besides the copy into or out of
+the processor's ring buffers), and ``loan()`` / ``hold=True`` raise NotSupported.
 
 Waiting follows the link runtime: the waiting thread does the work, sleeping on the
 socket (level-triggered) and reading the frames itself. Sending takes a credit; with
@@ -262,7 +263,7 @@ class ServiceBackend(Backend):
         except (W.FrameError, ValueError, TypeError) as exc:
             raise _protocol(requests.where, f"attach answer: {exc}") from None
         self.capabilities = Capabilities(
-            max_payload=mtu, name_service=True, addressing="rpmsg",
+            max_payload=mtu, name_service=True, addressing="pair",
             address_range=(first, last), dynamic_base=None, rx_buffers=0, tx_ready=True)
         self.processor = processor
         self.index = index
