@@ -23,6 +23,7 @@ from amplink import Endpoint
 from amplink.errors import AccessDenied, ReceiveTimeout
 from amplink.platforms.linux import ControlPermissionError, LinuxRemoteProc
 from amplink.remoteproc.states import RprocState
+from amplink.service import endpoints, supervisor
 from amplink.service.policy import (
     Policy,
     PolicyError,
@@ -282,3 +283,34 @@ def test_a_policy_that_grants_others_opens_the_sockets(tmp_path: Path) -> None:
         assert (s.root.stat().st_mode & 0o777) == 0o700
         for name in (".control", ".endpoints"):
             assert ((s.root / name).stat().st_mode & 0o777) == 0o600
+
+
+def test_a_user_other_than_the_owner_has_few_connections(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(endpoints, "MAX_SESSIONS_PER_USER", 3)
+    monkeypatch.setattr(supervisor, "MAX_CLIENTS_PER_USER", 2)
+    with loop_service(tmp_path, policy=policy_of(**BY_UID, actions=frozenset({"boot"}))) as s:
+        raws = [RawClient(s.root) for _ in range(3)]
+        controls = []
+        try:
+            for raw in raws:
+                assert raw.request("status")["ok"]
+            with RawClient(s.root) as extra:
+                event = extra.event()
+                assert event["errno"] == errno.EUSERS and f"uid {ME}" in event["error"]
+                assert extra.closed_by_service()
+            for _ in range(2):
+                controls.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+                controls[-1].settimeout(TIMEOUT)
+                controls[-1].connect(str(s.root / ".control"))
+                controls[-1].sendall(b'{"op": "hello"}\n')
+                assert b'"ok":true' in controls[-1].recv(4096)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as third:
+                third.settimeout(TIMEOUT)
+                third.connect(str(s.root / ".control"))
+                answer = third.recv(4096)
+                assert b'"errno":11' in answer and b"connections already" in answer
+        finally:
+            for raw in raws:
+                raw.close()
+            for sock in controls:
+                sock.close()

@@ -109,7 +109,6 @@ class EndpointService:
         self._queued = array.array("i", [0])
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.refused_connections = 0
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -286,7 +285,6 @@ class EndpointService:
                 continue
             why = self._too_many(peer)
             if why is not None:
-                self.refused_connections += 1
                 with contextlib.suppress(OSError):
                     sock.setblocking(False)
                     sock.send(W.encode_json(W.KIND_EVENT, {"event": "error", "errno": errno.EUSERS,
