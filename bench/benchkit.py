@@ -79,15 +79,18 @@ def can_pin() -> bool:
 
 
 @contextmanager
-def pinned(peer_pid: int, enabled: bool) -> Iterator[bool]:
-    """Pin this thread to HOST_CORE and every thread of ``peer_pid`` to PEER_CORE."""
+def pinned(peer_pid: int, enabled: bool, *, whole_host: bool = False) -> Iterator[bool]:
+    """Pin this thread (``whole_host``: every thread of this process) to HOST_CORE and
+    every thread of ``peer_pid`` to PEER_CORE."""
     if not enabled:
         yield False
         return
     saved = os.sched_getaffinity(0)
+    hosts = [int(t) for t in os.listdir(f"/proc/{os.getpid()}/task")] if whole_host else [0]
     ok = True
     try:
-        os.sched_setaffinity(0, {HOST_CORE})
+        for tid in hosts:
+            os.sched_setaffinity(tid, {HOST_CORE})
         for tid in os.listdir(f"/proc/{peer_pid}/task"):
             os.sched_setaffinity(int(tid), {PEER_CORE})
     except OSError as exc:
@@ -96,7 +99,8 @@ def pinned(peer_pid: int, enabled: bool) -> Iterator[bool]:
     try:
         yield ok
     finally:
-        os.sched_setaffinity(0, saved)
+        for tid in hosts:
+            os.sched_setaffinity(tid, saved)
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """amplink: asymmetric multiprocessing for Python.
 
 rpmsg over virtio rings in shared memory (both roles), simulated remote processors with
-the remoteproc lifecycle, Linux's remoteproc processors (or a simulator's tree of them)
-through the same API, and the building blocks under them.
+the remoteproc lifecycle, simulated Apple RTKit co-processors behind a mailbox, Linux's
+remoteproc processors (or a simulator's tree of them) through the same API, and the
+building blocks under them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .platforms.inprocess import LinkPair
     from .platforms.linux import LinuxRemoteProc, list_processors
     from .platforms.openamp import OpenAmpConfig, OpenAmpLink, StaleSharedMemory
+    from .platforms.rtkit import RtkitEndpoint, RtkitRemoteProc
     from .platforms.sim import FirmwareStartError, SimProcessor, SimRemoteProc
     from .platforms.sim.layout import LinkConfig
     from .remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
@@ -91,6 +93,8 @@ _EXPORTS = {
     "OpenAmpConfig": ".platforms.openamp",
     "OpenAmpLink": ".platforms.openamp",
     "StaleSharedMemory": ".platforms.openamp",
+    "RtkitEndpoint": ".platforms.rtkit",
+    "RtkitRemoteProc": ".platforms.rtkit",
     "FirmwareStartError": ".platforms.sim",
     "SimProcessor": ".platforms.sim",
     "SimRemoteProc": ".platforms.sim",
@@ -137,8 +141,8 @@ __all__ = [
     "LinuxRemoteProc", "MessageTooLarge", "NoBufferAvailable", "NotBooted", "NotSupported",
     "OpenAmpConfig", "OpenAmpLink", "PeerTimeout", "ReceiveTimeout", "RemoteProc",
     "RemoteProcessor", "RemoteProtocolError", "ResourceTable", "RestartPolicy", "RpmsgBus",
-    "RpmsgChannel", "RpmsgDriver", "RprocBusy", "RprocEvent", "RprocState", "SendTimeout",
-    "ServiceError", "ServiceUnavailable", "SharedRegion", "SimProcessor", "SimRemoteProc",
-    "StaleSharedMemory", "Trace", "TxLoan", "UnknownTarget", "VdevEntry", "VringEntry",
-    "connect_link", "list_processors",
+    "RpmsgChannel", "RpmsgDriver", "RprocBusy", "RprocEvent", "RprocState", "RtkitEndpoint",
+    "RtkitRemoteProc", "SendTimeout", "ServiceError", "ServiceUnavailable", "SharedRegion",
+    "SimProcessor", "SimRemoteProc", "StaleSharedMemory", "Trace", "TxLoan", "UnknownTarget",
+    "VdevEntry", "VringEntry", "connect_link", "list_processors",
 ]

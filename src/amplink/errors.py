@@ -43,7 +43,18 @@ class PeerTimeout(AmplinkError, TimeoutError):
 
 
 class LinkDown(AmplinkError, ConnectionError):
-    """The peer is gone: it exited, crashed, or broke the shared-memory protocol for good."""
+    """The peer is gone: it exited, crashed, or broke the shared-memory protocol for good.
+
+    ``LinkDown(message)``, or ``LinkDown(errno, message)`` when a kernel said so (EPIPE,
+    ENODEV, ENXIO from a device that went away): ``.errno`` then keeps its answer.
+    """
+
+    def again(self) -> LinkDown:
+        """A fresh error with the same errno and message, to raise once more (one object
+        raised in many threads would collect all their tracebacks)."""
+        if self.errno is not None and self.strerror is not None:
+            return LinkDown(self.errno, self.strerror)
+        return LinkDown(str(self))
 
 
 class RemoteProtocolError(AmplinkError):

@@ -14,11 +14,12 @@ from amplink.cli import COMMANDS, build_parser
 ROOT = Path(__file__).resolve().parents[2]
 ECHO = "amplink.firmware.examples.echo"
 BENCH = ROOT / "bench" / "rpmsg_bench.py"
-SUBCOMMANDS = ["demo", "run", "ping", "openamp", "vhost-user"]
+SUBCOMMANDS = ["demo", "run", "ping", "frames", "openamp", "vhost-user", "send", "listen"]
 #: the remote-processor commands, all added by one registration function (amplink.cli.rproc)
-RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "recovery", "coredump", "trace", "crash"]
-#: the endpoint commands (amplink.cli.endpoints)
-ENDPOINT_SUBCOMMANDS = ["send", "listen", "top"]
+RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "attach", "detach", "recovery", "coredump",
+                     "trace", "crash", "crashlog"]
+#: the amplink service's statistics (amplink.cli.top)
+SERVICE_SUBCOMMANDS = ["top"]
 
 
 def amplink(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -30,7 +31,7 @@ def test_help() -> None:
     r = amplink("--help")
     assert r.returncode == 0, r.stderr
     assert "usage: amplink" in r.stdout
-    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS + ENDPOINT_SUBCOMMANDS:
+    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS + SERVICE_SUBCOMMANDS:
         assert name in r.stdout
 
 
@@ -44,8 +45,9 @@ def test_subcommand_help(command: str) -> None:
 
 def test_every_registered_command_is_listed() -> None:
     parser = build_parser()
-    assert len(COMMANDS) == 5  # sim (demo, run, ping), openamp, vhost_user, rproc, endpoints
-    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS + ENDPOINT_SUBCOMMANDS:
+    # sim (demo, run, ping), frames, openamp, vhost_user, ls, rproc, rpmsg (send, listen), top
+    assert len(COMMANDS) == 8
+    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS + SERVICE_SUBCOMMANDS:
         args = parser.parse_args(_minimal(name))
         assert args.command == name and callable(args.func)
 
@@ -55,9 +57,10 @@ def _minimal(name: str) -> list[str]:
             "openamp": ["openamp", "host", "--client"], "ls": ["ls"], "boot": ["boot", "fw"],
             "stop": ["stop", "p"], "state": ["state", "p"],
             "recovery": ["recovery", "p", "enabled"], "coredump": ["coredump", "p", "inline"],
-            "trace": ["trace", "p"], "crash": ["crash", "p"],
+            "trace": ["trace", "p"], "crash": ["crash", "p"], "crashlog": ["crashlog", "p"],
+            "frames": ["frames"], "attach": ["attach", "p", "4K"], "detach": ["detach", "p", "1"],
             "vhost-user": ["vhost-user", "fw", "--socket", "s"],
-            "send": ["send", "p", "ch", "data"], "listen": ["listen", "p", "ch"],
+            "send": ["send", "p", "rpmsg-raw", "hi"], "listen": ["listen", "p", "rpmsg-raw"],
             "top": ["top"]}[name]
 
 
@@ -185,7 +188,7 @@ def test_run_until_the_firmware_exits(tmp_path: Path) -> None:
 
 def test_bench_quick(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)],
+    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--runs", "1", "--json", str(out)],
                        capture_output=True, text=True, timeout=55, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     for needle in ("amplink blocking", "amplink polling", "zero-copy blocking",
@@ -204,3 +207,9 @@ def test_bench_quick(tmp_path: Path) -> None:
         for stats in data["results"][peer]["statistics"].values():
             assert stats["protocol_faults"] == 0
     assert {t["name"] for t in data["targets"]} >= {"RTT p50 16 B, polling <= 4 us"}
+
+
+def test_frames_demo_checks_every_frame() -> None:
+    r = amplink("frames", "--count", "12", "--size", "64K", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "every frame checked" in r.stdout and "frames: OK" in r.stdout

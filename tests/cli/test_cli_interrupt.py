@@ -21,18 +21,19 @@ ECHO = "amplink.firmware.examples.echo"
 TIMEOUT = 30.0
 
 
-def _run_until(argv: list[str], ready: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def _run_until(argv: list[str], ready: str) -> tuple[subprocess.Popen[bytes], str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     assert proc.stdout is not None
-    seen = ""
+    fd = proc.stdout.fileno()  # raw reads: a buffered readline would hide lines from select
+    seen = b""
     deadline = time.monotonic() + TIMEOUT
-    while ready not in seen:
+    while ready.encode() not in seen:
         left = deadline - time.monotonic()
-        assert left > 0 and proc.poll() is None, f"never printed {ready!r}: {seen}"
-        if select.select([proc.stdout], [], [], left)[0]:
-            seen += proc.stdout.readline()
-    return proc, seen
+        assert left > 0 and proc.poll() is None, f"never printed {ready!r}: {seen!r}"
+        if select.select([fd], [], [], left)[0]:
+            seen += os.read(fd, 65536)
+    return proc, seen.decode()
 
 
 def _interrupt(argv: list[str], ready: str) -> tuple[int, str, str]:
@@ -44,7 +45,7 @@ def _interrupt(argv: list[str], ready: str) -> tuple[int, str, str]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return proc.returncode, seen + out, err
+    return proc.returncode, seen + out.decode(), err.decode()
 
 
 def amplink(*args: str) -> list[str]:
@@ -81,12 +82,12 @@ def test_demo_exits_130() -> None:
 
 
 HOST = """
-import sys
+import os
 from amplink import SimProcessor
 with SimProcessor("amplink.firmware.examples.echo") as proc:
     ep = proc.link.open_channel("rpmsg-echo", timeout=10)
     try:
-        print("ready", flush=True)  # inside the try: Ctrl-C may come at once
+        os.write(1, b"ready\\n")  # one write, inside the try: Ctrl-C may come at once
         proc.link.run()
     except KeyboardInterrupt:
         ep.send(b"goodbye")
@@ -100,5 +101,5 @@ def test_a_host_that_catches_ctrl_c_can_still_say_goodbye(tmp_path: Path) -> Non
     script.write_text(HOST)
     status, out, err = _interrupt([sys.executable, str(script)], "ready")
     assert status == 0, out + err
-    assert "goodbye" in out.splitlines()
+    assert "goodbye" in out.splitlines(), out + err
     _clean(err)

@@ -6,10 +6,11 @@ machine may create and remove /dev/shm objects as they like.
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
-from sim_kit import ECHO, assert_no_leaks, fixture_firmware, snapshot, stop_quietly
+from sim_kit import ECHO, SHM_PREFIX, assert_no_leaks, fixture_firmware, snapshot, stop_quietly
 
 from amplink import LinkDown, SimProcessor
 from amplink.platforms.sim import FirmwareStartError
@@ -76,3 +77,24 @@ def test_stop_is_idempotent_and_safe_before_start():
     assert proc.stop() == 0
     assert proc.stop() in (None, 0)
     assert_no_leaks(before, "stop twice")
+
+
+def test_what_other_programs_do_in_dev_shm_is_not_counted():
+    """Item 14 of issue 7: the check counts this run's objects only."""
+    before = snapshot()
+    foreign = f"/dev/shm/another-program-of-the-machine-{os.getpid()}"
+    with open(foreign, "w"):
+        pass
+    try:
+        _start_stop()
+        assert_no_leaks(before, "start/stop while another program made a shm object")
+    finally:
+        os.unlink(foreign)
+    leaked = "/dev/shm/" + SHM_PREFIX + "forgotten"
+    with open(leaked, "w"):
+        pass
+    try:
+        with pytest.raises(AssertionError, match="forgotten"):
+            assert_no_leaks(before, "one of ours left behind")
+    finally:
+        os.unlink(leaked)

@@ -205,3 +205,30 @@ def test_a_closed_link_fails_try_send_at_once(pair):
     with pytest.raises(EndpointClosed):
         pair.host.poll()
     assert not isinstance(EndpointClosed("x"), NoBufferAvailable)
+
+
+def test_closing_an_endpoint_ends_its_callbacks_blocked_send_at_once():
+    """A callback stuck in a send (no buffer will come) does not hold close() for the
+    send's whole timeout: the send fails as soon as its endpoint is closed."""
+    p = LinkPair.create(LinkConfig(num_buffers=4))
+    try:
+        started = threading.Event()
+        outcome = []
+
+        def flood(ep, payload, src):
+            started.set()
+            try:
+                while True:
+                    ep.sendto(b"x", src, timeout=30)
+            except EndpointClosed as exc:
+                outcome.append(exc)
+
+        ep = p.host.create_endpoint(callback=flood)
+        p.device.create_endpoint(dst=ep.addr).send(b"go", timeout=1)  # never reads
+        assert started.wait(5)
+        time.sleep(0.1)  # the callback now waits for a buffer
+        t0 = time.monotonic()
+        ep.close()
+        assert time.monotonic() - t0 < 2 and len(outcome) == 1
+    finally:
+        p.close()

@@ -71,3 +71,22 @@ def test_a_link_closed_by_this_side_raises_endpoint_closed(pair):
                  lambda: pair.host.create_endpoint()):
         with pytest.raises(EndpointClosed):
             call()
+
+
+def test_tx_buffers_free_counts_every_idle_buffer():
+    """Item 15 of issue 7: not only the never-used ones."""
+    p = LinkPair.create(LinkConfig(num_buffers=8), dispatch="caller")
+    try:
+        rx = p.device.create_endpoint()
+        tx = p.host.create_endpoint(dst=rx.addr)
+        stats = p.host.statistics().backend
+        assert stats["tx_buffers_free"] == stats["tx_buffers"] == 8
+        for round_ in range(3):  # every buffer used, returned, reused
+            for i in range(8):
+                tx.send(b"%d" % i, timeout=1)
+            assert p.host.statistics().backend["tx_buffers_free"] == 0, round_
+            assert [rx.recv(timeout=1) for _ in range(8)] == [b"%d" % i for i in range(8)]
+            stats = p.host.statistics().backend
+            assert stats["tx_buffers_free"] == 8 and stats["tx_buffers_never_used"] == 0
+    finally:
+        p.close()

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "platforms"))
 
 from rig_kit import children_of, process_alive, wait_for  # noqa: E402
-from served_kit import Served, serve  # noqa: E402
+from served_kit import Cli, Served, serve  # noqa: E402
 
 from amplink.platforms.linux import SupervisorUnavailable  # noqa: E402
 from amplink.service.supervisor import (  # noqa: E402
@@ -46,6 +46,12 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         os.kill(pid, signal.SIGKILL)
         pytest.fail(f"the supervisor {pid} did not exit with its last processor")
     assert wait_for(lambda: not any(process_alive(c) for c in children), 5.0)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Runs ``amplink`` commands in this process: ``cli(...)``, ``cli.ok(...)``."""
+    return Cli(capsys)
 
 
 @pytest.fixture

@@ -7,13 +7,32 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from fake_sysfs import FakeHardware
 from rig_kit import wait_for
 
+from amplink.cli import main as amplink_main
 from amplink.platforms.linux.protocol import CONTROL_SOCKET
 from amplink.service.supervisor import PID_FILE, Supervisor, SupervisorClient, prepare_runtime_dir
 
 TIMEOUT = 5.0
+
+
+class Cli:
+    """Runs ``amplink`` commands in this process and returns (status, stdout, stderr)."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> tuple[int, str, str]:
+        status = amplink_main(list(argv))
+        out, err = self.capsys.readouterr()
+        return status, out, err
+
+    def ok(self, *argv: str) -> str:
+        status, out, err = self(*argv)
+        assert status == 0, (argv, out, err)
+        return out
 
 
 @dataclass

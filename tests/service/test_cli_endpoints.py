@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 from rig_kit import ECHO, wait_for
 
-from amplink.cli.common import CommandError
-from amplink.cli.endpoints import hexdump, parse_data
 from amplink.transports.service import connect_link, service_status
 
 TIMEOUT = 20.0
@@ -35,18 +33,18 @@ def ok(*args: str) -> str:
 
 
 def start_listening(*args: str) -> subprocess.Popen[str]:
-    """``amplink listen ARGS`` in a session of its own, once it listens."""
+    """``amplink listen ARGS`` in a session of its own, once it listens (its first line)."""
     proc = subprocess.Popen([sys.executable, "-m", "amplink.cli", "listen", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    assert proc.stderr is not None
+    assert proc.stdout is not None
     seen = ""
     deadline = time.monotonic() + TIMEOUT
-    while "Ctrl-C stops" not in seen and "--json" not in args:
+    while "Ctrl-C stops" not in seen:
         left = deadline - time.monotonic()
         assert left > 0 and proc.poll() is None, f"listen never listened: {seen}"
-        if select.select([proc.stderr], [], [], left)[0]:
-            seen += proc.stderr.readline()
+        if select.select([proc.stdout], [], [], left)[0]:
+            seen += proc.stdout.readline()
     return proc
 
 
@@ -66,16 +64,17 @@ def test_two_terminals_listen_and_send(runtime: Path, echo: str) -> None:
     listener = start_listening(echo, "rpmsg-echo", "--count", "3")
     try:
         assert wait_for(lambda: watchers(runtime) == 1, TIMEOUT)
-        sent = ok("send", echo, "rpmsg-echo", "hello", "--reply")
-        assert sent.startswith(f"{echo}/rpmsg-echo: sent 5 B from 0x")
+        sent = ok("send", echo, "rpmsg-echo", "hello", "--reply").splitlines()
+        assert sent[0].startswith(f"{echo}: sent 5 B on rpmsg-echo (0x")
+        assert sent[1] == "[reply] 5 B: hello"
         ok("send", echo, "rpmsg-echo", "--hex", "00 01 ff")  # its echo may come too late
         out, err = listener.communicate(timeout=TIMEOUT)
         assert listener.returncode == 0, err
         lines = out.splitlines()
-        assert lines[0].startswith("0x") and lines[0].endswith(" (client): hello")
-        assert lines[1] == "0x400 (processor): hello"
-        assert lines[2].endswith(" (client): 3 B")
-        assert "00 01 ff" in lines[3] and lines[3].endswith("|...|")
+        assert lines[0].startswith("[1] 5 B from client 0x") and lines[0].endswith(": hello")
+        assert lines[1] == "[2] 5 B from processor 0x400: hello"
+        assert lines[2].startswith("[3] 3 B from client 0x") and lines[2].endswith(":")
+        assert lines[3].split() == ["0000", "00", "01", "ff", "..."]
     finally:
         if listener.poll() is None:
             listener.kill()
@@ -98,21 +97,21 @@ def test_listen_stops_on_ctrl_c_with_130(runtime: Path, echo: str) -> None:
 
 def test_send_with_a_reply_as_json(runtime: Path, echo: str, tmp_path: Path) -> None:
     result = json.loads(ok("send", echo, "rpmsg-echo", "hi", "--reply", "--json"))
-    assert result["processor"] == echo and result["sent"] == 2
-    assert result["reply"] == {"src": result["dst"], "length": 2, "hex": "6869", "text": "hi"}
+    assert result["processor"] == echo and result["bytes"] == 2
+    assert result["reply"] == {"src": result["dst"], "bytes": 2, "text": "hi"}
     payload = tmp_path / "payload.bin"
     payload.write_bytes(bytes(range(20)))
     result = json.loads(ok("send", echo, "rpmsg-echo", f"@{payload}", "--reply", "--json"))
-    assert result["reply"]["hex"] == bytes(range(20)).hex() and "text" not in result["reply"]
+    assert result["reply"] == {"src": result["dst"], "bytes": 20, "hex": bytes(range(20)).hex()}
     out = ok("send", echo, "rpmsg-echo", "@@at", "--reply")
-    assert out.splitlines()[1].endswith(": @at")
+    assert out.splitlines()[1] == "[reply] 3 B: @at"
 
 
 def test_send_refusals_are_one_line_errors(runtime: Path, echo: str) -> None:
     done = amplink("send", echo, "rpmsg-echo", "x" * 497)
     assert done.returncode == 1 and "exceeds the MTU" in done.stderr
     done = amplink("send", echo, "rpmsg-echo", "--hex", "zz")
-    assert done.returncode == 1 and "--hex" in done.stderr
+    assert done.returncode == 1 and "not hex bytes" in done.stderr
     done = amplink("send", "nonesuch", "rpmsg-echo", "x")
     assert done.returncode == 1 and "no processor called 'nonesuch'" in done.stderr
     done = amplink("send", echo, "rpmsg-none", "x", "--timeout", "0.3")
@@ -124,6 +123,7 @@ def test_send_refusals_are_one_line_errors(runtime: Path, echo: str) -> None:
 def test_without_a_service(runtime: Path) -> None:
     done = amplink("send", "dsp", "rpmsg-echo", "x")
     assert done.returncode == 1 and "no amplink service answers" in done.stderr
+    assert "--sysfs" in done.stderr  # the other kind of target
     done = amplink("top", "--count", "1", "--interval", "0.1")
     assert done.returncode == 1 and "no amplink service answers" in done.stderr
 
@@ -170,15 +170,3 @@ def test_top_reports_rates_drops_and_held_buffers(runtime: Path, echo: str) -> N
     assert {"dropped", "refused", "held", "max_held", "queued"} <= rows[0].keys()
     text = ok("top", "--count", "1", "--interval", "0.1")
     assert text.splitlines()[1].split()[:4] == ["PROCESSOR", "CHANNEL", "TO/S", "FROM/S"]
-
-
-def test_payload_forms() -> None:
-    assert parse_data("abc", hex_=False) == b"abc"
-    assert parse_data("de ad BE ef", hex_=True) == b"\xde\xad\xbe\xef"
-    assert parse_data("@@x", hex_=False) == b"@x"
-    with pytest.raises(CommandError, match="cannot read"):
-        parse_data("@/nonexistent/file", hex_=False)
-    assert list(hexdump(b"hello, world!!!!x")) == [
-        "00000000  68 65 6c 6c 6f 2c 20 77 6f 72 6c 64 21 21 21 21  |hello, world!!!!|",
-        "00000010  78                                               |x|",
-    ]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fake_sysfs import FakeRemoteprocKernel
 from rig_kit import ECHO, MISSING_MODULE, TRACE_FIRMWARE, children_of, process_alive, wait_for
+from served_kit import Cli
 from trace_firmware import TRACE_LINE
 
 from amplink.cli import main as amplink_main
@@ -20,28 +21,6 @@ from amplink.cli import rproc as cli_rproc
 from amplink.service.supervisor import PID_FILE, read_pid_file
 
 TIMEOUT = 10.0
-
-
-class Cli:
-    """Runs ``amplink`` commands in this process and returns (status, stdout, stderr)."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self.capsys = capsys
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        status = amplink_main(list(argv))
-        out, err = self.capsys.readouterr()
-        return status, out, err
-
-    def ok(self, *argv: str) -> str:
-        status, out, err = self(*argv)
-        assert status == 0, (argv, out, err)
-        return out
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(capsys)
 
 
 def test_boot_ls_state_crash_recover_stop(runtime: Path, cli: Cli) -> None:
@@ -55,6 +34,7 @@ def test_boot_ls_state_crash_recover_stop(runtime: Path, cli: Cli) -> None:
     listing = cli.ok("ls").splitlines()
     assert listing[0].split() == ["NAME", "DEVICE", "STATE", "RECOVERY", "COREDUMP", "FIRMWARE"]
     assert listing[1].split() == ["sim0", "remoteproc0", "running", "enabled", "disabled", ECHO]
+    assert "no local endpoint open" in listing[2]  # nobody opened rpmsg-echo on this side
     assert cli.ok("state", "sim0") == "running\n"
 
     firmware = children_of(supervisor)
@@ -68,6 +48,8 @@ def test_boot_ls_state_crash_recover_stop(runtime: Path, cli: Cli) -> None:
     assert cli.ok("state", "sim0") == "crashed\n"
     status, _, err = cli("coredump", "sim0", "inline")
     assert status == 1 and "recover it first" in err
+    listing = cli.ok("ls")
+    assert "crashes: 2, last: watchdog: reported by the host" in listing, listing
     assert cli.ok("recovery", "sim0", "recover") == "sim0 (remoteproc0): running\n"
     assert cli.ok("coredump", "sim0", "inline") == "inline\n"
     assert cli.ok("recovery", "sim0") == "disabled\n"

@@ -1,5 +1,5 @@
-"""The remote-processor commands of ``amplink``: ls, boot, stop, state, recovery, coredump,
-trace, crash.
+"""The remote-processor commands of ``amplink``: boot, stop, state, recovery, coredump,
+trace, crash, crashlog, attach, detach (``ls`` is :mod:`.ls`).
 
 By default they act on the simulator: processors held by a supervisor process (see
 :mod:`amplink.service.supervisor`) that ``amplink boot`` starts on demand and that
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ from ..errors import AmplinkError
 from ..platforms.linux import (
     CLASS_ROOT,
     DEBUG_ROOT,
+    DEV_ROOT,
     ControlTree,
     LinuxRemoteProc,
     ProcessorNotFound,
@@ -39,19 +39,17 @@ from ..platforms.linux import (
 from ..platforms.linux.errors import MalformedAttribute
 from ..remoteproc.api import CrashReason
 from ..remoteproc.coredump import CoredumpMode
-from ..rpmsg.wire import RPMSG_ADDR_ANY
 from ..service.supervisor import (
     SupervisorClient,
     connect_supervisor,
     ensure_supervisor,
     runtime_dir,
 )
-from ..transports.service import service_status
-from ..transports.service_status import ProcessorStatus, to_json
-from .common import EXIT_INTERRUPTED, CommandError, add_command, out, positive_seconds, table
+from .common import EXIT_INTERRUPTED, CommandError, add_command, out, positive_seconds
 
 ENV_SYSFS = "AMPLINK_SYSFS"
 ENV_DEBUGFS = "AMPLINK_DEBUGFS"
+ENV_DEV = "AMPLINK_DEV"
 NAME_HELP = "the processor's name (see `amplink ls`) or its remoteprocN device"
 CRASH_REASONS = {
     "mmufault": CrashReason.MMUFAULT,
@@ -83,7 +81,8 @@ def _target(args: argparse.Namespace, *, start: bool = False) -> _Target:
         debug = args.debugfs or os.environ.get(ENV_DEBUGFS)
         if debug is None and root == CLASS_ROOT:
             debug = str(DEBUG_ROOT)
-        tree = open_tree(root, debug_root=debug)
+        dev = args.dev or os.environ.get(ENV_DEV) or str(DEV_ROOT)
+        tree = open_tree(root, debug_root=debug, dev_root=dev)
         simulated = is_simulator_tree(root)
         supervisor = SupervisorClient(root) if simulated else None
         return _Target(tree, supervisor, str(root), root if simulated else None)
@@ -108,124 +107,44 @@ def _field(read: Any) -> str:
         return "?"
 
 
-# -- ls ---------------------------------------------------------------------------------
-def cmd_ls(args: argparse.Namespace) -> int:
-    """amplink ls [--json]: the processors, their settings, channels, endpoints, clients."""
-    target = _target(args)
-    if target.tree is None:
-        if args.json:
-            out("[]")
-        else:
-            out("no simulated processors (start one with `amplink boot FIRMWARE`; for "
-                f"hardware: `amplink ls --sysfs {CLASS_ROOT}`)")
-        return 0
-    processors = list_processors(target.tree)
-    served = _served(target)
-    listing = []
-    for name, dev in processors.items():
-        try:
-            rproc = LinuxRemoteProc(dev, target.tree)
-        except ProcessorNotFound:
-            continue  # removed while listing
-        item: dict[str, Any] = {
-            "name": name, "dev": dev, "state": _field(lambda r=rproc: r.state),
-            "recovery": _field(lambda r=rproc: "enabled" if r.recovery else "disabled"),
-            "coredump": _field(lambda r=rproc: r.coredump),
-            "firmware": _field(lambda r=rproc: r.firmware)}
-        if target.supervisor is not None:
-            item.update(_details(target.supervisor, dev, served.get(name)))
-        listing.append(item)
-    if args.json:
-        out(json.dumps(listing, indent=2))
-    elif not listing:
-        out(f"no remote processors in {target.where}")
-    else:
-        _print_ls(listing)
+# -- attach, detach -------------------------------------------------------------------
+ACCESS_NAMES = {"r": 1, "w": 2, "rw": 3}
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A positive byte count, with an optional K, M or G suffix."""
+    number, unit = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
+    try:
+        value = int(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 4096, 64K, 8M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size must be positive")
+    return value
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """amplink attach NAME SIZE [--access r|w|rw]."""
+    supervisor, dev, label = _sim_target(args)
+    att_id, da = supervisor.attach(dev, args.size, ACCESS_NAMES[args.access])
+    out(f"{label}: buffer {att_id} of 0x{args.size:x} bytes attached at da 0x{da:x}")
     return 0
 
 
-def _served(target: _Target) -> dict[str, ProcessorStatus]:
-    """What the target's endpoint service serves, by processor name ({} if none answers)."""
-    if target.root is None:
-        return {}
-    try:
-        return {p.name: p for p in service_status(target.root)}
-    except (AmplinkError, OSError):
-        return {}  # an older supervisor, or one on its way out: the control tree still tells
+def cmd_detach(args: argparse.Namespace) -> int:
+    """amplink detach NAME ID."""
+    supervisor, dev, label = _sim_target(args)
+    supervisor.detach(dev, args.id)
+    out(f"{label}: buffer {args.id} detached")
+    return 0
 
 
-def _details(supervisor: SupervisorClient, dev: str,
-             served: ProcessorStatus | None) -> dict[str, Any]:
-    """What a simulated processor adds: crashes; channels with endpoints; clients."""
-    details: dict[str, Any] = {}
-    try:
-        crashes = supervisor.crashes(dev)
-        details["crashes"] = crashes._asdict()
-    except RprocControlError:
-        pass  # gone meanwhile, or a processor that does not count crashes
-    if served is not None:
-        details["links"] = [to_json(link) for link in served.links]
-        details["clients"] = [to_json(client) for client in served.clients]
-        return details
-    try:
-        details["channels"] = [c._asdict() for c in supervisor.channels(dev)]
-    except RprocControlError:
-        pass  # this processor cannot list its channels
-    return details
-
-
-def _print_ls(listing: list[dict[str, Any]]) -> None:
-    rows = [("NAME", "DEVICE", "STATE", "RECOVERY", "COREDUMP", "FIRMWARE")]
-    rows += [(p["name"], p["dev"], p["state"], p["recovery"], p["coredump"], p["firmware"])
-             for p in listing]
-    for item, line in zip([None, *listing], table(rows), strict=True):
-        out(line)
-        if item is not None:
-            for detail in _detail_lines(item):
-                out(detail)
-
-
-def _detail_lines(item: dict[str, Any]) -> list[str]:
-    lines = []
-    crashes = item.get("crashes")
-    if crashes and crashes["total"]:
-        lines.append(f"    crashes: {crashes['total']}, last: {crashes['last']}")
-        if crashes["recovery_stopped"]:
-            lines.append(f"    automatic recovery stopped: {crashes['recovery_stopped']}")
-    for channel in item.get("channels", []):
-        local = ("no local endpoint open" if channel["src"] == RPMSG_ADDR_ANY
-                 else f"local endpoint 0x{channel['src']:x}")
-        lines.append(f"    channel {channel['name']}: remote endpoint 0x{channel['dst']:x}, "
-                     f"{local}")
-    clients = {c["id"]: c for c in item.get("clients", [])}
-    for link in item.get("links", []):
-        lines += _link_lines(link, clients)
-    for client in clients.values():
-        lines.append(f"    client {client['id']}: {client['user']} (uid {client['uid']}) pid "
-                     f"{client['pid']}, {client['endpoints']} endpoint(s)"
-                     f"{', watching' if client['watch'] else ''}; {client['queued']} queued, "
-                     f"{client['dropped']} dropped, {client['refused']} refused")
-    return lines
-
-
-def _link_lines(link: dict[str, Any], clients: dict[int, dict[str, Any]]) -> list[str]:
-    def who(cid: int) -> str:
-        client = clients.get(cid)
-        return f"client {cid}" + (f" ({client['user']} pid {client['pid']})" if client else "")
-
-    lines = []
-    prefix = f"link {link['index']} " if link["index"] else ""
-    for c in link["channels"]:
-        lines.append(f"    {prefix}channel {c['name']}: remote endpoint 0x{c['dst']:x}; "
-                     f"{c['to_processor']} messages to the processor, {c['from_processor']} "
-                     f"from it, {c['dropped']} dropped, {c['refused']} refused")
-        for ep in c["endpoints"]:
-            lines.append(f"      endpoint 0x{ep['addr']:x}: {who(ep['client'])}, "
-                         f"{'+'.join(ep['rights'])}; {ep['sent']} sent, {ep['received']} "
-                         "received")
-        if c["watchers"]:
-            lines.append(f"      watched by {', '.join(who(w) for w in c['watchers'])}")
-    return lines
+def _sim_target(args: argparse.Namespace) -> tuple[SupervisorClient, str, str]:
+    rproc, target = _processor(args)
+    if target.supervisor is None:
+        raise CommandError("attach and detach work on simulated processors only")
+    return target.supervisor, rproc.dev, rproc.label
 
 
 # -- boot, stop, state ------------------------------------------------------------------
@@ -241,6 +160,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     """amplink boot FIRMWARE [--name NAME]."""
     root = _sysfs_root(args)
     if root is not None and not is_simulator_tree(root):
+        if args.rtkit:
+            raise CommandError("--rtkit boots a simulated co-processor: drop --sysfs")
         return _boot_tree(args)
     firmware = _firmware_spec(args.firmware)
     try:
@@ -265,7 +186,7 @@ def _add_processor(args: argparse.Namespace, firmware: str) -> tuple[SupervisorC
     target = _target(args, start=True)
     if target.supervisor is None:
         raise CommandError(f"no supervisor serves {target.where}")
-    dev, name = target.supervisor.add(firmware, args.name)
+    dev, name = target.supervisor.add(firmware, args.name, "rtkit" if args.rtkit else None)
     return target.supervisor, dev, name
 
 
@@ -337,6 +258,21 @@ def cmd_crash(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crashlog(args: argparse.Namespace) -> int:
+    """amplink crashlog NAME."""
+    rproc, target = _processor(args)
+    if target.supervisor is None:
+        raise CommandError(f"{rproc.label}: crashlogs are kept for simulated RTKit "
+                           "co-processors (`amplink boot --rtkit`), not in a remoteproc tree")
+    report = target.supervisor.crashlog(rproc.dev)
+    if report:
+        sys.stdout.write(report)
+        sys.stdout.flush()
+    else:
+        out(f"{rproc.label} has not crashed")
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     """amplink trace NAME [-f]."""
     rproc, _ = _processor(args)
@@ -372,22 +308,21 @@ def _target_options() -> argparse.ArgumentParser:
     parent.add_argument("--debugfs", metavar="ROOT", default=None,
                         help=f"its debugfs directory (default: ${ENV_DEBUGFS}; {DEBUG_ROOT} "
                              f"with --sysfs {CLASS_ROOT})")
+    parent.add_argument("--dev", metavar="ROOT", default=None,
+                        help=f"with --sysfs: the directory of its device nodes (remoteprocN, "
+                             f"rpmsg_ctrlN, rpmsgN; default: ${ENV_DEV}, else {DEV_ROOT})")
     return parent
 
 
 def register(sub: Any) -> None:
-    """Add ls, boot, stop, state, recovery, coredump, trace and crash to ``sub``."""
+    """Add boot, stop, state, recovery, coredump, trace, crash, crashlog, attach and detach
+    to ``sub``."""
     target = _target_options()
 
     def add(name: str, func: Any, help_: str, description: str) -> argparse.ArgumentParser:
         return add_command(sub, name, func, parents=[target], help=help_,
                            description=description)
 
-    p = add("ls", cmd_ls, "list remote processors",
-            "List the remote processors with their state, recovery and coredump settings "
-            "and firmware; for the service's (simulated) ones also their rpmsg channels "
-            "with the clients' endpoints, and the connected clients.")
-    p.add_argument("--json", action="store_true", help="print the listing as JSON")
     p = add("boot", cmd_boot, "boot firmware on a processor that outlives this command",
             "Simulator: create a processor (started by a supervisor process that lives "
             "until the last processor is stopped) and boot FIRMWARE on it. FIRMWARE is a "
@@ -399,8 +334,11 @@ def register(sub: Any) -> None:
     p.add_argument("firmware", metavar="FIRMWARE",
                    help="e.g. amplink.firmware.examples.echo, or fw.elf with --sysfs")
     p.add_argument("--name", default=None,
-                   help="the processor's name (default: the first free simN; with --sysfs "
-                        "the only processor)")
+                   help="the processor's name (default: the first free simN, or rtkitN; "
+                        "with --sysfs the only processor)")
+    p.add_argument("--rtkit", action="store_true",
+                   help="FIRMWARE is Apple RTKit firmware (amplink.firmware.rtkit): boot a "
+                        "simulated RTKit co-processor behind a mailbox")
     for name, func, help_, description in (
             ("stop", cmd_stop, "stop a processor",
              "Stop processor NAME. A simulated one is also removed (a crashed one too); the "
@@ -411,6 +349,19 @@ def register(sub: Any) -> None:
              "attached, detached or deleted."),
     ):
         add(name, func, help_, description).add_argument("name", metavar="NAME", help=NAME_HELP)
+    p = add("attach", cmd_attach, "attach a new shared buffer to a simulated processor",
+            "Allocate a buffer of SIZE bytes in the supervisor and attach it to simulated "
+            "processor NAME through its IOMMU: its firmware sees it at the device address "
+            "printed (amplink.firmware.dma). `amplink ls` lists the attached buffers.")
+    p.add_argument("name", metavar="NAME", help=NAME_HELP)
+    p.add_argument("size", metavar="SIZE", type=_size, help="bytes (suffixes K, M, G)")
+    p.add_argument("--access", choices=sorted(ACCESS_NAMES), default="rw",
+                   help="what the firmware may do with it (default rw)")
+    p = add("detach", cmd_detach, "detach a buffer that amplink attach made",
+            "Detach buffer ID from simulated processor NAME (its firmware's mapping goes) "
+            "and free it.")
+    p.add_argument("name", metavar="NAME", help=NAME_HELP)
+    p.add_argument("id", metavar="ID", type=int, help="the buffer's id (see amplink ls)")
     p = add("recovery", cmd_recovery, "show or set crash recovery",
             "Print whether processor NAME recovers from crashes; enabled/disabled set it "
             "(enabling recovers a crashed processor); recover recovers a crashed one now.")
@@ -429,6 +380,11 @@ def register(sub: Any) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new text")
     p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S",
                    help="with -f: poll every S seconds (default 0.5)")
+    p = add("crashlog", cmd_crashlog, "print an RTKit co-processor's last crashlog",
+            "Print the report of the last crash of simulated RTKit co-processor NAME: the "
+            "crashlog it wrote (messages, version, time, mailbox history, registers), "
+            "parsed, with any problem the host found in it.")
+    p.add_argument("name", metavar="NAME", help=NAME_HELP)
     p = add("crash", cmd_crash, "inject a crash",
             "Report a crash of running processor NAME (debugfs crash: root only on real "
             "hardware). With recovery enabled it is restarted; else it stays crashed.")

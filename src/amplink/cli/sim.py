@@ -163,42 +163,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- run ----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     proc = _processor(args)
-    proc.start()
+    proc.start()  # a firmware that fails to start is one line from main()
     interrupted = firmware_exited = False
     why: LinkDown | None = None
     try:
-        link = proc.link
-        pid = proc.process.pid if proc.process is not None else "?"
-        out(f"{proc.name}: firmware {args.firmware} is up ({_mode(args.poll)} mode, "
-            f"pid {pid}); Ctrl-C stops it")
-
-        def snapshot() -> set[tuple[str, int]]:
-            return {(c.name, c.dst) for c in link.channels()}
-
-        try:
-            link.run(timeout=args.settle)  # let the first announcements arrive
-            known = snapshot()
-            out("channels:")
-            for line in _channel_lines(link):
-                out(line)
-
-            def changed() -> bool:
-                return snapshot() != known
-
-            while True:
-                link.run(until=changed, timeout=0.5)
-                now = snapshot()
-                for name, dst in sorted(now - known):
-                    out(f"+ {name}  remote address 0x{dst:x}")
-                for name, dst in sorted(known - now):
-                    out(f"- {name}  remote address 0x{dst:x} (removed by the firmware)")
-                known = now
-        except KeyboardInterrupt:
-            interrupted = True
-            out(f"\n{proc.name}: stopping")
-        except LinkDown as exc:
-            firmware_exited = True
-            why = exc
+        # Ctrl-C may come from the moment the "is up" line is out: all of it is in the try
+        _watch(args, proc)
+    except KeyboardInterrupt:
+        interrupted = True
+        out(f"\n{proc.name}: stopping")
+    except LinkDown as exc:
+        firmware_exited = True
+        why = exc
     finally:
         code = proc.stop()
     if firmware_exited:
@@ -208,6 +184,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     out(f"{proc.name}: stopped (firmware exit status {code})")
     return EXIT_INTERRUPTED if interrupted else 0
+
+
+def _watch(args: argparse.Namespace, proc: SimProcessor) -> None:
+    """Print the firmware's channels, then each change, until Ctrl-C or link down."""
+    link = proc.link
+    pid = proc.process.pid if proc.process is not None else "?"
+    out(f"{proc.name}: firmware {args.firmware} is up ({_mode(args.poll)} mode, "
+        f"pid {pid}); Ctrl-C stops it")
+
+    def snapshot() -> set[tuple[str, int]]:
+        return {(c.name, c.dst) for c in link.channels()}
+
+    link.run(timeout=args.settle)  # let the first announcements arrive
+    known = snapshot()
+    out("channels:")
+    for line in _channel_lines(link):
+        out(line)
+
+    def changed() -> bool:
+        return snapshot() != known
+
+    while True:
+        link.run(until=changed, timeout=0.5)
+        now = snapshot()
+        for name, dst in sorted(now - known):
+            out(f"+ {name}  remote address 0x{dst:x}")
+        for name, dst in sorted(known - now):
+            out(f"- {name}  remote address 0x{dst:x} (removed by the firmware)")
+        known = now
 
 
 def _add_firmware_options(p: argparse.ArgumentParser) -> None:

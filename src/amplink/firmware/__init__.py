@@ -20,8 +20,10 @@ without one it gets a single rpmsg vdev)::
     ])
 
 Once connected, the firmware reaches its processor through :func:`trace` (write the
-RSC_TRACE log), :func:`carveout` (its memory by name), :func:`feed_watchdog` and
-:func:`serve` (keep the host's watchdog fed) and :func:`report_fatal`.
+RSC_TRACE log), :func:`carveout` (its memory by name), :func:`dma` (the host's buffers
+attached to it, by device address), :func:`buffers` (all of them, for a
+:class:`~amplink.handover.BufferChannel`), :func:`feed_watchdog` and :func:`serve` (keep
+the host's watchdog fed) and :func:`report_fatal`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from typing import NoReturn
 
 from .._args import str_arg
 from ..errors import RemoteProtocolError
+from ..handover.mapped import DeviceBuffers
 from ..link.runtime import Link
+from ..memory.access import Access
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell
 from ..platforms import sim_abi as L
@@ -46,8 +50,8 @@ from ..virtio.vdev import VIRTIO_ID_RPMSG, VdevControl, VdevEntry
 from .device import Device, TraceWriter, fatal_message
 
 __all__ = [
-    "Device", "TraceWriter", "carveout", "connect", "device", "feed_watchdog", "report_failure",
-    "report_fatal", "serve", "trace",
+    "Device", "DeviceBuffers", "TraceWriter", "buffers", "carveout", "connect", "device", "dma",
+    "feed_watchdog", "report_failure", "report_fatal", "serve", "trace",
 ]
 
 DRIVER_OK_TIMEOUT = 20.0
@@ -139,6 +143,22 @@ def trace(text: str) -> None:
 def carveout(name: str) -> memoryview:
     """A writable view of the carveout called ``name`` in the resource table."""
     return device().carveout(name)
+
+
+def buffers() -> DeviceBuffers:
+    """The host's buffers attached to this processor (RuntimeError if the host passed no
+    buffer socket)."""
+    dev = device()
+    if dev.buffers is None:
+        raise RuntimeError("the host attached no buffer socket (AMPLINK_BUFFERS_FD)")
+    return dev.buffers
+
+
+def dma(da: int, length: int, access: Access | int = Access.READ) -> memoryview:
+    """A view of ``length`` bytes at device address ``da`` of an attached buffer, for
+    ``access`` (read-only unless it writes). Outside what the host attached (or against its
+    direction) it is an :class:`~amplink.memory.IommuFault`, which the host sees too."""
+    return buffers().dma(da, length, access)
 
 
 def feed_watchdog() -> None:

@@ -18,6 +18,7 @@ import inspect
 import logging
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
 
 from ..errors import EndpointClosed, LinkDown
@@ -49,13 +50,30 @@ def load_entry(spec: str):
     return entry
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def usage(argv: list[str], doc: str) -> int | None:
+    """The exit status after printing ``doc`` if ``argv`` is empty or asks for help, else
+    None; also sets up the firmware's logging (its level from the host's AMPLINK_LOG)."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(doc)
         return 0 if argv else 2
     logging.basicConfig(level=os.environ.get(L.ENV_LOG, "WARNING"),
                         format="firmware %(levelname)s %(name)s: %(message)s")
+    return None
+
+
+def call_entry(entry: Callable[..., object], target: object, args: list[str]) -> None:
+    """``entry(target, args)`` if the entry takes a second parameter, else ``entry(target)``."""
+    if len(inspect.signature(entry).parameters) >= 2:
+        entry(target, args)
+    else:
+        entry(target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    status = usage(argv, __doc__ or "")
+    if status is not None:
+        return status
     if argv[0] == "--resource-table":
         if len(argv) != 2:
             print("usage: python -m amplink.firmware --resource-table SPEC", file=sys.stderr)
@@ -67,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - reported to the host in one line
         return _failed(exc)
     try:
-        if len(inspect.signature(entry).parameters) >= 2:
-            entry(link, argv[1:])
-        else:
-            entry(link)
+        call_entry(entry, link, argv[1:])
     except (LinkDown, EndpointClosed):
         pass  # the host went away or closed the channel: a normal end for firmware
     except Exception as exc:  # noqa: BLE001 - reported to the host in one line

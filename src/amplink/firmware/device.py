@@ -13,6 +13,7 @@ import time
 from typing import NoReturn, Self
 
 from ..errors import AddressError, RemoteProtocolError
+from ..handover.mapped import DeviceBuffers
 from ..memory.region import SharedRegion
 from ..notify.waiter import wait_readable
 from ..platforms import sim_abi as L
@@ -73,8 +74,11 @@ class Device:
     """The firmware's processor: its memory, processed resource table and lifeline."""
 
     def __init__(self, region: SharedRegion, table: ResourceTable, table_offset: int,
-                 lifeline: socket.socket, watchdog: float | None) -> None:
+                 lifeline: socket.socket, watchdog: float | None,
+                 buffers: DeviceBuffers | None = None) -> None:
         self.region = region
+        #: the host's buffers attached to this processor (None: the host passed no socket)
+        self.buffers = buffers
         self.table = table
         self.table_offset = table_offset
         self.lifeline = lifeline
@@ -94,7 +98,10 @@ class Device:
             raise RemoteProtocolError(f"the host's resource table: {exc}") from None
         table = ResourceTable.parse(raw)
         lifeline = socket.socket(fileno=sim.lifeline_fd)
-        return cls(region, table, sim.table_offset, lifeline, sim.watchdog)
+        buffers = None
+        if sim.buffers_fd is not None:
+            buffers = DeviceBuffers(socket.socket(fileno=sim.buffers_fd), sim.name)
+        return cls(region, table, sim.table_offset, lifeline, sim.watchdog, buffers)
 
     # -- memory ------------------------------------------------------------------------------
     def _view(self, da: int, length: int, what: str) -> memoryview:
@@ -127,6 +134,8 @@ class Device:
         for writer in self._traces.values():
             writer.release()
         self._traces.clear()
+        if self.buffers is not None:
+            self.buffers.close()
         self.lifeline.close()
         try:
             self.region.close()

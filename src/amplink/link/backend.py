@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ..errors import LinkDown, NotSupported
 from ..notify.waiter import Waiter
@@ -66,6 +66,19 @@ class Capabilities:
     rx_buffers: int = 0
     #: the backend can tell when a send would not block (writable readiness)
     tx_ready: bool = True
+    #: the peer's channels are found by looking (the kernel's list of them), not
+    #: announced in band: see :meth:`Backend.discover_channels`
+    channel_discovery: bool = False
+
+
+class SeenChannel(NamedTuple):
+    """A channel of the peer as a discovering backend found it."""
+
+    name: str
+    #: the peer's address
+    dst: int
+    #: the local address already bound to it that a first opener takes (RPMSG_ADDR_ANY: none)
+    src: int
 
 
 class Backend(ABC):
@@ -88,6 +101,8 @@ class Backend(ABC):
     unconsumed_at_down: int = 0
     #: the link holds received buffers (zero copy): ``deliver`` must get views
     views_wanted: bool = False
+    #: set when local endpoints lost their carrier (see :meth:`take_lost_endpoints`)
+    endpoints_lost: bool = False
 
     # -- receiving ---------------------------------------------------------------------------
     @abstractmethod
@@ -146,6 +161,18 @@ class Backend(ABC):
 
     def close_endpoint(self, addr: int) -> None:  # noqa: B027 - optional, nothing by default
         """A local endpoint is gone (its messages are dropped from now on)."""
+
+    def take_lost_endpoints(self) -> list[tuple[int, LinkDown]]:
+        """Local endpoints whose carrier went away (a kernel removed its device) with why;
+        each is reported once, and :attr:`endpoints_lost` is cleared. The runtime closes
+        them: their blocked and later calls raise that error."""
+        return []
+
+    # -- channels ----------------------------------------------------------------------------
+    def discover_channels(self) -> list[SeenChannel]:
+        """The peer's channels now (backends with ``channel_discovery``): the runtime
+        compares them with what it knows, adds the new and removes the vanished ones."""
+        raise NotSupported(f"{type(self).__name__} learns channels from the name service")
 
     # -- notifications -----------------------------------------------------------------------
     @abstractmethod

@@ -13,6 +13,7 @@ Endpoints are the runtime's objects; the core reads and writes their ``addr``, `
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ from ..rpmsg.wire import (
     RPMSG_NS_DESTROY,
     NameServiceMessage,
 )
-from .backend import Capabilities
+from .backend import Capabilities, SeenChannel
 from .channel import RpmsgChannel, RpmsgDriver
 
 if TYPE_CHECKING:
@@ -203,6 +204,34 @@ class LinkCore:
         return []
 
     # -- channels and drivers ----------------------------------------------------------------
+    def sync_channels(self, seen: Iterable[SeenChannel]) -> list[Event]:
+        """The peer's channels as a discovering backend found them now: new ones are added
+        (and matched to drivers), vanished ones removed as if the peer had announced their
+        end; the local address of one without an endpoint follows what was seen."""
+        current = {(c.name, c.dst): c.src for c in seen}
+        events: list[Event] = []
+        for channel in list(self.channels):
+            key = (channel.name, channel.dst)
+            if channel.static:
+                continue
+            if key not in current:
+                events.append(self._unbind(channel,
+                                           f"channel {channel.name!r} was removed by the peer"))
+            elif channel.endpoint is None:
+                channel.src = current[key]
+        known = {(c.name, c.dst) for c in self.channels}
+        for (name, dst), src in current.items():
+            if (name, dst) in known:
+                continue
+            if len(self.channels) >= MAX_REMOTE_CHANNELS:
+                self._ns_error("channel %r refused: %d channels already", name,
+                               len(self.channels))
+                continue
+            channel = RpmsgChannel(name, dst, src=src)
+            self.channels.append(channel)
+            events += self._match(channel)
+        return events
+
     def find_channels(self, name: str) -> list[RpmsgChannel]:
         return [c for c in self.channels if c.name == name and not c.removed]
 

@@ -65,6 +65,7 @@ class Endpoint:
         self._dispatcher: int | None = None  # the thread running its callback, if any
         self._closed_reason: str | None = None
         self._link_lost = False
+        self._closed_errno: int | None = None  # the kernel's answer, when one closed it
         self._discarded = False  # closed by its user: what it still has is dropped
         self.messages_sent = 0
         self.messages_received = 0
@@ -101,7 +102,9 @@ class Endpoint:
         """Why this closed endpoint cannot be used: the peer went away (LinkDown), or this
         side closed it (EndpointClosed)."""
         what = f"endpoint 0x{self.addr:x}: {self._closed_reason}"
-        return LinkDown(what) if self._link_lost else EndpointClosed(what)
+        if not self._link_lost:
+            return EndpointClosed(what)
+        return LinkDown(what) if self._closed_errno is None else LinkDown(self._closed_errno, what)
 
     def _dst(self) -> int:
         if self.dst == RPMSG_ADDR_ANY:
@@ -289,12 +292,14 @@ class Endpoint:
         self._check_open()
         await self._link.async_send_message(self, self.addr, dst, data, timeout)
 
-    def _mark_closed(self, reason: str, *, link_lost: bool = False) -> None:
+    def _mark_closed(self, reason: str, *, link_lost: bool = False,
+                     err: int | None = None) -> None:
         """Record that the endpoint is closed (link lock held; the link empties its queue
-        or keeps it readable)."""
+        or keeps it readable); ``err`` is the kernel's errno when its carrier went away."""
         if self._closed_reason is None:
             self._closed_reason = reason
             self._link_lost = link_lost
+            self._closed_errno = err
 
     # -- lifetime --
     def close(self) -> None:

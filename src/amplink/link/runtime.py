@@ -152,7 +152,7 @@ class Link:
             if poller is not None and poller != threading.get_ident():
                 backend.waiter.wake()
         if backend.down is not None:
-            raise LinkDown(str(backend.down))
+            raise backend.down.again()
 
     def _rx_blocked(self, tx: bool) -> bool:
         """Receiving is paused: zero-copy endpoints hold too many buffers."""
@@ -229,6 +229,7 @@ class Link:
             announcement = None
             if self.backend.down is None and not self._closed and announce_timeout > 0:
                 announcement = self.core.announcement(ep, destroy=True)
+        self._wait.wake_all()  # its blocked calls (a callback's send among them) end now
         self._wait_callback_done(ep)
         if announcement is not None:
             try:
@@ -238,16 +239,16 @@ class Link:
         self._wait.wake_all()
 
     def _forget(self, ep: Endpoint, reason: str, *, lost: bool = False,
-                drop: bool = False) -> bool:
+                drop: bool = False, err: int | None = None) -> bool:
         """Take ``ep`` out of the link and close it (lock held); False if it was out."""
         present = self.core.remove_endpoint(ep)
-        self._close_endpoint(ep, reason, lost=lost, drop=drop)
+        self._close_endpoint(ep, reason, lost=lost, drop=drop, err=err)
         if present and not self._closed:
             self.backend.close_endpoint(ep.addr)
         return present
 
     def _close_endpoint(self, ep: Endpoint, reason: str, *, lost: bool = False,
-                        drop: bool = False) -> None:
+                        drop: bool = False, err: int | None = None) -> None:
         """Mark ``ep`` closed (lock held). With ``drop`` (its user closed it) what it
         queued is dropped and counted; else it stays readable, copied out of the peer's
         buffers, which go back now."""
@@ -266,7 +267,7 @@ class Link:
             for i, (item, src) in enumerate(queue):
                 if isinstance(item, HeldMessage):
                     queue[i] = (self._copy_out(item), src)
-        ep._mark_closed(reason, link_lost=lost)
+        ep._mark_closed(reason, link_lost=lost, err=err)
 
     def _wait_callback_done(self, ep: Endpoint) -> None:
         """Wait until no thread but this one runs ``ep``'s callback."""
@@ -282,7 +283,16 @@ class Link:
 
     # -- channels and drivers ----------------------------------------------------------------
     def channels(self) -> list[RpmsgChannel]:
+        """The peer's channels (looked up anew on a backend that discovers them)."""
+        if self.capabilities.channel_discovery:
+            with self._lock:
+                self._check_usable()
+                self._discover_channels()
         return list(self.core.channels)
+
+    def _discover_channels(self) -> None:
+        """Bring the channels up to date with what the backend sees (lock held)."""
+        self._events(self.core.sync_channels(self.backend.discover_channels()))
 
     def register_driver(self, driver: RpmsgDriver) -> None:
         """Register ``driver`` and probe it (in this thread) on every matching channel
@@ -337,7 +347,11 @@ class Link:
         check_name(name)
         found: list[RpmsgChannel] = []
 
+        discovery = self.capabilities.channel_discovery
+
         def ready() -> bool:
+            if discovery:  # looked up at each wake-up (the safety net's period at least)
+                self._discover_channels()
             found[:] = self.core.find_channels(name)
             return bool(found)
 
@@ -445,6 +459,8 @@ class Link:
         condition and timeout even while a peer floods; the rest comes on the next pass."""
         if self._returns:
             self._process_returns()
+        if self.backend.endpoints_lost:
+            self._close_lost()
         receive = self.backend.receive
         deliver = self._deliver
         before = self.messages_received
@@ -462,6 +478,15 @@ class Link:
             self._wait.tell()
         return total
 
+    def _close_lost(self) -> None:
+        """Close the endpoints whose carrier the backend lost (lock held); what they
+        received before stays readable."""
+        for addr, error in self.backend.take_lost_endpoints():
+            ep = self.core.endpoints.get(addr)
+            if ep is not None:
+                self._forget(ep, error.strerror or str(error), lost=True, err=error.errno)
+        self._wait.tell()
+
     def _settle(self, ready: Callable[[], bool], tx: bool) -> bool:
         """One look (lock held): drain, then True if ``ready()``; raise if it cannot be.
 
@@ -476,7 +501,7 @@ class Link:
             raise self._closed_error()
         broken = self.backend.broken(tx=tx)
         if broken is not None:
-            raise LinkDown(str(broken))
+            raise broken.again()
         return False
 
     def wait_until(self, ready: Callable[[], bool], timeout: float | None, *, tx: bool) -> bool:
@@ -580,7 +605,7 @@ class Link:
             if self._closed:
                 raise self._closed_error()
             if backend.down is not None:
-                raise LinkDown(str(backend.down))
+                raise backend.down.again()
             if backend.try_send(src, dst, data):
                 self.messages_sent += 1  # _count_sent inline: the hot path
                 if ep is not None:
@@ -588,7 +613,13 @@ class Link:
                 return
         if timeout == 0:
             raise NoBufferAvailable()
-        if not self.wait_until(lambda: backend.try_send(src, dst, data), timeout, tx=True):
+
+        def sent() -> bool:
+            if ep is not None and ep._closed_reason is not None:
+                raise ep._closed_error()  # closed while it waited: no use waiting on
+            return backend.try_send(src, dst, data)
+
+        if not self.wait_until(sent, timeout, tx=True):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         self._count_sent(ep)
 
@@ -598,8 +629,13 @@ class Link:
         data = payload_arg(data)
         self._check_send(src, dst, data)
         backend = self.backend
-        ok = await self.async_wait_until(lambda: backend.try_send(src, dst, data),
-                                         timeout_arg(timeout), tx=True)
+
+        def sent() -> bool:
+            if ep._closed_reason is not None:
+                raise ep._closed_error()
+            return backend.try_send(src, dst, data)
+
+        ok = await self.async_wait_until(sent, timeout_arg(timeout), tx=True)
         if not ok:
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         self._count_sent(ep)
@@ -631,10 +667,13 @@ class Link:
                                "not block")
 
     # -- zero copy ---------------------------------------------------------------------------
-    def _loan_ready(self, got: list[tuple[Any, memoryview]]) -> Callable[[], bool]:
+    def _loan_ready(self, ep: Endpoint,
+                    got: list[tuple[Any, memoryview]]) -> Callable[[], bool]:
         backend = self.backend
 
         def ready() -> bool:
+            if ep._closed_reason is not None:
+                raise ep._closed_error()
             slot = backend.loan()
             if slot is None:
                 return False
@@ -655,21 +694,21 @@ class Link:
             if self._closed:
                 raise self._closed_error()
             if self.backend.down is not None:
-                raise LinkDown(str(self.backend.down))
+                raise self.backend.down.again()
             slot = self.backend.loan()
         if slot is not None:
             return self._lend(ep, *slot)
         if timeout == 0:
             raise NoBufferAvailable()
         got: list[tuple[Any, memoryview]] = []
-        if not self.wait_until(self._loan_ready(got), timeout, tx=True):
+        if not self.wait_until(self._loan_ready(ep, got), timeout, tx=True):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         return self._lend(ep, *got[0])
 
     async def aloan(self, ep: Endpoint, timeout: float | None) -> TxLoan:
         self._check_loan()
         got: list[tuple[Any, memoryview]] = []
-        if not await self.async_wait_until(self._loan_ready(got), timeout, tx=True):
+        if not await self.async_wait_until(self._loan_ready(ep, got), timeout, tx=True):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         return self._lend(ep, *got[0])
 
@@ -688,7 +727,7 @@ class Link:
                 raise ep._closed_error()
             if backend.down is not None:
                 backend.drop_loan(handle)
-                raise LinkDown(str(backend.down))
+                raise backend.down.again()
             backend.send_loan(handle, ep.addr, dst, length)
             self._count_sent(ep)
 

@@ -147,6 +147,11 @@ class BufferTable:
         with self._lock:
             return [id for id, e in self._entries.items() if e.holder == peer]
 
+    def ids(self) -> list[int]:
+        """Every id in the table."""
+        with self._lock:
+            return list(self._entries)
+
     def remove(self, id: int) -> SharedBuffer:
         """Take buffer ``id`` out of the table (it must be held locally); returns it."""
         with self._lock:
@@ -190,20 +195,17 @@ class BufferTable:
         are checked, so nothing wraps). Else a counted :class:`PeerBufferError`."""
         with self._lock:
             entry = self._peer_entry(peer, ref.id, releasing=False)
-            size = entry.buffer.size
-            if (type(ref.offset) is not int or type(ref.length) is not int or ref.offset < 0
-                    or ref.length < 0 or ref.offset > size or ref.length > size - ref.offset):
-                raise self._fault(BufferFaultReason.OUT_OF_RANGE, peer,
-                                  f"{ref.offset!r}+{ref.length!r} in buffer {ref.id} of "
-                                  f"0x{size:x} bytes")
+            self._check_range(entry, peer, ref)
             return BufferSlice(entry.buffer, ref.offset, ref.length)
 
-    def release(self, peer: str, id: int) -> SharedBuffer:
-        """``peer`` is done with buffer ``id``: it comes back to the CPU. Refused, as a
-        counted :class:`PeerBufferError`, for an unknown id, a buffer the peer does not
-        hold, or one it released already."""
+    def release(self, peer: str, id: int, offset: int = 0, length: int = 0) -> SharedBuffer:
+        """``peer`` is done with buffer ``id``: it comes back to the CPU. ``offset`` and
+        ``length`` (a result range the peer names) must lie inside the buffer. Refused, as
+        a counted :class:`PeerBufferError`, for an unknown id, a buffer the peer does not
+        hold, one it released already, or a range outside it; the table is unchanged."""
         with self._lock:
             entry = self._peer_entry(peer, id, releasing=True)
+            self._check_range(entry, peer, BufferRef(id, offset, length))
             entry.buffer.to_cpu()
             entry.holder = LOCAL
             entry.last_holder = peer
@@ -257,6 +259,14 @@ class BufferTable:
                       else BufferFaultReason.NOT_HELD)
             raise self._fault(reason, peer, f"buffer {id} ({entry.buffer.name!r})")
         return entry
+
+    def _check_range(self, entry: _Entry, peer: str, ref: BufferRef) -> None:
+        size = entry.buffer.size
+        if (type(ref.offset) is not int or type(ref.length) is not int or ref.offset < 0
+                or ref.length < 0 or ref.offset > size or ref.length > size - ref.offset):
+            raise self._fault(BufferFaultReason.OUT_OF_RANGE, peer,
+                              f"{ref.offset!r}+{ref.length!r} in buffer {ref.id} of "
+                              f"0x{size:x} bytes")
 
     def _fault(self, reason: BufferFaultReason, peer: str, what: str) -> PeerBufferError:
         self._faults[reason.name] += 1

@@ -46,6 +46,37 @@ is gone (or stops the processor): the firmware must exit. Firmware -> host, byte
 
 Other bytes are ignored. The process exiting (or the lifeline closing) while the
 processor is running is a crash too.
+
+Shared buffers (``AMPLINK_BUFFERS_FD``, optional): an AF_UNIX ``SOCK_SEQPACKET`` socket
+through which the host attaches buffers to the processor, as its IOMMU maps them. The
+firmware sees only what is attached, at the device address given, and nothing else of
+the host's memory. Every message is one :data:`ATTACH_MSG` struct, little-endian,
+packed (40 bytes)::
+
+    struct amplink_attach_msg {
+        char     magic[4];  /* "AMAT" */
+        uint8_t  version;   /* 1 */
+        uint8_t  op;        /* ATTACH_OP_* */
+        uint8_t  access;    /* the device may: 1 read, 2 write, 3 both */
+        uint8_t  status;    /* ACK: 0 or an errno; else 0 */
+        uint32_t id;        /* the attachment's id (hand-over references name it) */
+        uint32_t seq;       /* the host's request number, echoed by the ACK */
+        uint64_t da;        /* device address of the first attached byte */
+        uint64_t offset;    /* ATTACH: where the bytes start in the fd */
+        uint64_t length;    /* bytes attached (da .. da + length - 1) */
+    };
+
+Host -> firmware: ``ATTACH`` (1) carries exactly one fd by ``SCM_RIGHTS``: map
+``[offset, offset + length)`` of it (shared, read-only unless ``access`` has write) and
+make it reachable at ``da``; ``DETACH`` (2, no fd): forget attachment ``id`` and unmap
+it. The firmware answers each with ``ACK`` (3), the same ``id`` and ``seq`` and a
+``status`` (0, or an errno such as EINVAL for an fd it cannot map); the host's attach
+and detach return once the ACK came. Firmware -> host, unasked: ``FAULT`` (4) with the
+``da``, ``length`` and ``access`` of an access the firmware made outside what is
+attached (it is not performed); the host's IOMMU records it as a fault (counted, an
+``mmufault`` event, a crash if the processor's policy says so). The socket closing
+means the host is gone (the lifeline says it too). Python firmware gets all of this
+from :func:`amplink.firmware.dma`; C firmware from ``amplink_buffers.h``.
 """
 
 from __future__ import annotations
@@ -69,6 +100,17 @@ ENV_WATCHDOG_MS = "AMPLINK_WATCHDOG_MS"  # heartbeat period the host expects (ab
 ENV_VDEV_KICK_RX_FD = "AMPLINK_VDEV{index}_KICK_RX_FD"  # per rpmsg vdev (format with index)
 ENV_VDEV_KICK_TX_FD = "AMPLINK_VDEV{index}_KICK_TX_FD"
 ENV_LOG = "AMPLINK_LOG"                # log level of Python firmware (e.g. "DEBUG")
+ENV_BUFFERS_FD = "AMPLINK_BUFFERS_FD"  # socket: buffers attached and detached (optional)
+
+# The buffer socket (see the module docstring).
+ATTACH_MAGIC = b"AMAT"
+ATTACH_VERSION = 1
+ATTACH_MSG = "<4sBBBBIIQQQ"  # magic, version, op, access, status, id, seq, da, offset, length
+ATTACH_MSG_SIZE = 40
+ATTACH_OP_ATTACH = 1
+ATTACH_OP_DETACH = 2
+ATTACH_OP_ACK = 3
+ATTACH_OP_FAULT = 4
 
 # The lifeline protocol, firmware -> host.
 LIFELINE_READY = b"R"
@@ -111,6 +153,7 @@ class SimEnv:
     poll_mode: bool = False
     spin: float = 0.0
     watchdog: float | None = None
+    buffers_fd: int | None = None
 
     def to_env(self) -> dict[str, str]:
         """The variables to add to the child's environment."""
@@ -122,6 +165,8 @@ class SimEnv:
             ENV_NAME: self.name, ENV_SPIN_US: str(round(self.spin * 1e6)),
             ENV_WATCHDOG_MS: str(round(self.watchdog * 1000) if self.watchdog else 0),
         }
+        if self.buffers_fd is not None:
+            env[ENV_BUFFERS_FD] = str(self.buffers_fd)
         for i, (rx_fd, tx_fd) in enumerate(self.kicks):
             env[ENV_VDEV_KICK_RX_FD.format(index=i)] = str(rx_fd)
             env[ENV_VDEV_KICK_TX_FD.format(index=i)] = str(tx_fd)
@@ -165,6 +210,7 @@ class SimEnv:
             name=env.get(ENV_NAME, "firmware"), poll_mode=poll == "1",
             spin=number(ENV_SPIN_US, default=0) / 1e6,
             watchdog=watchdog_ms / 1000 if watchdog_ms else None,
+            buffers_fd=number(ENV_BUFFERS_FD) if env.get(ENV_BUFFERS_FD) else None,
         )
 
     def kick_fds(self, vdev: int) -> tuple[int, int]:

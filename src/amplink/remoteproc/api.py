@@ -33,7 +33,8 @@ class CrashReason(enum.StrEnum):
 class RprocEvent:
     """Delivered to subscribers: a state change, a crash, a recovery, a coredump."""
 
-    kind: str  # "state", "crash", "recovered", "coredump", "error" (a failed recovery/dump)
+    kind: str  # "state", "crash", "recovered", "coredump", "error" (a failed recovery/dump),
+    #            "mmufault" (the firmware touched memory not attached to it)
     state: RprocState
     detail: str = ""
 

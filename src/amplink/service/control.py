@@ -4,9 +4,10 @@ The control protocol (:mod:`amplink.platforms.linux.protocol`: JSON lines) mirro
 kernel's remoteproc files; this module answers its operations on the
 :class:`~.model.RemoteprocModel` and decides, from the client's credentials, whether it
 may: reading needs the processor to be visible to it, changing state the matching
-action of the policy (``boot``, ``stop``, ``crash``, ``configure``), creating a
-processor also firmware the policy lets that client load. A refusal is EACCES and is
-logged (the first :data:`LOGGED_DENIALS` per connection at WARNING).
+action of the policy (``boot``, ``stop``, ``crash``, ``configure``: recovery, coredump,
+attaching buffers), creating a processor also firmware the policy lets that client load.
+A refusal is EACCES and is logged (the first :data:`LOGGED_DENIALS` per connection at
+WARNING).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..platforms.linux import protocol
 from ..platforms.linux.attributes import DEVICE_NAME
 from ..platforms.linux.errors import RprocControlError, error_from_errno
+from ..platforms.sim import SimRemoteProc
 from ..remoteproc.api import RemoteProcessor
 from ..remoteproc.core import RemoteProc
 from .model import RemoteprocModel
@@ -30,6 +32,8 @@ from .policy import Peer, Policy
 log = logging.getLogger(__name__)
 
 PROCESSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+#: the kinds of processor ``add`` makes, and the default name of each (with a number)
+KINDS = {"sim": "sim", "rtkit": "rtkit"}
 MAX_FIRMWARE = 4096
 LOGGED_DENIALS = 10
 
@@ -40,6 +44,14 @@ class ReportsChannels(Protocol):
 
     def channels(self) -> list[tuple[str, int, int]]:
         """(name, local address, remote address) of each channel."""
+
+
+@runtime_checkable
+class ReportsCrashlog(Protocol):
+    """Optional: a processor that keeps its last crash report (an RTKit co-processor)."""
+
+    def crashlog(self) -> str:
+        """The report of the last crash ("" if it never crashed)."""
 
 
 class ControlConnection:
@@ -61,12 +73,21 @@ class Host(Protocol):
         """The model of the processors (while serving)."""
         ...
 
-    def add_processor(self, name: str, firmware: str) -> str:
-        """Make processor ``name`` running ``firmware`` (offline) and register it."""
+    def add_processor(self, name: str, firmware: str, kind: str) -> str:
+        """Make processor ``name`` of ``kind`` for ``firmware`` (offline) and register it."""
         ...
 
     def remove_processor(self, dev: str) -> None:
         """Shut ``dev`` down whatever its state and remove it."""
+        ...
+
+    def attach_buffer(self, dev: str, rproc: SimRemoteProc, size: int, access: int
+                      ) -> tuple[int, int]:
+        """A new buffer attached to ``rproc``: its id and device address."""
+        ...
+
+    def detach_buffer(self, dev: str, rproc: SimRemoteProc, att_id: int) -> None:
+        """Detach and free a buffer attach_buffer made."""
         ...
 
 
@@ -103,6 +124,8 @@ class ControlOps:
             "write": self._op_write, "debug_read": self._op_debug_read,
             "debug_write": self._op_debug_write, "add": self._op_add, "remove": self._op_remove,
             "channels": self._op_channels, "crashes": self._op_crashes,
+            "buffers": self._op_buffers, "attach": self._op_attach, "detach": self._op_detach,
+            "crashlog": self._op_crashlog,
             "dev_open": self._op_dev_open,
             "dev_write": self._op_dev_write, "dev_set_release": self._op_dev_set_release,
             "dev_get_release": self._op_dev_get_release,
@@ -214,12 +237,15 @@ class ControlOps:
         if not firmware or len(firmware) > MAX_FIRMWARE or "\n" in firmware or "\0" in firmware:
             raise _fail(errno.EINVAL, f"a firmware name is one non-empty line, "
                                       f"got {firmware[:80]!r}")
+        kind = protocol.field(m, "kind", str, optional=True) or "sim"
+        if kind not in KINDS:
+            raise _fail(errno.EINVAL, f"kind {kind[:40]!r}: expected one of {', '.join(KINDS)}")
         name = protocol.field(m, "name", str, optional=True)
         if name is None:
             index = 0
-            while self._m.find(f"sim{index}") is not None:
+            while self._m.find(f"{KINDS[kind]}{index}") is not None:
                 index += 1
-            name = f"sim{index}"
+            name = f"{KINDS[kind]}{index}"
         elif not PROCESSOR_NAME.fullmatch(name):
             raise _fail(errno.EINVAL, f"processor name {name[:40]!r}: use 1-32 letters, "
                                       "digits, '_', '.' or '-'")
@@ -229,7 +255,7 @@ class ControlOps:
         if self._m.find(name) is not None:
             raise _fail(errno.EEXIST, f"a processor called {name!r} exists already: stop it "
                                       f"first (`amplink stop {name}`) or choose another --name")
-        return {"dev": self.host.add_processor(name, firmware), "name": name}
+        return {"dev": self.host.add_processor(name, firmware, kind), "name": name}
 
     def _op_remove(self, c: ControlConnection, m: dict[str, Any]) -> None:
         dev = self._dev(m)
@@ -242,6 +268,36 @@ class ControlOps:
             raise _fail(errno.EOPNOTSUPP, f"{rproc.name} cannot list its channels")
         return {"channels": [{"name": n, "src": s, "dst": d} for n, s, d in rproc.channels()
                              if self.policy.channel_rights(c.peer, rproc.name, n)]}
+
+    def _sim(self, c: ControlConnection, dev: str, action: str | None = None) -> SimRemoteProc:
+        rproc = self._processor(c, dev, action)
+        if not isinstance(rproc, SimRemoteProc):
+            raise _fail(errno.EOPNOTSUPP, f"{rproc.name} has no simulated IOMMU")
+        return rproc
+
+    def _op_buffers(self, c: ControlConnection, m: dict[str, Any]) -> dict[str, Any]:
+        return {"buffers": [{"id": b.id, "name": b.name, "da": b.da, "length": b.length,
+                             "access": b.access, "holder": b.holder}
+                            for b in self._sim(c, self._dev(m)).attached()]}
+
+    def _op_attach(self, c: ControlConnection, m: dict[str, Any]) -> dict[str, Any]:
+        dev = self._dev(m)
+        rproc = self._sim(c, dev, "configure")
+        att_id, da = self.host.attach_buffer(dev, rproc, protocol.field(m, "size", int),
+                                             protocol.field(m, "access", int))
+        return {"id": att_id, "da": da}
+
+    def _op_detach(self, c: ControlConnection, m: dict[str, Any]) -> None:
+        dev = self._dev(m)
+        rproc = self._sim(c, dev, "configure")
+        self.host.detach_buffer(dev, rproc, protocol.field(m, "id", int))
+
+    def _op_crashlog(self, c: ControlConnection, m: dict[str, Any]) -> dict[str, Any]:
+        rproc = self._processor(c, self._dev(m))
+        if not isinstance(rproc, ReportsCrashlog):
+            raise _fail(errno.EOPNOTSUPP, f"{rproc.name} keeps no crashlog (only RTKit "
+                                          "co-processors do)")
+        return {"report": rproc.crashlog()}
 
     def _op_crashes(self, c: ControlConnection, m: dict[str, Any]) -> dict[str, Any]:
         rproc = self._processor(c, self._dev(m))

@@ -9,8 +9,9 @@ One I/O thread accepts clients, reads their frames and answers their requests (n
 which waits for a processor: attach, open, close and status are table operations), and
 writes what could not be written at once. Messages from processors reach clients from
 the links' own dispatcher threads (:mod:`.relay`), so no message waits for this thread
-on its way back. Any processor with a ``links`` attribute (a list of
-:class:`~amplink.link.Link`) is served: simulated and OpenAMP-profile ones today; the
+on its way back. Any processor with a ``links`` list of :class:`~amplink.link.Link`
+(simulated and OpenAMP-profile ones) or one ``link`` (a real kernel's ``/dev/rpmsg*``,
+:class:`~amplink.platforms.linux.LinuxRemoteProc`) is served, see :func:`links_of`; the
 service attaches to each link when it comes up (processor events, and a periodic look)
 and tells the clients when it goes down.
 
@@ -59,8 +60,10 @@ MAX_ENDPOINTS = 64
 MAX_LINKS = 16
 #: frames read from one client per turn (the others get theirs)
 READ_BATCH = 64
-#: how often the links' health is looked at without an event
+#: how often the links' health is looked at without an event, and how often processors
+#: without a served link are asked for one
 TICK = 0.1
+FULL_LOOK = 1.0
 STOP_TIMEOUT = 5.0
 _FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
 # plain ints: the flags are IntFlag members, whose operators are slow on the hot path
@@ -77,6 +80,21 @@ class ProcessorDirectory(Protocol):
     def entries(self) -> list[tuple[str, RemoteProcessor]]:
         """(remoteprocN, processor) of every processor, in device order."""
         ...
+
+
+def links_of(rproc: RemoteProcessor) -> list[Link]:
+    """The links a processor has now: its ``links`` (a simulated or OpenAMP-profile one),
+    else its one ``link`` if it has one (a real kernel's /dev/rpmsg*:
+    :attr:`~amplink.platforms.linux.LinuxRemoteProc.link`), else none."""
+    links = getattr(rproc, "links", None)
+    if links is not None:
+        return list(links)
+    if isinstance(getattr(type(rproc), "link", None), property):
+        try:
+            return [rproc.link]  # type: ignore[attr-defined]
+        except (AmplinkError, OSError):
+            return []  # not running, or no rpmsg device (yet)
+    return []
 
 
 class _Refusal(Exception):
@@ -176,7 +194,7 @@ class EndpointService:
 
     def _reconcile(self, rproc: RemoteProcessor, dev: str | None) -> None:
         """Serve the links ``rproc`` has up; tell the clients of the others."""
-        links: list[Link] = list(getattr(rproc, "links", ()))[:MAX_LINKS] if dev else []
+        links = links_of(rproc)[:MAX_LINKS] if dev else []
         for (owner, index), served in list(self._served.items()):
             if owner is not rproc:
                 continue
@@ -193,21 +211,27 @@ class EndpointService:
                 self._served[(rproc, index)] = served
                 log.info("%s: serving link %d to clients", rproc.name, index)
 
-    def _look(self) -> None:
-        """Reconcile the processors that changed, and the links that went down quietly."""
+    def _look(self, *, everyone: bool = False) -> None:
+        """Reconcile the processors that changed, the links that went down quietly and,
+        with ``everyone``, the processors not served (whose link may have come without
+        an event, as a kernel's rpmsg device does)."""
         with self._lock:
             dirty, self._dirty = self._dirty, set()
-        devs = {id(rproc): dev for dev, rproc in self.directory.entries()}
+        entries = self.directory.entries()
+        devs = {id(rproc): dev for dev, rproc in entries}
+        if everyone:
+            served = {id(rproc) for rproc, _ in self._served}
+            dirty |= {rproc for _, rproc in entries if id(rproc) not in served}
         for rproc in dirty:
             self._reconcile(rproc, devs.get(id(rproc)))
-        for (rproc, _), served in list(self._served.items()):
-            if served.down is not None or not served.link.is_up:
+        for (rproc, _), link in list(self._served.items()):
+            if link.down is not None or not link.link.is_up:
                 self._reconcile(rproc, devs.get(id(rproc)))
 
     # -- the I/O thread -----------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            next_look = 0.0
+            next_look = next_full_look = 0.0
             assert self._listener is not None
             listener, wake, sessions = self._listener.fileno(), self._wake_r, self._sessions
             while not self._stopping:
@@ -227,8 +251,11 @@ class EndpointService:
                     self._service_writers()
                 now = time.monotonic()
                 if self._dirty or now >= next_look:
-                    self._look()
+                    everyone = now >= next_full_look
+                    self._look(everyone=everyone)
                     next_look = now + TICK
+                    if everyone:
+                        next_full_look = now + FULL_LOOK
         except Exception:  # noqa: BLE001 - logged; the supervisor goes on without endpoints
             log.exception("the endpoint service failed")
         finally:
@@ -480,7 +507,7 @@ class EndpointService:
         _, rproc = found
         served = self._served.get((rproc, index))
         if served is None:
-            if not 0 <= index < MAX_LINKS or index >= len(getattr(rproc, "links", ())):
+            if not 0 <= index < MAX_LINKS or index >= len(links_of(rproc)):
                 raise _Refusal(errno.ENOTCONN, f"{rproc.name} is {rproc.state} and has no "
                                                f"link {index} now: boot it first")
             raise _Refusal(errno.ENOTCONN, f"{rproc.name}: link {index} is not up")

@@ -62,6 +62,8 @@ VisibleFn = Callable[["Session", str], bool]
 FLUSH_WAIT = 0.1
 #: how long stopping waits for the relay thread
 STOP_TIMEOUT = 5.0
+#: how often channels are looked up on a backend that discovers them
+DISCOVERY_INTERVAL = 0.5
 
 
 @dataclass(eq=False)
@@ -192,9 +194,14 @@ class ServedLink:
 
     def _run(self) -> None:
         link = self.link
+        # a backend that finds channels outside the messages (a kernel's sysfs) is asked
+        # now and then; the others announce them in band
+        every = DISCOVERY_INTERVAL if link.capabilities.channel_discovery else None
         try:
             while not self._stopping:
-                link.wait_until(self._ready, None, tx=False)
+                if not link.wait_until(self._ready, every, tx=False):
+                    self._sync_channels()
+                    continue
                 if self._stopping:
                     return
                 if self._channels_dirty:
@@ -222,7 +229,7 @@ class ServedLink:
 
     def _sync_channels(self) -> None:
         """Follow the channels the processor announced and removed."""
-        current = list(self.link.core.channels)
+        current = self.link.channels()
         with self.lock:
             for channel in current:
                 if channel not in self.channels and not channel.removed:

@@ -13,8 +13,11 @@ kernel's remoteproc class, in a per-user runtime directory (:func:`runtime_dir`)
       supervisor.lock        held (flock) for its whole life; spawn.lock: serialises starts
 
 The processors are :class:`~amplink.platforms.sim.SimRemoteProc` (the remoteproc
-lifecycle: crash recovery, coredumps, the RSC_TRACE buffer; see :func:`make_sim_processor`);
-their firmware's output goes to the supervisor's log. Plain files cannot refuse a write,
+lifecycle: crash recovery, coredumps, the RSC_TRACE buffer; see :func:`make_sim_processor`)
+or, added with the kind "rtkit" (``amplink boot --rtkit``), Apple RTKit co-processors
+(:class:`~amplink.platforms.rtkit.RtkitRemoteProc`: trace0 is their syslog, and
+``crashlog`` answers their last crash report); their firmware's output goes to the
+supervisor's log. Plain files cannot refuse a write,
 so every operation goes through the socket, which answers with the kernel's errno (see
 :class:`~amplink.service.model.RemoteprocModel`);
 :class:`~amplink.platforms.linux.LinuxRemoteProc` and the CLI therefore work unchanged on
@@ -48,6 +51,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..handover.port import AttachedBuffer
+from ..memory.buffers import SharedBuffer
+from ..memory.iommu import Attachment
+from ..memory.providers import allocate_buffer
 from ..paths import COREDUMP_DIR, ENV_RUNTIME_DIR, PrivateDirError, private_dir, runtime_dir
 from ..platforms.linux import protocol
 from ..platforms.linux.attributes import DEVICE_NAME, ControlSocketTree
@@ -55,11 +62,13 @@ from ..platforms.linux.errors import (
     RprocControlError,
     SupervisorError,
     SupervisorUnavailable,
+    error_from_errno,
 )
 from ..platforms.openamp.rproc import SPEC_PREFIX as OPENAMP_SPEC
 from ..platforms.openamp.rproc import OpenAmpRemoteProc
 from ..platforms.sim import SimRemoteProc
 from ..remoteproc.api import RemoteProcessor
+from ..remoteproc.states import RprocState
 from ..transports.service_wire import ENDPOINT_SOCKET
 from .control import PROCESSOR_NAME, ControlConnection, ControlOps
 from .endpoints import EndpointService
@@ -101,6 +110,9 @@ ACCEPT_LOG_INTERVAL = 5.0
 
 #: makes the processor called ``name`` (first argument) with ``firmware`` (second)
 ProcessorFactory = Callable[[str, str], RemoteProcessor]
+#: the largest buffer `amplink attach` allocates (memfds are sparse: untouched pages cost
+#: nothing)
+MAX_ATTACH = 1 << 34
 
 # Started with `python -c`: spawns the supervisor in a new session and exits at once,
 # so the supervisor is nobody's child (no zombie, no signal from the caller's terminal).
@@ -133,6 +145,13 @@ def make_sim_processor(name: str, firmware: str, *, coredump_dir: Path) -> SimRe
     firmware fails the boot with ENOENT). Crash dumps go to ``coredump_dir``; the
     firmware's stdout and stderr to the supervisor's stderr (its log)."""
     return SimRemoteProc(firmware, name=name, coredump_dir=coredump_dir, stdout=STDERR_FD)
+
+
+def make_rtkit_processor(name: str, firmware: str, *, coredump_dir: Path) -> RemoteProcessor:
+    """The supervisor's simulated Apple RTKit co-processors (``amplink boot --rtkit``)."""
+    from ..platforms.rtkit import RtkitRemoteProc  # only where RTKit is used
+
+    return RtkitRemoteProc(firmware, name=name, coredump_dir=coredump_dir, stdout=STDERR_FD)
 
 
 def make_processor(name: str, firmware: str, *, coredump_dir: Path) -> RemoteProcessor:
@@ -211,19 +230,29 @@ class Supervisor:
     (channels of the processors, :mod:`.endpoints`), each request checked against
     ``policy`` (default: only the owner may do anything).
 
-    The default factory is :func:`make_processor` (simulated processors, dumping into
-    ``root``/coredumps, and OpenAMP-profile peers).
-    Each control connection is served by a thread of its own, so a slow request (a boot)
-    delays nobody else.
+    ``factory`` makes the processors of the kind "sim", ``rtkit_factory`` those of the
+    kind "rtkit"; the defaults are :func:`make_processor` (simulated processors, dumping
+    into ``root``/coredumps, and OpenAMP-profile peers) and :func:`make_rtkit_processor`.
+    Processors of the default factories live and die with the service (``on_exit =
+    "keep"`` applies to those of a factory given here). Each control connection is served
+    by a thread of its own, so a slow request (a boot) delays nobody else.
     """
 
     def __init__(self, root: Path, factory: ProcessorFactory | None = None, *,
+                 rtkit_factory: ProcessorFactory | None = None,
                  idle_grace: float = 10.0, tick: float = 0.25,
                  policy: Policy | None = None) -> None:
         self.root = Path(root)
-        if factory is None:
-            factory = functools.partial(make_processor, coredump_dir=self.root / COREDUMP_DIR)
-        self.factory = factory
+        dumps = self.root / COREDUMP_DIR
+        self.factories: dict[str, ProcessorFactory] = {
+            "sim": factory or functools.partial(make_processor, coredump_dir=dumps),
+            "rtkit": rtkit_factory or functools.partial(make_rtkit_processor,
+                                                        coredump_dir=dumps),
+        }
+        #: the kinds whose processors are the service's own (children of its process)
+        self._own_kinds = {kind for kind, given in (("sim", factory),
+                                                    ("rtkit", rtkit_factory)) if given is None}
+        self._own: set[str] = set()  # their devices
         self.idle_grace = idle_grace
         self.tick = tick
         self.policy = policy or default_policy()
@@ -237,6 +266,9 @@ class Supervisor:
         self._stopping = False
         self._accept_paused_until: float | None = None  # the listener is out of the selector
         self._accept_log = _RateLimitedLog(ACCEPT_LOG_INTERVAL)
+        #: buffers `amplink attach` made, by (device, attachment id)
+        self._attached: dict[tuple[str, int], tuple[SharedBuffer, Attachment]] = {}
+        self._attached_lock = threading.Lock()
         self._refresh_log = _RateLimitedLog(ACCEPT_LOG_INTERVAL)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wake_lock = threading.Lock()
@@ -465,14 +497,16 @@ class Supervisor:
                 continue  # removed meanwhile
         return found
 
-    def add_processor(self, name: str, firmware: str) -> str:
-        rproc = self.factory(name, firmware)
+    def add_processor(self, name: str, firmware: str, kind: str = "sim") -> str:
+        rproc = self.factories[kind](name, firmware)
         dev = self._m.add(rproc)
         self._had_processor = True
+        if kind in self._own_kinds:
+            self._own.add(dev)
         self._unsubscribe[dev] = rproc.subscribe(lambda _event: self._wake())
         if self.endpoints is not None:
             self.endpoints.watch_processor(rproc)
-        log.info("%s: added %s with firmware %s", dev, name, firmware)
+        log.info("%s: added %s (%s) with firmware %s", dev, name, kind, firmware)
         return dev
 
     def remove_processor(self, dev: str) -> None:
@@ -480,16 +514,60 @@ class Supervisor:
         if unsubscribe is not None:
             unsubscribe()
         rproc = self._m.remove(dev)
+        self._own.discard(dev)
+        self._collect_buffers()  # its run ended: its buffers are detached
         if self.endpoints is not None:
             self.endpoints.forget_processor(rproc)
         log.info("%s: removed", dev)
+
+    def attach_buffer(self, dev: str, rproc: SimRemoteProc, size: int, access: int
+                      ) -> tuple[int, int]:
+        """A new buffer of ``size`` bytes attached to ``rproc`` (`amplink attach`); its id
+        and device address."""
+        if not 0 < size <= MAX_ATTACH or access not in (1, 2, 3):
+            raise error_from_errno(errno.EINVAL, f"attach: size must be 1..{MAX_ATTACH} and "
+                                                 f"access 1..3, got {size} and {access}")
+        if rproc.state is not RprocState.RUNNING:
+            raise error_from_errno(errno.EINVAL, f"{rproc.name} is {rproc.state}: attach "
+                                                 "needs it running")
+        buffer = allocate_buffer(size, name=f"{rproc.name}-buf")
+        try:
+            attachment = rproc.attach(buffer, access)
+        except BaseException:
+            buffer.close()
+            raise
+        att_id = rproc.buffers.id_of(buffer)
+        assert att_id is not None
+        with self._attached_lock:
+            self._attached[(dev, att_id)] = (buffer, attachment)
+        self._collect_buffers()
+        return att_id, attachment.da
+
+    def detach_buffer(self, dev: str, rproc: SimRemoteProc, att_id: int) -> None:
+        """Detach and free a buffer :meth:`attach_buffer` made."""
+        with self._attached_lock:
+            got = self._attached.pop((dev, att_id), None)
+        if got is None:
+            raise error_from_errno(errno.ENOENT, f"{dev}: no buffer {att_id} attached by "
+                                                 "amplink attach")
+        buffer, attachment = got
+        if attachment in rproc.iommu.attachments:
+            rproc.detach(attachment)
+        buffer.close()
+
+    def _collect_buffers(self) -> None:
+        """Close the buffers of `amplink attach` whose run ended (detached with it)."""
+        with self._attached_lock:
+            for key, (buffer, _attachment) in list(self._attached.items()):
+                if not buffer.attachments:
+                    del self._attached[key]
+                    buffer.close()
 
     def _shut_processors(self) -> None:
         """At exit: stop every processor, but leave those that outlive the service
         (not simulated) running if the policy says ``on_exit = "keep"``."""
         for dev, rproc in self.entries():
-            held = isinstance(rproc, (SimRemoteProc, OpenAmpRemoteProc))  # die with us
-            if self.policy.on_exit == "keep" and not held:
+            if self.policy.on_exit == "keep" and dev not in self._own:  # they die with us
                 log.info("%s: %s left %s (on_exit = keep)", dev, rproc.name, rproc.state)
                 continue
             try:
@@ -546,10 +624,14 @@ class SupervisorClient:
                                   "let it exit")
         return pid
 
-    def add(self, firmware: str, name: str | None = None) -> tuple[str, str]:
-        """Create an offline processor; returns (device, name)."""
-        response = self.tree.request({"op": "add", "name": name, "firmware": firmware},
-                                     name or "add")
+    def add(self, firmware: str, name: str | None = None, kind: str | None = None
+            ) -> tuple[str, str]:
+        """Create an offline processor of ``kind`` ("sim" by default, "rtkit"); returns
+        (device, name)."""
+        request = {"op": "add", "name": name, "firmware": firmware}
+        if kind is not None:
+            request["kind"] = kind
+        response = self.tree.request(request, name or "add")
         try:
             dev = protocol.field(response, "dev", str)
             got = protocol.field(response, "name", str)
@@ -578,6 +660,29 @@ class SupervisorClient:
         return channels
 
 
+    def buffers(self, dev: str) -> list[AttachedBuffer]:
+        """The buffers attached to ``dev`` (a simulated processor)."""
+        response = self.tree.request({"op": "buffers", "dev": dev}, dev)
+        try:
+            return [AttachedBuffer(protocol.field(b, "id", int), protocol.field(b, "name", str),
+                                   protocol.field(b, "da", int), protocol.field(b, "length", int),
+                                   protocol.field(b, "access", str),
+                                   protocol.field(b, "holder", str))
+                    for b in protocol.field(response, "buffers", list)]
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SupervisorError(f"{dev}: malformed buffer list: {exc}") from None
+
+    def attach(self, dev: str, size: int, access: int) -> tuple[int, int]:
+        """Allocate a buffer of ``size`` bytes in the supervisor and attach it to ``dev``;
+        returns its id and device address."""
+        response = self.tree.request({"op": "attach", "dev": dev, "size": size,
+                                      "access": access}, dev)
+        return protocol.field(response, "id", int), protocol.field(response, "da", int)
+
+    def detach(self, dev: str, att_id: int) -> None:
+        """Detach and free a buffer :meth:`attach` made."""
+        self.tree.request({"op": "detach", "dev": dev, "id": att_id}, dev)
+
     def crashes(self, dev: str) -> Crashes:
         """How often ``dev`` crashed, the last reason, and why recovery stopped (if it did)."""
         response = self.tree.request({"op": "crashes", "dev": dev}, dev)
@@ -588,6 +693,14 @@ class SupervisorClient:
         except (ValueError, TypeError) as exc:
             raise SupervisorError(f"{dev}: malformed crash record: {exc}") from None
         return crashes
+
+    def crashlog(self, dev: str) -> str:
+        """The report of the last crash of RTKit co-processor ``dev`` ("" if none)."""
+        response = self.tree.request({"op": "crashlog", "dev": dev}, dev)
+        try:
+            return protocol.field(response, "report", str)
+        except ValueError as exc:
+            raise SupervisorError(f"{dev}: malformed crashlog answer: {exc}") from None
 
 
 def connect_supervisor(root: Path | str | None = None, *, timeout: float = 30.0

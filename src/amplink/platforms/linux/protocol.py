@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from .errors import SupervisorError, SupervisorUnavailable, error_from_errno
 
 CONTROL_SOCKET = ".control"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: "add" takes a kind (sim, rtkit); "crashlog"
 MAX_MESSAGE = 1 << 20  # a trace buffer fits; anything longer is a broken peer
 MAX_ERROR_TEXT = 1000
 _DEVICE = re.compile(r"remoteproc[0-9]+")
@@ -41,10 +41,15 @@ OPS: Mapping[str, tuple[str, ...]] = {
     "write": ("dev", "attr", "value"),
     "debug_read": ("dev", "attr"),             # debugfs: trace0, ... -> value
     "debug_write": ("dev", "attr", "value"),   # debugfs: crash, ...
-    "add": ("firmware",),                      # name: optional (default simN) -> dev, name
+    "add": ("firmware",),                      # name, kind ("sim", "rtkit"): optional
+                                               # -> dev, name
     "remove": ("dev",),
     "channels": ("dev",),                      # -> channels [{name, src, dst}]
     "crashes": ("dev",),                       # -> count, last, recovery_stopped
+    "buffers": ("dev",),                       # -> buffers [{id, name, da, length, access, holder}]
+    "attach": ("dev", "size", "access"),       # a new buffer attached to it -> id, da
+    "detach": ("dev", "id"),                   # detach (and free) buffer id
+    "crashlog": ("dev",),                      # an RTKit co-processor's last crash -> report
     "dev_open": ("dev",),                      # this connection is now /dev/remoteprocN
     "dev_write": ("value",),
     "dev_set_release": ("value",),             # RPROC_SET_SHUTDOWN_ON_RELEASE

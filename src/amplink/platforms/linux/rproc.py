@@ -29,13 +29,23 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 from collections.abc import Callable
 
+from ...errors import LinkDown
+from ...link.runtime import Link
 from ...remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
 from ...remoteproc.coredump import CoredumpMode
 from ...remoteproc.states import RprocState
-from .attributes import ControlTree, RprocDevice, check_device, open_tree
+from ...transports.rpmsg_char import (
+    ChannelDevice,
+    ControlDevice,
+    RpmsgCharBackend,
+    RpmsgSysfs,
+    rpmsg_char_link,
+)
+from .attributes import ControlTree, RprocDevice, SysfsAttributes, check_device, open_tree
 from .errors import (
     FirmwareNotFound,
     InvalidControlValue,
@@ -115,6 +125,7 @@ class LinuxRemoteProc(RemoteProcessor):
         self._subscribers: list[Callable[[RprocEvent], object]] = []
         self._poll_stop: threading.Event | None = None
         self._poller: threading.Thread | None = None
+        self._link: Link | None = None
 
     @classmethod
     def find(cls, name: str, tree: ControlTree | None = None, *, hold_device: bool = False,
@@ -340,13 +351,16 @@ class LinuxRemoteProc(RemoteProcessor):
             raise
 
     def close(self) -> None:
-        """Stop watching for events, forget this object's users and release a held device
-        (the kernel then stops a running processor); without ``hold_device`` the
-        processor is left as it is."""
+        """Stop watching for events, close the link, forget this object's users and release
+        a held device (the kernel then stops a running processor); without
+        ``hold_device`` the processor is left as it is."""
         self._stop_polling()
         with self._lock:
             device, self._device = self._device, None
+            link, self._link = self._link, None
             self._users = 0
+        if link is not None:
+            link.close()
         if device is not None:
             device.close()
 
@@ -355,6 +369,64 @@ class LinuxRemoteProc(RemoteProcessor):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- rpmsg ---------------------------------------------------------------------------
+    def rpmsg_sysfs(self) -> tuple[RpmsgSysfs, list[ControlDevice]]:
+        """The rpmsg part of this tree's sysfs and the control devices of this processor
+        (one per rpmsg vdev, found below its device in sysfs).
+
+        NotSupported for a tree that is not a sysfs tree (a simulator's: its processors'
+        links are its own, see :class:`~amplink.platforms.sim.SimRemoteProc`).
+        """
+        tree = self.tree
+        if not isinstance(tree, SysfsAttributes) or tree.root.parts[-2:] != ("class",
+                                                                             "remoteproc"):
+            raise NotSupported(errno.EOPNOTSUPP, f"{self.label}: {tree!r} is not a sysfs tree "
+                               "(.../class/remoteproc): its rpmsg devices cannot be found")
+        sysfs = RpmsgSysfs(tree.root.parent.parent)
+        return sysfs, sysfs.devices_below(os.path.realpath(tree.root / self.dev))
+
+    def channels(self) -> list[ChannelDevice]:
+        """The rpmsg channels the processor's firmware announced (read from sysfs)."""
+        sysfs, controls = self.rpmsg_sysfs()
+        return [c for ctrl in controls for c in sysfs.channels(ctrl.transport)]
+
+    @property
+    def link(self) -> Link:
+        """The link of the processor's (first) rpmsg device, through the kernel's rpmsg_char:
+        its endpoints are ``/dev/rpmsgN`` devices. LinkDown (ENODEV) while the processor
+        has none (not running, or firmware without an rpmsg vdev). The same link is
+        returned while it is up; once it went down (a crash, a stop) the next access
+        opens the new device's."""
+        with self._lock:
+            link = self._link
+            if link is not None and link.is_up and self._device_present(link):
+                return link
+            self._link = None
+        if link is not None:
+            link.close("the rpmsg device went away")
+        sysfs, controls = self.rpmsg_sysfs()
+        if not controls:
+            raise LinkDown(errno.ENODEV, f"{self.label} has no rpmsg device now (it is "
+                           f"{self._state_or()}): boot it with firmware that has an rpmsg "
+                           "vdev, and the kernel needs CONFIG_RPMSG_CHAR and CONFIG_RPMSG_CTRL")
+        assert isinstance(self.tree, SysfsAttributes)
+        link = rpmsg_char_link(controls[0].node, sys_root=sysfs.sys_root,
+                               dev_root=self.tree.dev_root, name=self.name)
+        with self._lock:
+            if self._link is None:
+                self._link, link = link, None  # type: ignore[assignment]
+            current = self._link
+        if link is not None:  # another thread was quicker
+            link.close()
+        return current
+
+    @staticmethod
+    def _device_present(link: Link) -> bool:
+        """Whether the link's control device is still there (a link with no endpoint
+        open would notice its removal only at its next look at sysfs)."""
+        backend = link.backend
+        return not isinstance(backend, RpmsgCharBackend) or backend.sysfs.exists(backend.ctrl)
 
     # -- crash, recovery, trace ---------------------------------------------------------
     def recover(self) -> None:

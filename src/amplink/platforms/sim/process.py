@@ -109,10 +109,12 @@ class FirmwareProcess:
         spin: float = 0.0,
         vdevs: int = 1,
         watchdog: float | None = None,
+        buffers: socket.socket | None = None,
         stdout: Output = None,
         stderr: Output = None,
     ) -> Self:
-        """Start ``argv`` with the memory, ``vdevs`` doorbell pairs and a lifeline."""
+        """Start ``argv`` with the memory, ``vdevs`` doorbell pairs and a lifeline (and
+        ``buffers``, the child's end of its buffer socket, if given: the caller closes it)."""
         pairs: list[tuple[int, int]] = []  # (host reads, firmware reads)
         lifeline = child_end = None
         try:
@@ -126,8 +128,10 @@ class FirmwareProcess:
                 lifeline_fd=child_end.fileno(), buf_size=buf_size,
                 kicks=tuple((fw_rx, host_rx) for host_rx, fw_rx in pairs), name=name,
                 poll_mode=poll_mode, spin=spin, watchdog=watchdog,
+                buffers_fd=None if buffers is None else buffers.fileno(),
             ).to_env())
-            fds = (region.fd, child_end.fileno(), *(fd for pair in pairs for fd in pair))
+            fds = (region.fd, child_end.fileno(), *(fd for pair in pairs for fd in pair),
+                   *(() if buffers is None else (buffers.fileno(),)))
             # Its own process group: the terminal's Ctrl-C (SIGINT to the foreground group)
             # is the host's to handle, which then stops the firmware in order. A host that
             # dies any other way hangs up the lifeline, and the firmware exits.
