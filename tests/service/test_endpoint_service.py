@@ -39,7 +39,9 @@ def service(tmp_path: Path):
 def test_a_client_has_the_whole_endpoint_api(service: LoopService) -> None:
     service.boot()
     link = service.link()
-    assert link.capabilities.name_service and not link.capabilities.tx_loan
+    caps = link.capabilities
+    assert caps.name_service and caps.addressing == "pair" and not caps.tx_loan
+    assert not caps.send_by_reference  # this processor maps no buffers of its host
     ep = link.open_channel("rpmsg-echo", timeout=TIMEOUT)
     ep.send(b"hello")
     assert ep.recvfrom(timeout=TIMEOUT) == (b"hello", ep.dst)

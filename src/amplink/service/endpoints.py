@@ -44,6 +44,7 @@ from ..rpmsg.wire import RPMSG_NAME_SIZE
 from ..transports import service_wire as W
 from ..transports.service import queued_bytes
 from ..transports.service_status import ClientStatus, LinkStatus, ProcessorStatus, to_json
+from .buffers import BufferRefusal, header_of
 from .policy import Peer, Policy, peer_of
 from .relay import ServedLink
 from .session import LOGGED_DENIALS, Session
@@ -70,6 +71,9 @@ _FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_REQUEST = bytes([W.KIND_REQUEST])
+#: requests about buffers lent by reference (see .buffers): they wait for the firmware
+_BUFFER_OPS = ("attach_buffer", "detach_buffer")
 _EPOLLOUT = int(select.EPOLLOUT)
 _READABLE = int(select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR)
 
@@ -204,9 +208,11 @@ class EndpointService:
                 served.fail(str(served.link.backend.down or "") or
                             ("removed" if dev is None else str(rproc.state)))
                 served.stop()
+                for session in served.sessions:  # that run's buffers are detached
+                    _release_buffers(session)
         for index, link in enumerate(links):
             if link.is_up and (rproc, index) not in self._served:
-                served = ServedLink(rproc.name, index, link, self._visible)
+                served = ServedLink(rproc.name, index, link, self._visible, owner=rproc)
                 served.start()
                 self._served[(rproc, index)] = served
                 log.info("%s: serving link %d to clients", rproc.name, index)
@@ -346,6 +352,7 @@ class EndpointService:
         session.close()
         if session.served is not None:
             session.served.detach(session)
+        _release_buffers(session)
 
     def _protocol_error(self, session: Session, err: int, why: str) -> None:
         log.warning("%s: %s: disconnected", session.describe(), why)
@@ -366,10 +373,11 @@ class EndpointService:
             except OSError as exc:
                 self._drop(session, f"read failed: {exc}")
                 return
-            if ancillary or flags & _MSG_CTRUNC:
-                _close_fds(ancillary)
-                self._protocol_error(session, errno.EBADF, "it sent file descriptors, which "
-                                                           "this service does not take")
+            fds = _fds(ancillary)
+            if flags & _MSG_CTRUNC or len(fds) > 1 or (fds and packet[:1] != _REQUEST):
+                _close(fds)  # (what did not fit the ancillary buffer the kernel closed)
+                self._protocol_error(session, errno.EBADF, "it sent file descriptors, but "
+                                                           "only attach_buffer takes one")
                 return
             if not packet:
                 self._drop(session, "it closed the connection")
@@ -387,10 +395,11 @@ class EndpointService:
             try:
                 frame = W.decode(packet)
             except W.FrameError as exc:
+                _close(fds)
                 self._protocol_error(session, errno.EPROTO, f"a malformed frame: {exc}")
                 return
             if frame.kind == W.KIND_REQUEST:
-                self._request(session, frame)
+                self._request(session, frame, fds[0] if fds else None)
             else:
                 self._protocol_error(session, errno.EPROTO, f"a frame of kind {frame.kind} "
                                                             "from a client")
@@ -438,15 +447,27 @@ class EndpointService:
                     if session.denials == LOGGED_DENIALS else "")
 
     # -- requests -----------------------------------------------------------------------------
-    def _request(self, session: Session, frame: W.Frame) -> None:
+    def _request(self, session: Session, frame: W.Frame, fd: int | None) -> None:
         op = "?"
         try:
-            message = W.decode_json(frame.body)
-            op = W.field(message, "op", str)
+            try:
+                message = W.decode_json(frame.body)
+                op = W.field(message, "op", str)
+            except W.FrameError:
+                if fd is not None:
+                    _close([fd])
+                raise
+            if op in _BUFFER_OPS:
+                self._buffer_request(session, frame.a, op, message, fd)  # takes the fd
+                return
+            if fd is not None:
+                _close([fd])
+                self._protocol_error(session, errno.EBADF, f"a file descriptor with {op!r}")
+                return
             handler = self._ops.get(op)
             if handler is None:
                 raise _Refusal(errno.EINVAL, f"unknown operation {op[:40]!r} (known: "
-                                             f"{', '.join(self._ops)})")
+                                             f"{', '.join([*self._ops, *_BUFFER_OPS])})")
             answer = {"ok": True, **handler(self, session, message)}
         except _Refusal as exc:
             if exc.errno == errno.EACCES:
@@ -515,7 +536,8 @@ class EndpointService:
         served.attach(session)
         first, last = served.link.capabilities.address_range
         return {"mtu": served.link.mtu, "window": self.window, "link": served.link.name,
-                "address_range": [first, last]}
+                "address_range": [first, last],
+                "buffers": hasattr(rproc, "attach") and hasattr(rproc, "buffers")}
 
     def _op_open(self, session: Session, m: dict[str, Any]) -> dict[str, Any]:
         served = session.served
@@ -557,6 +579,76 @@ class EndpointService:
         session.served.close_endpoint(ce)
         return {}
 
+    # -- buffers lent by reference (see .buffers) -------------------------------------------
+    def _buffer_request(self, session: Session, rid: int, op: str, m: dict[str, Any],
+                        fd: int | None) -> None:
+        """attach_buffer (with one fd) or detach_buffer: checked here, carried out by a
+        thread of its own (the firmware answers), answered from there."""
+        try:
+            work = self._buffer_work(session, op, m, fd)
+        except (_Refusal, BufferRefusal, W.FrameError, ValueError) as exc:
+            if fd is not None:
+                _close([fd])
+            err = getattr(exc, "errno", errno.EINVAL)
+            if err == errno.EACCES:
+                self._deny(session, f"{op}: {exc}")
+            session.post_json(W.KIND_RESPONSE, {"ok": False, "errno": err, "error": str(exc)},
+                              rid)
+            return
+        session.buffers.busy = True
+
+        def run() -> None:
+            try:
+                answer = {"ok": True, **work()}
+            except BufferRefusal as exc:
+                answer = {"ok": False, "errno": exc.errno, "error": str(exc)}
+            except (AmplinkError, OSError) as exc:
+                answer = {"ok": False, "errno": W.errno_of(exc), "error": str(exc)}
+            except Exception:  # noqa: BLE001 - a bug costs one request
+                log.exception("%s request failed", op)
+                answer = {"ok": False, "errno": errno.EIO, "error": f"{op}: internal error"}
+            finally:
+                session.buffers.busy = False
+            session.post_json(W.KIND_RESPONSE, answer, rid)
+
+        threading.Thread(target=run, daemon=True, name=f"amplink-service-{op}").start()
+
+    def _buffer_work(self, session: Session, op: str, m: dict[str, Any],
+                     fd: int | None) -> Callable[[], dict[str, Any]]:
+        """Check a buffer request; what is left to do (it waits for the firmware)."""
+        served = session.served
+        if served is None or served.down is not None:
+            raise _Refusal(errno.ENOTCONN, "attach to a running processor first")
+        if session.buffers.busy:
+            raise _Refusal(errno.EBUSY, "one buffer request at a time: wait for the answer")
+        if op == "detach_buffer":
+            if fd is not None:
+                raise _Refusal(errno.EINVAL, "detach_buffer takes no file descriptor")
+            att_id = W.field(m, "id", int)
+
+            def detach() -> dict[str, Any]:
+                session.buffers.detach(att_id)
+                return {}
+
+            return detach
+        if fd is None:
+            raise _Refusal(errno.EINVAL, "attach_buffer needs the buffer's file descriptor "
+                                         "(SCM_RIGHTS)")
+        state = served.find(W.field(m, "channel", str)[:64], None)
+        if state is None or "send" not in self.policy.channel_rights(
+                session.peer, served.processor, state.name):
+            raise _Refusal(errno.EACCES, f"{served.processor}: buffers go to a channel this "
+                                         "client may send on")
+        header, access = header_of(m)
+        owner = served.owner
+        assert owner is not None  # the service makes its served links with their owner
+
+        def attach() -> dict[str, Any]:
+            att_id, da = session.buffers.attach(owner, fd, header, access)
+            return {"id": att_id, "da": da}
+
+        return attach
+
     _ops: dict[str, Callable[[EndpointService, Session, dict[str, Any]], dict[str, Any]]] = {
         "status": _op_status, "attach": _op_attach, "open": _op_open, "close": _op_close,
     }
@@ -575,13 +667,25 @@ def _client_status(session: Session) -> ClientStatus:
         pending=pending, refused=session.refused)
 
 
-def _close_fds(ancillary: list[tuple[int, int, bytes]]) -> None:
-    """Close every file descriptor a client passed (SCM_RIGHTS)."""
+def _release_buffers(session: Session) -> None:
+    """Detach and close what ``session`` lent (in a thread: detaching waits for the
+    firmware)."""
+    if session.buffers.items:
+        threading.Thread(target=session.buffers.release_all, daemon=True,
+                         name="amplink-service-release").start()
+
+
+def _fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The file descriptors a client passed (SCM_RIGHTS): now ours to close."""
+    fds = array.array("i")
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds = array.array("i")
             fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+    return list(fds)
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 

@@ -48,6 +48,7 @@ from ..errors import (
 from ..link.channel import RpmsgChannel
 from ..link.endpoint import Endpoint
 from ..link.runtime import Link
+from ..remoteproc.api import RemoteProcessor
 from ..rpmsg.wire import RPMSG_ADDR_ANY
 from ..transports.service_status import ChannelStatus, EndpointStatus, LinkStatus
 
@@ -141,8 +142,11 @@ class ChannelState:
 class ServedLink:
     """One link of one processor, served to the clients attached to it (module doc)."""
 
-    def __init__(self, processor: str, index: int, link: Link, visible: VisibleFn) -> None:
+    def __init__(self, processor: str, index: int, link: Link, visible: VisibleFn, *,
+                 owner: RemoteProcessor | None = None) -> None:
         self.processor = processor
+        #: the processor (whose buffer port takes buffers clients lend)
+        self.owner = owner
         self.index = index
         self.link = link
         self._visible = visible

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..rpmsg.wire import RPMSG_NS_ADDR, RPMSG_NS_CREATE, RPMSG_NS_DESTROY, NameServiceMessage
 from ..transports import service_wire as W
+from .buffers import ClientBuffers
 from .policy import Peer
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class Session:
         self.endpoints: dict[int, ClientEndpoint] = {}
         #: its messages waiting for a transmit buffer (guarded by the served link's TX lock)
         self.pending: deque[tuple[ClientEndpoint, bytes]] = deque()
+        #: the buffers it lent to the processor by reference
+        self.buffers = ClientBuffers()
         # counters
         self.dropped = 0      # messages for it dropped because it did not read
         self.owed = 0         # credits to return

@@ -23,7 +23,11 @@ supported), addresses assigned by the service, "pair" addressing (an endpoint se
 its channel's remote address only, as ``/dev/rpmsgN``). No zero copy: every message
 crosses the socket, so its payload is copied into the kernel and out again on each side
 of the service (two copies of at most one MTU per hop, besides the copy into or out of
-the processor's ring buffers), and ``loan()`` / ``hold=True`` raise NotSupported.
+the processor's ring buffers), and ``loan()`` / ``hold=True`` raise NotSupported. Large
+data goes by reference, with no copy at all, where the processor can map buffers of its
+host (``send_by_reference``: a simulated processor): lend them with a
+:class:`~amplink.handover.BufferChannel` whose port is a
+:class:`~amplink.transports.service_buffers.ServicePort`.
 
 Waiting follows the link runtime: the waiting thread does the work, sleeping on the
 socket (level-triggered) and reading the frames itself. Sending takes a credit; with
@@ -130,7 +134,9 @@ class _SocketReadiness(Doorbell):
         pass  # the backend owns the socket
 
 
-def _connect(path: Path, timeout: float) -> socket.socket:
+def connect_socket(path: Path, timeout: float) -> socket.socket:
+    """A connection to the service's endpoint socket at ``path`` (ServiceUnavailable if
+    none answers)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
@@ -145,8 +151,9 @@ def _connect(path: Path, timeout: float) -> socket.socket:
     return sock
 
 
-class _Requests:
-    """Requests on a socket, answered in order; other frames go to ``stash``."""
+class Requests:
+    """Requests on a connection to the service, each answered by id; other frames go to
+    ``stash``."""
 
     def __init__(self, sock: socket.socket, where: str) -> None:
         self.sock = sock
@@ -155,14 +162,18 @@ class _Requests:
         #: ids of requests whose answer nobody waits for (dropped when they come)
         self.unawaited: set[int] = set()
 
-    def send(self, op: str, fields: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT) -> int:
-        """Send a request (waiting up to ``timeout`` s for room); returns its id."""
+    def send(self, op: str, fields: Mapping[str, Any], timeout: float = DEFAULT_TIMEOUT,
+             fd: int | None = None) -> int:
+        """Send a request (with ``fd`` passed along, SCM_RIGHTS), waiting up to ``timeout``
+        s for room; returns its id."""
         rid = next(self._ids) & W.U32
         packet = W.encode_json(W.KIND_REQUEST, {"op": op, **fields}, a=rid)
+        fds = [] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                      array.array("i", [fd]))]
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.sock.send(packet)
+                self.sock.sendmsg([packet], fds)
                 return rid
             except BlockingIOError:  # a packet goes whole or not at all: wait for room
                 poller = select.poll()
@@ -176,9 +187,9 @@ class _Requests:
                 raise LinkDown(f"lost the amplink service at {self.where}: {exc}") from None
 
     def call(self, op: str, fields: Mapping[str, Any], timeout: float,
-             stash: Any = None) -> dict[str, Any]:
-        """Send a request and wait up to ``timeout`` s for its answer."""
-        rid = self.send(op, fields, timeout)
+             stash: Any = None, fd: int | None = None) -> dict[str, Any]:
+        """Send a request (with ``fd``) and wait up to ``timeout`` s for its answer."""
+        rid = self.send(op, fields, timeout, fd)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -249,7 +260,7 @@ class ServiceBackend(Backend):
     :func:`connect_link`).
     """
 
-    def __init__(self, sock: socket.socket, requests: _Requests, attach: Mapping[str, Any], *,
+    def __init__(self, sock: socket.socket, requests: Requests, attach: Mapping[str, Any], *,
                  processor: str, index: int, watch: bool, timeout: float,
                  inbox: deque[W.Frame]) -> None:
         try:
@@ -264,7 +275,8 @@ class ServiceBackend(Backend):
             raise _protocol(requests.where, f"attach answer: {exc}") from None
         self.capabilities = Capabilities(
             max_payload=mtu, name_service=True, addressing="pair",
-            address_range=(first, last), dynamic_base=None, rx_buffers=0, tx_ready=True)
+            address_range=(first, last), dynamic_base=None, rx_buffers=0, tx_ready=True,
+            send_by_reference=attach.get("buffers") is True)
         self.processor = processor
         self.index = index
         self.watch = watch
@@ -300,10 +312,10 @@ class ServiceBackend(Backend):
         ``processor``; ``watch`` asks for copies of every message the processor sends
         on the channels this client opens (the "watch" right)."""
         path = Path(path)
-        sock = _connect(path, timeout)
+        sock = connect_socket(path, timeout)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            requests = _Requests(sock, str(path))
+            requests = Requests(sock, str(path))
             inbox: deque[W.Frame] = deque(maxlen=MAX_INBOX)  # announcements, bounded
             answer = requests.call("attach", {"processor": processor, "link": link,
                                               "watch": watch, "version": W.PROTOCOL_VERSION},
@@ -554,9 +566,9 @@ def service_status(root: Path | str | None = None, *,
                    timeout: float = DEFAULT_TIMEOUT) -> list[ProcessorStatus]:
     """What the service of ``root`` serves, as far as this client may see it."""
     path = endpoint_socket(root)
-    sock = _connect(path, timeout)
+    sock = connect_socket(path, timeout)
     try:
-        answer = _Requests(sock, str(path)).call("status", {}, timeout)
+        answer = Requests(sock, str(path)).call("status", {}, timeout)
     finally:
         sock.close()
     items = answer.get("processors")

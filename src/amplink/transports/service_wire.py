@@ -36,12 +36,18 @@ Operations (the body of a REQUEST; every field is checked by the service):
 
 * ``status`` -> ``processors``: what the client may see (``amplink ls``, ``top``);
 * ``attach`` ``processor``, ``link`` (index, default 0), ``watch`` (bool), ``version``
-  -> ``mtu``, ``window``, ``link``, ``address_range``: this connection now serves one
+  -> ``mtu``, ``window``, ``link``, ``address_range``, ``buffers`` (whether the
+  processor maps buffers lent by reference): this connection now serves one
   link of that processor; the service announces the channels the client may see as
   rpmsg name-service messages (DATA to address 53) and later ones as they come;
 * ``open`` ``name``, ``addr``, ``dst`` (null or values) -> ``addr``, ``dst``, ``name``,
   ``rights``: an endpoint of this client on a channel;
-* ``close`` ``addr``.
+* ``close`` ``addr``;
+* ``attach_buffer`` ``channel``, ``offset``, ``size``, ``access``, ``read_only``, ``name``,
+  with the buffer's file descriptor (SCM_RIGHTS, exactly one; on no other frame) ->
+  ``id``, ``da``: the processor maps the client's buffer (the client must have the
+  "send" right on ``channel``); ``detach_buffer`` ``id`` (see
+  :mod:`amplink.service.buffers`).
 """
 
 from __future__ import annotations
