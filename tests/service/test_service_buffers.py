@@ -23,7 +23,7 @@ from amplink.memory import Access, allocate_buffer
 from amplink.service.policy import Policy, Rule
 from amplink.service.supervisor import PID_FILE, Supervisor, SupervisorClient, prepare_runtime_dir
 from amplink.transports import service_wire as W
-from amplink.transports.service import connect_link
+from amplink.transports.service import connect_link, service_status
 from amplink.transports.service_buffers import ServicePort
 
 TIMEOUT = 10.0
@@ -42,6 +42,12 @@ class Held:
         self.dev = self.supervisor.add_processor("dsp", FRAMES)
         self.supervisor.live_model.store(self.dev, "state", "start")
         self.control = SupervisorClient(self.root, timeout=TIMEOUT)
+        assert wait_for(lambda: "rpmsg-frames" in self.channels(), TIMEOUT)
+
+    def channels(self) -> list[str]:
+        """The channels the service serves (to its owner: all of them)."""
+        return [c.name for p in service_status(self.root) for link in p.links
+                for c in link.channels]
 
     def attached(self) -> int:
         return len(self.supervisor.live_model.processor(self.dev).attached())  # type: ignore
@@ -122,7 +128,10 @@ def _attach_raw(raw: RawClient, fds: list[int], **fields: object) -> dict:
             "access": 3, "read_only": False, "name": "x", **fields}
     raw.sock.sendmsg([W.encode_json(W.KIND_REQUEST, body, a=9)],
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else [])
-    return W.decode_json(raw.frame().body)
+    while True:  # its answer, or the event that ends the connection (not announcements)
+        frame = raw.frame()
+        if frame.kind in (W.KIND_RESPONSE, W.KIND_EVENT):
+            return W.decode_json(frame.body)
 
 
 def test_a_descriptor_that_is_no_proper_buffer_is_refused(held: Held) -> None:
@@ -139,7 +148,7 @@ def test_a_descriptor_that_is_no_proper_buffer_is_refused(held: Held) -> None:
                     ([unsealed], {}, errno.EINVAL),               # could shrink under the map
                     ([sealed.fd], {"size": 1 << 20}, errno.EINVAL),  # more than it holds
                     ([sealed.fd], {"access": 9}, errno.EINVAL),
-                    ([sealed.fd], {"channel": "rpmsg-none"}, errno.EACCES),
+                    ([sealed.fd], {"channel": "rpmsg-none"}, errno.ENOENT),
                     ([], {}, errno.EINVAL),                       # no descriptor at all
             ):
                 answer = _attach_raw(raw, fds, **fields)
@@ -161,3 +170,22 @@ def test_a_descriptor_that_is_no_proper_buffer_is_refused(held: Held) -> None:
         assert port.attach(frame).da > 0 and held.attached() == 1
     assert wait_for(lambda: held.attached() == 0, TIMEOUT)
     frame.close()
+
+
+def test_lent_buffers_are_bounded(held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
+    from amplink.service import buffers as service_buffers
+
+    monkeypatch.setattr(service_buffers, "MAX_BUFFERS", 2)
+    frames = [allocate_buffer(4096, name=f"b{i}") for i in range(3)]
+    try:
+        with ServicePort("dsp", channel="rpmsg-frames", root=held.root) as port:
+            port.attach(frames[0])
+            port.attach(frames[1])
+            with pytest.raises(OSError) as info:
+                port.attach(frames[2])
+            assert info.value.errno == errno.EMFILE and held.attached() == 2
+        assert wait_for(lambda: held.attached() == 0, TIMEOUT)
+        assert wait_for(lambda: service_buffers._budget.count == 0, TIMEOUT)
+    finally:
+        for frame in frames:
+            frame.close()

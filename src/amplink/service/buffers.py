@@ -38,8 +38,10 @@ from ..remoteproc.api import RemoteProcessor
 
 log = logging.getLogger(__name__)
 
-#: buffers one client may have attached at once
+#: buffers one client may have attached at once, and all clients together (each holds
+#: a file descriptor in the service)
 MAX_BUFFERS = 64
+MAX_TOTAL_BUFFERS = 256
 #: the largest buffer a client may attach (memfds are sparse; the IOMMU window is bounded)
 MAX_BUFFER_SIZE = 1 << 34
 
@@ -50,6 +52,28 @@ class BufferRefusal(Exception):
     def __init__(self, err: int, message: str) -> None:
         super().__init__(message)
         self.errno = err
+
+
+class _Budget:
+    """How many buffers all clients hold; :meth:`take` refuses past the limit."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.count >= MAX_TOTAL_BUFFERS:
+                return False
+            self.count += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+_budget = _Budget()
 
 
 @dataclass
@@ -79,9 +103,14 @@ class ClientBuffers:
         if len(self.items) >= MAX_BUFFERS:
             os.close(fd)
             raise BufferRefusal(errno.EMFILE, f"a client may attach {MAX_BUFFERS} buffers")
+        if not _budget.take():
+            os.close(fd)
+            raise BufferRefusal(errno.ENFILE, f"the service holds {MAX_TOTAL_BUFFERS} lent "
+                                              "buffers already: retry when some are detached")
         try:
             buffer = import_buffer(fd, header)
         except PeerBufferError as exc:
+            _budget.give()
             os.close(fd)
             raise BufferRefusal(errno.EINVAL, f"the buffer is refused: {exc}") from None
         try:
@@ -91,6 +120,7 @@ class ClientBuffers:
             attachment = attach(buffer, access)
             att_id = rproc.buffers.id_of(buffer)  # type: ignore[attr-defined]
         except BaseException:
+            _budget.give()
             buffer.close()
             raise
         with self.lock:
@@ -120,6 +150,7 @@ def _let_go(lent: _Lent) -> None:
         log.debug("detaching %s: %s", lent.buffer.name, exc)
     with contextlib.suppress(AmplinkError, OSError):
         lent.buffer.close()
+    _budget.give()
 
 
 def header_of(message: dict[str, Any]) -> tuple[BufferHeader, int]:

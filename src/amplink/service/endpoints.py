@@ -634,11 +634,13 @@ class EndpointService:
         if fd is None:
             raise _Refusal(errno.EINVAL, "attach_buffer needs the buffer's file descriptor "
                                          "(SCM_RIGHTS)")
-        state = served.find(W.field(m, "channel", str)[:64], None)
-        if state is None or "send" not in self.policy.channel_rights(
-                session.peer, served.processor, state.name):
+        channel = W.field(m, "channel", str)[:64]
+        if "send" not in self.policy.channel_rights(session.peer, served.processor, channel):
             raise _Refusal(errno.EACCES, f"{served.processor}: buffers go to a channel this "
                                          "client may send on")
+        if served.find(channel, None) is None:
+            raise _Refusal(errno.ENOENT, f"{served.processor} has no channel {channel!r} "
+                                         "(yet?)")
         header, access = header_of(m)
         owner = served.owner
         assert owner is not None  # the service makes its served links with their owner
