@@ -254,7 +254,7 @@ def report(results: dict[str, Any], params: Params) -> list[str]:
         d = Summary.of(results["direct"]["handover"][size])
         s = Summary.of(results["service"]["handover"][size])
         lines.append([f"hand-over {size >> 10} KiB", f"{d.median * 1e6:.0f} us",
-                      f"{s.median * 1e6:.0f} us", f"+{(s.median - d.median) * 1e6:.0f} us",
+                      f"{s.median * 1e6:.0f} us", f"{(s.median - d.median) * 1e6:+.0f} us",
                       "", ""])
     out = table(lines)
     out.append("")
