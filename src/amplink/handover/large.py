@@ -222,7 +222,7 @@ class LargeMessages(RecordPump):
                 self._tx_view, self._tx_id = view, record.id
                 self._tx = RegionAllocator(record.length, 0, what=f"pool of {self.name!r}")
         else:
-            raise self._unexpected(record)
+            raise self._unexpected(kind)
 
     def _head(self, total: int) -> None:
         if self._asm is not None:

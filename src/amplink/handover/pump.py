@@ -132,11 +132,11 @@ class RecordPump:
                 self._count(exc)
 
     def _record(self, record: Record, payload: memoryview | None) -> None:
-        raise self._unexpected(record)
+        raise self._unexpected(record.type)
 
-    def _unexpected(self, record: Record) -> PeerBufferError:
+    def _unexpected(self, kind: int) -> PeerBufferError:
         return PeerBufferError(HandoverFault.UNEXPECTED,
-                               f"record type {record.type} on channel {self.name!r}")
+                               f"record type {kind} on channel {self.name!r}")
 
     def _count(self, exc: PeerBufferError | IommuFault) -> None:
         """Count (and log) one fault of the peer, by reason."""
