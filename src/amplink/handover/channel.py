@@ -176,9 +176,10 @@ class BufferChannel(RecordPump):
     buffers from there. Without any of them the endpoint's link gives its own
     (``link.buffers``: a link with the ``send_by_reference`` capability).
 
-    The endpoint must have no callback: the channel reads its queue. Threads may share a
-    channel; asyncio coroutines use the ``a...`` methods (not mixed with threads on one
-    channel).
+    The owning side says hello (an empty message) when it opens the channel, so that the
+    firmware learns its address and may hand over first. The endpoint must have no
+    callback: the channel reads its queue. Threads may share a channel; asyncio
+    coroutines use the ``a...`` methods (not mixed with threads on one channel).
     """
 
     def __init__(self, endpoint: Endpoint, *, port: BufferPort | None = None,
@@ -201,6 +202,8 @@ class BufferChannel(RecordPump):
         self._lent_back: dict[int, ReceivedBuffer] = {}  # firmware: handed to the host
         self._own: dict[int, _Own] = {}  # firmware: own buffers the host holds, by da
         self.sent = self.returned = self.received = self.done_count = 0
+        if port is not None:
+            self._send(b"")  # hello: the peer learns our address, and may hand over first
 
     # -- handing over ------------------------------------------------------------------------
     def send(self, target: SharedBuffer | BufferSlice, access: Access | int = Access.READ_WRITE,
@@ -437,6 +440,8 @@ class BufferChannel(RecordPump):
         checked on its own (a refused record is a counted fault)."""
         if self._dst == RPMSG_ADDR_ANY:
             self._dst = src
+        if not message:
+            return  # the owning side's hello
         records = wire.plain_records(message)
         if records is None:
             try:

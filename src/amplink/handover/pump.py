@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ReceiveTimeout
+from ..errors import ReceiveTimeout, SendTimeout
 from ..link.endpoint import DEFAULT_SEND_TIMEOUT, Endpoint
 from ..memory.errors import IommuFault, PeerBufferError
 from ..rpmsg.wire import RPMSG_ADDR_ANY
@@ -48,6 +48,11 @@ class RecordPump:
     # -- sending ---------------------------------------------------------------------------
     def _send(self, data: bytes, timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
         dst = self.endpoint.dst if self.endpoint.dst != RPMSG_ADDR_ANY else self._dst
+        if dst == RPMSG_ADDR_ANY:  # the peer has not spoken yet: wait for it (its hello)
+            if self._wait(lambda: self._dst != RPMSG_ADDR_ANY, timeout) is None:
+                raise SendTimeout(f"{self.name!r}: the peer did not speak within {timeout} s "
+                                  f"(nothing can be sent before its address is known)")
+            dst = self._dst
         self.endpoint.sendto(data, dst, timeout)
 
     async def _asend(self, data: bytes, timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
