@@ -86,6 +86,23 @@ class RecordPump:
             if item is not None:
                 self._dispatch(*item)
 
+    def _pump_now(self) -> None:
+        """Handle what has arrived, without waiting (nothing if another thread pumps)."""
+        with self._cond:
+            if self._pumping:
+                return
+            self._pumping = True
+        items = []
+        try:
+            while (item := self.endpoint.try_recvfrom()) is not None:
+                items.append(item)
+        finally:
+            with self._cond:
+                self._pumping = False
+                self._cond.notify_all()
+        for item in items:
+            self._dispatch(*item)
+
     def _read(self, timeout: float | None) -> tuple[bytes, int] | None:
         """The next message, or None if none came within ``timeout``."""
         ep = self.endpoint
