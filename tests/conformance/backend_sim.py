@@ -153,8 +153,8 @@ CASES = [
         id="sim", factory=_sim,
         capabilities=Capabilities(
             max_payload=496, name_service=True, tx_loan=True, rx_hold=True,
-            addressing="rpmsg", address_range=(0, 0xFFFF_FFFE), dynamic_base=1024,
-            rx_buffers=256, tx_ready=True),
+            send_by_reference=True, addressing="rpmsg", address_range=(0, 0xFFFF_FFFE),
+            dynamic_base=1024, rx_buffers=256, tx_ready=True),
         sides=("host",),
         sides_note="the device side is the firmware in the child process; the peer agent "
                    "drives it, and the device role's API is covered by the in-process cases",
