@@ -15,8 +15,16 @@ from amplink.memory import Access, allocate_buffer
 pytestmark = [pytest.mark.timeout(30)]
 
 
+def _needs_buffer_port(harness: Harness) -> None:
+    assert harness.case is not None
+    if not harness.case.extra.get("buffer_port"):
+        pytest.skip(f"{harness.case.id} sends by reference through its backend "
+                    f"(Endpoint.send_reference), not a buffer port beside the link")
+
+
 @pytest.mark.needs("send_by_reference")
 def test_buffers_go_by_reference_and_come_back(harness: Harness) -> None:
+    _needs_buffer_port(harness)
     ep, p = connect(harness)
     harness.peer.call("serve_frames", addr=p)
     channel = BufferChannel(ep)  # the link's own buffer port
@@ -48,6 +56,15 @@ def test_buffers_go_by_reference_and_come_back(harness: Harness) -> None:
     finally:
         for frame in frames:
             frame.close()
+
+
+@pytest.mark.needs("send_by_reference")
+def test_a_buffer_port_link_points_send_reference_to_it(harness: Harness) -> None:
+    _needs_buffer_port(harness)
+    ep, _p = connect(harness)
+    with allocate_buffer(4096, name="conf-ref") as buf, pytest.raises(NotSupported,
+                                                                     match="buffer port"):
+        ep.send_reference(buf)
 
 
 @pytest.mark.lacks("send_by_reference")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import struct
 
-from sim_kit import assert_no_leaks, snapshot, wait_for
+from common_kit import wait_for
+from sim_kit import assert_no_leaks, snapshot
 
 from amplink.handover import BufferChannel
 from amplink.handover.wire import HANDOVER_VERSION, RECORD, RecordType
