@@ -38,7 +38,7 @@ from ..memory.errors import IommuFault, PeerBufferError
 from ..memory.table import BufferFaultReason
 from ..rpmsg.wire import RPMSG_ADDR_ANY
 from . import wire
-from .port import BufferPort
+from .port import OwnerPort
 from .pump import RecordPump
 from .wire import RECORD, RECORD_SIZE, RecordType
 
@@ -182,13 +182,13 @@ class BufferChannel(RecordPump):
     coroutines use the ``a...`` methods (not mixed with threads on one channel).
     """
 
-    def __init__(self, endpoint: Endpoint, *, port: BufferPort | None = None,
+    def __init__(self, endpoint: Endpoint, *, port: OwnerPort | None = None,
                  buffers: BufferImporter | None = None,
                  memory: CarveoutProvider | None = None, name: str | None = None) -> None:
         super().__init__(endpoint, name or endpoint.name or f"0x{endpoint.addr:x}")
         if port is None and buffers is None and memory is None:
             found = endpoint.link.buffers  # NotSupported without send_by_reference
-            if isinstance(found, BufferPort):
+            if hasattr(found, "attach"):  # a port (BufferPort, ServicePort): the owner
                 port = found
             else:
                 buffers = found
@@ -486,7 +486,12 @@ class BufferChannel(RecordPump):
         if port is None:
             raise self._unexpected(_SEND)
         if att_id == 0:  # the host: the firmware hands over its own memory
-            bracket = port.own_memory(offset, length, access)
+            own_memory = getattr(port, "own_memory", None)  # a BufferPort's; not a service's
+            if own_memory is None:
+                raise PeerBufferError(BufferFaultReason.OUT_OF_RANGE,
+                                      f"0x{offset:x}+0x{length:x}: this port reaches none of "
+                                      f"{port.peer}'s own memory")
+            bracket = own_memory(offset, length, access)
             return ReceivedBuffer(self, 0, offset, length, access, bracket.__enter__(),
                                   None, bracket)
         # the host: the firmware hands back for a while a buffer it holds
