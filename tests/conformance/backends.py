@@ -69,6 +69,7 @@ BACKEND_MODULES: tuple[str, ...] = (
     "backend_loopback",  # two links joined by queues (no shared memory, no zero copy)
     "backend_rpmsg_char",  # /dev/rpmsg* over the fake kernel ("pair" addressing)
     "backend_keembay",  # Keem Bay IPC: header pools and FIFOs ("channel" addressing)
+    "backend_rtkit",    # RTKit application endpoints: 8-byte messages ("endpoint" addressing)
 )
 
 

@@ -18,6 +18,7 @@ from common_kit import Outcome
 
 from amplink.errors import NoBufferAvailable
 from amplink.link import Endpoint, Link
+from amplink.link.endpoint import Callback
 
 #: scheduling slack for "returns within" bounds on a loaded 2-core machine (s)
 MARGIN = 0.5
@@ -37,22 +38,37 @@ DEATH_LATENCIES: list[tuple[str, str, str, float]] = []
 _channels = itertools.count()
 
 
-def connect(h: Harness, *, echo: bool = False, name: str | None = None) -> tuple[Endpoint, int]:
-    """A local endpoint and a peer endpoint (an echo one with ``echo``) addressed to each
-    other; returns ``(local endpoint, peer address)``.
+def connect(h: Harness, *, echo: bool = False, name: str | None = None,
+            callback: Callback | None = None) -> tuple[Endpoint, int]:
+    """A local endpoint (with ``callback``, if given) and a peer endpoint (an echo one with
+    ``echo``) addressed to each other; returns ``(local endpoint, peer address)``.
 
     With "rpmsg" addressing both are made at addresses; with "pair" addressing (an
     endpoint talks to one fixed peer address) the peer announces a channel that this
-    side opens.
+    side opens; with "endpoint" addressing (one number is both ends) the peer takes one
+    of its numbers and this side opens the same.
     """
-    if h.local.capabilities.addressing == "pair":
+    addressing = h.local.capabilities.addressing
+    if addressing == "pair":
         channel = name or f"conf-ch-{next(_channels)}"
         peer_addr = h.peer.create(channel, announce=True, echo=echo)
-        return h.local.open_channel(channel, timeout=5), peer_addr
-    ep = h.local.create_endpoint(name)
+        return h.local.open_channel(channel, timeout=5, callback=callback), peer_addr
+    if addressing == "endpoint":
+        peer_addr = h.peer.create(echo=echo)
+        return h.local.create_endpoint(name, addr=peer_addr, callback=callback), peer_addr
+    ep = h.local.create_endpoint(name, callback=callback)
     peer_addr = h.peer.create(dst=ep.addr, echo=echo)
     ep.dst = peer_addr
     return ep, peer_addr
+
+
+def fit(where: Harness | Endpoint, data: bytes) -> bytes:
+    """``data`` as a payload of the link under test (or of an endpoint's): zero bytes
+    appended up to its smallest payload (RTKit: every message is 8 bytes); unchanged on
+    other links."""
+    link = where.local if isinstance(where, Harness) else where.link
+    assert len(data) <= link.mtu, f"{data!r} does not fit the MTU of {link.mtu}"
+    return data.ljust(link.min_payload, b"\0")
 
 
 def echo_channel(h: Harness) -> str:
@@ -65,10 +81,11 @@ def echo_channel(h: Harness) -> str:
 
 def exhaust(ep: Endpoint) -> list[bytes]:
     """``try_send`` until no transmit buffer is free; return what was sent (message i is
-    ``i.to_bytes(4, "little")``)."""
+    ``i.to_bytes(4, "little")``, longer where the link's smallest payload is)."""
     sent: list[bytes] = []
+    size = max(4, ep.link.min_payload)
     for i in range(MAX_TX):
-        payload = i.to_bytes(4, "little")
+        payload = i.to_bytes(size, "little")
         try:
             ep.try_send(payload)
         except NoBufferAvailable:

@@ -10,8 +10,8 @@ Markers (checked before anything is built; the skip reason names what is missing
 
 * ``@pytest.mark.needs("tx_loan", "can_kill_peer", ...)``: capabilities or extras;
 * ``@pytest.mark.lacks("tx_loan")``: the case checks the error of a backend without it;
-* ``@pytest.mark.addressing("rpmsg", "channel")``: the addressing models the case works
-  with (a case's own mark overrides its module's).
+* ``@pytest.mark.addressing("rpmsg", "channel", "endpoint")``: the addressing models the
+  case works with (a case's own mark overrides its module's).
 
 Every harness that is not pooled is checked for leaks (fds, shared memory mappings,
 this run's /dev/shm objects, child processes, threads) after its teardown; pooled ones

@@ -33,12 +33,14 @@ PEER_SEND_TIMEOUT = 10.0
 FILL_MAX = 100_000
 
 
-def payloads(seed: int, count: int, mtu: int) -> list[bytes]:
-    """``count`` random payloads from ``seed``: the first three are 0, ``mtu`` and 1 bytes
-    long, the others of random length up to ``mtu``. Both sides of a case generate the
-    same list from the seed (the peer need not be sent it)."""
+def payloads(seed: int, count: int, mtu: int, minimum: int = 0) -> list[bytes]:
+    """``count`` random payloads from ``seed``: the first three are ``minimum``, ``mtu``
+    and ``minimum + 1`` bytes long (0, MTU, 1 on a link without a smallest payload), the
+    others of random length between. Both sides of a case generate the same list from
+    the seed (the peer need not be sent it)."""
     rng = random.Random(seed)
-    sizes = [0, mtu, 1][:count] + [rng.randint(0, mtu) for _ in range(count - 3)]
+    sizes = [minimum, mtu, min(minimum + 1, mtu)][:count]
+    sizes += [rng.randint(minimum, mtu) for _ in range(count - 3)]
     return [rng.randbytes(n) for n in sizes]
 
 
@@ -139,7 +141,7 @@ class PeerOps:
                     timeout: float = PEER_SEND_TIMEOUT) -> int:
         """Send :func:`payloads` ``(seed, count, mtu)`` to ``dst`` in order; return the count."""
         ep = self._ep(addr)
-        for payload in payloads(seed, count, ep.mtu):
+        for payload in payloads(seed, count, ep.mtu, self.link.min_payload):
             ep.sendto(payload, dst, timeout=timeout)
         return count
 

@@ -14,19 +14,19 @@ import time
 import pytest
 from backends import Harness
 from common_kit import Outcome
-from conformance_kit import MARGIN, Recorder, drive_until, exhaust, wait_parked
+from conformance_kit import MARGIN, Recorder, connect, drive_until, exhaust, fit, wait_parked
 
 from amplink.errors import AmplinkError, EndpointClosed, NoBufferAvailable
 from amplink.link import Endpoint
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg", "channel")]
+pytestmark = [pytest.mark.timeout(30),
+              pytest.mark.addressing("rpmsg", "channel", "endpoint")]
 
 
 def test_callbacks_run_in_order(harness: Harness, dispatch: str) -> None:
     rec = Recorder()
-    ep = harness.local.create_endpoint(callback=rec)
-    p = harness.peer.create(dst=ep.addr)
-    msgs = [b"m%d" % i for i in range(20)]
+    ep, p = connect(harness, callback=rec)
+    msgs = [fit(harness, b"m%d" % i) for i in range(20)]
     # more than a small ring holds: the peer sends while this side dispatches
     sending = harness.peer.start("send_many", addr=p, dst=ep.addr, items=msgs)
     assert drive_until(harness, rec, lambda: rec.count() >= len(msgs), 10)
@@ -47,34 +47,32 @@ def test_callbacks_run_in_order(harness: Harness, dispatch: str) -> None:
 def test_caller_mode_runs_callbacks_only_when_asked(harness: Harness, dispatch: str) -> None:
     """In mode "caller" nothing runs a callback until the link is polled or run."""
     rec = Recorder()
-    ep = harness.local.create_endpoint(callback=rec)
-    p = harness.peer.create(dst=ep.addr)
-    harness.peer.send(p, b"waits")
-    other, q = harness.local.create_endpoint(), harness.peer.create()
-    harness.peer.send(q, b"recv", dst=other.addr)
-    assert other.recv(timeout=5) == b"recv"  # recv() drains but runs nobody's callback
+    ep, p = connect(harness, callback=rec)
+    harness.peer.send(p, fit(harness, b"waits"))
+    other, q = connect(harness)
+    harness.peer.send(q, fit(harness, b"recv"))
+    assert other.recv(timeout=5) == fit(harness, b"recv")  # drains, runs no callback
     assert rec.count() == 0
     harness.local.poll()
-    assert rec.payloads == [b"waits"]
+    assert rec.payloads == [fit(harness, b"waits")]
 
 
 def test_callback_errors_are_counted(harness: Harness, dispatch: str) -> None:
     def fail_on_odd(ep: Endpoint, payload: bytes, src: int) -> None:
-        if int(payload) % 2:
+        if payload[0] % 2:
             raise ValueError(f"odd {payload!r}")
 
     rec = Recorder(fail_on_odd)
-    ep = harness.local.create_endpoint(callback=rec)
-    p = harness.peer.create(dst=ep.addr)
-    sending = harness.peer.start("send_many", addr=p, dst=ep.addr,
-                                 items=[b"%d" % i for i in range(10)])
+    ep, p = connect(harness, callback=rec)
+    items = [fit(harness, bytes([i])) for i in range(10)]
+    sending = harness.peer.start("send_many", addr=p, dst=ep.addr, items=items)
     assert drive_until(harness, rec, lambda: rec.count() >= 10, 10)
     sending.result(10)
-    assert rec.payloads == [b"%d" % i for i in range(10)]  # an error stops nothing
+    assert rec.payloads == items  # an error stops nothing
     assert ep.statistics().callback_errors == 5
     assert not ep.closed
-    ep.send(b"still fine", timeout=5)
-    assert harness.peer.recv(p) == (b"still fine", ep.addr)
+    ep.send(fit(harness, b"fine"), timeout=5)
+    assert harness.peer.recv(p) == (fit(harness, b"fine"), ep.addr)
 
 
 def test_no_callback_after_close_returns(harness: Harness, dispatch: str) -> None:
@@ -86,13 +84,14 @@ def test_no_callback_after_close_returns(harness: Harness, dispatch: str) -> Non
             late.append(payload)
 
     rec = Recorder(check)
-    ep = harness.local.create_endpoint(callback=rec)
-    p = harness.peer.create(dst=ep.addr)
-    harness.peer.send(p, b"first")
+    ep, p = connect(harness, callback=rec)
+    sentinel = Recorder()
+    _, q = connect(harness, callback=sentinel)  # a probe sent to it after "later" tells
+    harness.peer.send(p, fit(harness, b"first"))
     assert drive_until(harness, rec, lambda: rec.count() >= 1, 10)
     # a stream of messages on its way while the endpoint closes
     streaming = harness.peer.start("send_many", addr=p, dst=ep.addr,
-                                   items=[b"%d" % i for i in range(200)])
+                                   items=[fit(harness, b"%d" % i) for i in range(200)])
     runner = None
     if dispatch == "caller":
         stop = threading.Event()
@@ -102,10 +101,8 @@ def test_no_callback_after_close_returns(harness: Harness, dispatch: str) -> Non
     streaming.result(10)
     seen = rec.count()
     # whatever the peer sent goes to a closed address now: dropped, no callback
-    harness.peer.send(p, b"later")
-    sentinel = Recorder()
-    probe = harness.local.create_endpoint(callback=sentinel)
-    harness.peer.send(p, b"probe", dst=probe.addr)
+    harness.peer.send(p, fit(harness, b"later"))
+    harness.peer.send(q, fit(harness, b"probe"))  # sent after it, taken in after it
     assert drive_until(harness, sentinel, lambda: sentinel.count() >= 1, 10)
     if runner is not None:
         stop.set()
@@ -115,21 +112,23 @@ def test_no_callback_after_close_returns(harness: Harness, dispatch: str) -> Non
 
 
 def test_close_from_its_own_callback(harness: Harness, dispatch: str) -> None:
+    stop = fit(harness, b"stop")
+
     def close_on_stop(ep: Endpoint, payload: bytes, src: int) -> None:
-        if payload == b"stop":
+        if payload == stop:
             ep.close()  # allowed: this call finishes, no further one runs
 
     rec = Recorder(close_on_stop)
-    ep = harness.local.create_endpoint(callback=rec)
-    p = harness.peer.create(dst=ep.addr)
-    harness.peer.call("send_many", addr=p, dst=ep.addr, items=[b"a", b"stop", b"b", b"c"])
+    ep, p = connect(harness, callback=rec)
+    sentinel = Recorder()
+    _, q = connect(harness, callback=sentinel)  # a probe sent to it after the rest tells
+    items = [fit(harness, m) for m in (b"a", b"stop", b"b", b"c")]
+    harness.peer.call("send_many", addr=p, dst=ep.addr, items=items)
     assert drive_until(harness, rec, lambda: ep.closed, 10)
     # the rest were queued for it or dropped at its address: never delivered
-    sentinel = Recorder()
-    probe = harness.local.create_endpoint(callback=sentinel)
-    harness.peer.send(p, b"probe", dst=probe.addr)
+    harness.peer.send(q, fit(harness, b"probe"))
     assert drive_until(harness, sentinel, lambda: sentinel.count() >= 1, 10)
-    assert rec.payloads == [b"a", b"stop"]
+    assert rec.payloads == items[:2]
 
 
 @pytest.mark.addressing("rpmsg")  # sends to another address than its own
@@ -205,9 +204,8 @@ def test_statistics_answers_while_a_callback_blocks(harness: Harness, dispatch: 
         entered.set()
         release.wait(10)  # user code that blocks on anything at all
 
-    ep = harness.local.create_endpoint(callback=block)
-    p = harness.peer.create(dst=ep.addr)
-    harness.peer.send(p, b"block")
+    ep, p = connect(harness, callback=block)
+    harness.peer.send(p, fit(harness, b"block"))
     runner = None
     if dispatch == "caller":
         runner = Outcome(lambda: harness.local.run(until=release.is_set, timeout=20))
@@ -219,9 +217,9 @@ def test_statistics_answers_while_a_callback_blocks(harness: Harness, dispatch: 
             assert time.monotonic() - t0 < MARGIN  # it takes no lock: no wait at all
             assert stats.state == "up"
             assert harness.local.endpoints() == [ep]
-        other, q = harness.local.create_endpoint(), harness.peer.create()
-        harness.peer.send(q, b"meanwhile", dst=other.addr)
-        assert other.recv(timeout=5) == b"meanwhile"
+        other, q = connect(harness)
+        harness.peer.send(q, fit(harness, b"meantime"))
+        assert other.recv(timeout=5) == fit(harness, b"meantime")
     finally:
         release.set()
     if runner is not None:

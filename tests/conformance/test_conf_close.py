@@ -10,12 +10,15 @@ from collections.abc import Callable
 
 import pytest
 from backends import Harness
-from conformance_kit import MARGIN, Blocked, BlockedCoroutine, connect, exhaust
+from conformance_kit import MARGIN, Blocked, BlockedCoroutine, connect, exhaust, fit
 
 from amplink.errors import EndpointClosed
 from amplink.link import Endpoint
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg", "channel")]
+pytestmark = [pytest.mark.timeout(30),
+              pytest.mark.addressing("rpmsg", "channel", "endpoint")]
+
+BLOCKED = b"blocked"
 
 
 def test_closed_endpoint_refuses_everything(harness: Harness) -> None:
@@ -23,15 +26,16 @@ def test_closed_endpoint_refuses_everything(harness: Harness) -> None:
     ep.close()
     ep.close()
     assert ep.closed
+    x = fit(harness, b"x")
     calls: list[Callable[[], object]] = [
-        lambda: ep.send(b"x", timeout=1), lambda: ep.try_send(b"x"),
-        lambda: ep.sendto(b"x", p, timeout=1), lambda: ep.try_sendto(b"x", p),
-        lambda: ep.send_offchannel(ep.addr, p, b"x", timeout=1),
-        lambda: ep.try_send_offchannel(ep.addr, p, b"x"),
+        lambda: ep.send(x, timeout=1), lambda: ep.try_send(x),
+        lambda: ep.sendto(x, p, timeout=1), lambda: ep.try_sendto(x, p),
+        lambda: ep.send_offchannel(ep.addr, p, x, timeout=1),
+        lambda: ep.try_send_offchannel(ep.addr, p, x),
         lambda: ep.recv(timeout=0.01), lambda: ep.recvfrom(timeout=None),
         lambda: ep.try_recvfrom(), lambda: ep.wait_writable(timeout=0.01),
         lambda: asyncio.run(ep.arecv(timeout=0.01)),
-        lambda: asyncio.run(ep.asend(b"x", timeout=0.01))]
+        lambda: asyncio.run(ep.asend(x, timeout=0.01))]
     if harness.local.capabilities.tx_loan:
         calls.append(lambda: ep.loan(timeout=0.01))
     for call in calls:
@@ -48,7 +52,7 @@ def _recv(ep: Endpoint) -> Callable[[], object]:
 
 def _send_full(ep: Endpoint) -> Callable[[], object]:
     exhaust(ep)
-    return lambda: ep.send(b"blocked", timeout=3)
+    return lambda: ep.send(fit(ep, BLOCKED), timeout=3)
 
 
 def _wait_writable(ep: Endpoint) -> Callable[[], object]:
@@ -87,7 +91,7 @@ def test_close_wakes_a_blocked_call(harness: Harness, call: str) -> None:
     if call in ("send-on-full-rings", "loan"):
         harness.peer.call("drain")
         got = harness.peer.call("take_all", addr=p)
-        assert got and b"blocked" not in [m for m, _ in got]
+        assert got and fit(harness, BLOCKED) not in [m for m, _ in got]
 
 
 @pytest.mark.parametrize("call", ["arecv", "asend-on-full-rings", "await_writable"])
@@ -102,7 +106,7 @@ def test_close_wakes_a_blocked_coroutine(harness: Harness, call: str) -> None:
         blocked = BlockedCoroutine(lambda: ep.await_writable(timeout=3))
     else:
         exhaust(ep)
-        blocked = BlockedCoroutine(lambda: ep.asend(b"blocked", timeout=3))
+        blocked = BlockedCoroutine(lambda: ep.asend(fit(harness, BLOCKED), timeout=3))
     t0 = time.monotonic()
     ep.close()
     result, error, ended = blocked.outcome()
@@ -116,7 +120,7 @@ def test_link_close_wakes_blocked_calls(harness: Harness) -> None:
     b, _ = connect(harness)
     receiving = Blocked(lambda: a.recv(timeout=3))
     exhaust(b)
-    sending = Blocked(lambda: b.send(b"blocked", timeout=3))
+    sending = Blocked(lambda: b.send(fit(harness, BLOCKED), timeout=3))
     t0 = time.monotonic()
     harness.local.close()
     for blocked in (receiving, sending):
@@ -134,7 +138,7 @@ def test_closed_link_refuses_everything(harness: Harness) -> None:
     assert local.closed and not local.is_up
     assert ep.closed
     assert local.statistics().state == "closed"
-    for call in (lambda: ep.send(b"x", timeout=1), lambda: ep.recv(timeout=1),
+    for call in (lambda: ep.send(fit(harness, b"x"), timeout=1), lambda: ep.recv(timeout=1),
                  lambda: local.create_endpoint(), lambda: local.poll(),
                  lambda: local.wait_channel("conf-x", timeout=0.01)):
         with pytest.raises(EndpointClosed):
@@ -145,8 +149,8 @@ def test_closed_link_refuses_everything(harness: Harness) -> None:
 def test_queued_messages_dropped_and_counted_at_close(harness: Harness) -> None:
     ep, p = connect(harness)
     for i in range(3):
-        harness.peer.send(p, b"%d" % i)
-    assert ep.recv(timeout=5) == b"0"  # the others are taken in with it, or soon after
+        harness.peer.send(p, fit(harness, b"%d" % i))
+    assert ep.recv(timeout=5) == fit(harness, b"0")  # the others come with it, or soon after
     harness.local.wait_until(lambda: ep.statistics().queued == 2, 5, tx=False)
     ep.close()
     assert ep.statistics().dropped_at_close == 2

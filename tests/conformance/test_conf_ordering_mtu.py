@@ -1,16 +1,20 @@
 """Ordered, intact delivery of random messages in both directions; the MTU: the largest
-payload passes, one byte more is refused whole, nothing is ever truncated."""
+payload passes, one byte more is refused whole, nothing is ever truncated; on a link
+with a smallest payload (RTKit's 8-byte messages) a shorter one is refused, not padded."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from backends import Harness
-from conformance_kit import connect
+from conformance_kit import connect, fit
 from peer_ops import payloads
 
-from amplink.errors import MessageTooLarge
+from amplink.errors import InvalidArgument, MessageTooLarge
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.addressing("rpmsg", "channel")]
+pytestmark = [pytest.mark.timeout(60),
+              pytest.mark.addressing("rpmsg", "channel", "endpoint")]
 
 COUNT = 1000
 
@@ -22,7 +26,7 @@ def local_sends(harness: Harness, direction: str) -> bool:
 
 def test_1000_random_messages_in_order(harness: Harness, direction: str) -> None:
     ep, p = connect(harness)
-    msgs = payloads(0xA11CE, COUNT, ep.mtu)
+    msgs = payloads(0xA11CE, COUNT, ep.mtu, harness.local.min_payload)
     if local_sends(harness, direction):
         receiving = harness.peer.start("recv_many", addr=p, count=COUNT, timeout=10)
         for m in msgs:
@@ -49,7 +53,8 @@ def test_1000_random_messages_in_order(harness: Harness, direction: str) -> None
 def test_both_directions_at_once(harness: Harness) -> None:
     ep, p = connect(harness)
     count = 200  # both directions share the buffers' owner's CPU time
-    down = payloads(1, count, ep.mtu)
+    minimum = harness.local.min_payload
+    down = payloads(1, count, ep.mtu, minimum)
     receiving = harness.peer.start("recv_many", addr=p, count=count, timeout=10)
     sending = harness.peer.start("send_random", addr=p, dst=ep.addr, seed=2, count=count,
                                  timeout=10)
@@ -63,14 +68,14 @@ def test_both_directions_at_once(harness: Harness) -> None:
         got_up.append(ep.recv(timeout=10))
     assert sending.result(30) == count
     assert [m for m, _ in receiving.result(30)] == down
-    assert got_up == payloads(2, count, ep.mtu)
+    assert got_up == payloads(2, count, ep.mtu, minimum)
 
 
 def test_mtu_largest_payload_passes_whole(harness: Harness, direction: str) -> None:
     ep, p = connect(harness)
     mtu = harness.local.mtu
     assert ep.mtu == mtu == harness.local.capabilities.max_payload
-    sizes = [mtu, mtu - 1, 0, 1]
+    sizes = [n for n in (mtu, mtu - 1, 0, 1) if n >= harness.local.min_payload]
     msgs = [bytes((i + n) & 0xFF for i in range(n)) for n in sizes]
     if local_sends(harness, direction):
         for m in msgs:
@@ -98,8 +103,30 @@ def test_mtu_exceeded_is_refused_whole(harness: Harness) -> None:
     with pytest.raises(MessageTooLarge):
         ep.send(bytes(10 * mtu + 7), timeout=1)
     # nothing was sent (not even a truncated part): the next message is the sentinel
-    ep.send(b"sentinel", timeout=5)
-    assert harness.peer.recv(p) == (b"sentinel", ep.addr)
+    ep.send(fit(harness, b"sentinel"), timeout=5)
+    assert harness.peer.recv(p) == (fit(harness, b"sentinel"), ep.addr)
+    assert harness.peer.call("take_all", addr=p) == []
+    assert ep.statistics().messages_sent == 1
+
+
+def test_below_the_smallest_payload_is_refused_whole(harness: Harness) -> None:
+    minimum = harness.local.capabilities.min_payload
+    assert harness.case is not None
+    if minimum == 0:
+        pytest.skip(f"{harness.case.id}: capability min_payload=0 (every length from 0 is a "
+                    "payload)")
+    ep, p = connect(harness)
+    too_short = bytes(range(minimum - 1))
+    calls = [lambda: ep.send(too_short, timeout=1), lambda: ep.try_send(too_short),
+             lambda: ep.sendto(too_short, p, timeout=1), lambda: ep.try_sendto(too_short, p),
+             lambda: ep.send(b"", timeout=1), lambda: asyncio.run(ep.asend(too_short, 1))]
+    for call in calls:
+        with pytest.raises(InvalidArgument):  # refused, not padded
+            call()
+    with pytest.raises(InvalidArgument):
+        harness.peer.send(p, too_short)  # the peer's side refuses just the same
+    ep.send(fit(harness, b"sentinel"), timeout=5)
+    assert harness.peer.recv(p) == (fit(harness, b"sentinel"), ep.addr)
     assert harness.peer.call("take_all", addr=p) == []
     assert ep.statistics().messages_sent == 1
 
@@ -109,6 +136,6 @@ def test_mtu_exceeded_by_the_peer_is_refused_too(harness: Harness) -> None:
     ep, p = connect(harness)
     with pytest.raises(MessageTooLarge):
         harness.peer.send(p, bytes(harness.local.mtu + 1))
-    harness.peer.send(p, b"sentinel")
-    assert ep.recvfrom(timeout=5) == (b"sentinel", p)
+    harness.peer.send(p, fit(harness, b"sentinel"))
+    assert ep.recvfrom(timeout=5) == (fit(harness, b"sentinel"), p)
     assert ep.try_recvfrom() is None

@@ -23,6 +23,7 @@ from conformance_kit import (
     BlockedCoroutine,
     connect,
     exhaust,
+    fit,
 )
 from peers import AgentPeer
 
@@ -38,7 +39,7 @@ def _recv(ep: Endpoint) -> Blocked:
 
 def _send_full(ep: Endpoint) -> Blocked:
     exhaust(ep)
-    return Blocked(lambda: ep.send(b"blocked", timeout=10))
+    return Blocked(lambda: ep.send(fit(ep, b"blocked"), timeout=10))
 
 
 def _wait_writable(ep: Endpoint) -> Blocked:
@@ -52,7 +53,7 @@ def _arecv(ep: Endpoint) -> BlockedCoroutine:
 
 def _asend_full(ep: Endpoint) -> BlockedCoroutine:
     exhaust(ep)
-    return BlockedCoroutine(lambda: ep.asend(b"blocked", timeout=10))
+    return BlockedCoroutine(lambda: ep.asend(fit(ep, b"blocked"), timeout=10))
 
 
 def _await_writable(ep: Endpoint) -> BlockedCoroutine:
@@ -111,8 +112,8 @@ def test_every_later_call_fails_with_link_down(harness: Harness) -> None:
     assert not local.is_up
     assert local.statistics().state == "down"
     for call in (lambda: ep.recv(timeout=1), lambda: ep.try_recvfrom(),
-                 lambda: ep.send(b"x", timeout=1), lambda: ep.try_send(b"x"),
-                 lambda: ep.sendto(b"x", p, timeout=1),
+                 lambda: ep.send(fit(ep, b"x"), timeout=1), lambda: ep.try_send(fit(ep, b"x")),
+                 lambda: ep.sendto(fit(ep, b"x"), p, timeout=1),
                  lambda: asyncio.run(ep.arecv(timeout=1)),
                  lambda: local.create_endpoint(), lambda: local.poll()):
         t0 = time.monotonic()
@@ -141,7 +142,7 @@ def test_peer_exits_abruptly(harness: Harness) -> None:
     if harness.local.capabilities.name_service:  # an announced service: no end announced
         harness.peer.create("conf-exit-svc", announce=True)
         client = harness.local.open_channel("conf-exit-svc", timeout=5)
-    else:  # static channels (Keem Bay): a channel both sides opened
+    else:  # static channels (Keem Bay, RTKit): a channel both sides opened
         client, _ = connect(harness)
     waiting = _recv(client)
     harness.peer.exit(3)

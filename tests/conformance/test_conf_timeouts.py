@@ -8,11 +8,12 @@ import time
 
 import pytest
 from backends import Harness
-from conformance_kit import MARGIN, Blocked, assert_within, connect, exhaust
+from conformance_kit import MARGIN, Blocked, assert_within, connect, exhaust, fit
 
 from amplink.errors import InvalidArgument, NoBufferAvailable, ReceiveTimeout, SendTimeout
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg", "channel")]
+pytestmark = [pytest.mark.timeout(30),
+              pytest.mark.addressing("rpmsg", "channel", "endpoint")]
 
 T = 0.05
 
@@ -64,7 +65,7 @@ def test_bad_timeouts_refused(harness: Harness) -> None:
         with pytest.raises(InvalidArgument):
             ep.recv(timeout=bad)
         with pytest.raises(InvalidArgument):
-            ep.send(b"x", timeout=bad)
+            ep.send(fit(harness, b"x"), timeout=bad)
     with pytest.raises((InvalidArgument, TypeError)):
         ep.recv(timeout="1")  # type: ignore[arg-type]
     assert ep.statistics().messages_sent == 0
@@ -73,19 +74,20 @@ def test_bad_timeouts_refused(harness: Harness) -> None:
 def test_send_timeout_on_full_rings(harness: Harness) -> None:
     ep, p = connect(harness)
     sent = exhaust(ep)
+    blocked = fit(harness, b"blocked")
     t0 = time.monotonic()
     with pytest.raises(SendTimeout) as info:
-        ep.send(b"blocked", timeout=T)
+        ep.send(blocked, timeout=T)
     assert_within(time.monotonic() - t0, T, T + MARGIN, "send(timeout=T)")
     assert isinstance(info.value, TimeoutError)
     t0 = time.monotonic()
     with pytest.raises(NoBufferAvailable):
-        ep.send(b"blocked", timeout=0)  # 0: no wait at all
+        ep.send(blocked, timeout=0)  # 0: no wait at all
     assert_within(time.monotonic() - t0, 0, MARGIN, "send(timeout=0)")
     with pytest.raises(SendTimeout):
-        ep.sendto(b"blocked", p, timeout=T)
+        ep.sendto(blocked, p, timeout=T)
     with pytest.raises(SendTimeout):
-        ep.send_offchannel(ep.addr, p, b"blocked", timeout=T)
+        ep.send_offchannel(ep.addr, p, blocked, timeout=T)
     # what timed out was not sent
     assert harness.peer.recv_many(p, len(sent)) == [(m, ep.addr) for m in sent]
     assert harness.peer.call("take_all", addr=p) == []
@@ -98,7 +100,7 @@ def test_send_timeout_asyncio(harness: Harness) -> None:
     async def main() -> float:
         t0 = time.monotonic()
         with pytest.raises(SendTimeout):
-            await ep.asend(b"blocked", timeout=T)
+            await ep.asend(fit(harness, b"blocked"), timeout=T)
         return time.monotonic() - t0
 
     assert_within(asyncio.run(asyncio.wait_for(main(), 10)), T, T + MARGIN,
@@ -120,11 +122,12 @@ def test_loan_timeout(harness: Harness) -> None:
 def test_blocked_send_resumes_when_the_peer_reads(harness: Harness) -> None:
     ep, p = connect(harness)
     sent = exhaust(ep)
-    blocked = Blocked(lambda: ep.send(b"resumed", timeout=10))
+    resumed = fit(harness, b"resumed")
+    blocked = Blocked(lambda: ep.send(resumed, timeout=10))
     got = harness.peer.recv_many(p, len(sent) + 1, timeout=10)
     _, error, _ = blocked.outcome()
     assert error is None
-    assert got == [(m, ep.addr) for m in sent + [b"resumed"]]
+    assert got == [(m, ep.addr) for m in sent + [resumed]]
 
 
 def test_blocked_asend_resumes_when_the_peer_reads(harness: Harness) -> None:
@@ -132,9 +135,10 @@ def test_blocked_asend_resumes_when_the_peer_reads(harness: Harness) -> None:
     sent = exhaust(ep)
 
     async def main() -> None:
+        resumed = fit(harness, b"resumed")
         reading = harness.peer.start("recv_many", addr=p, count=len(sent) + 1, timeout=10)
-        await ep.asend(b"resumed", timeout=10)
+        await ep.asend(resumed, timeout=10)
         got = await asyncio.wrap_future(reading)
-        assert got == [(m, ep.addr) for m in sent + [b"resumed"]]
+        assert got == [(m, ep.addr) for m in sent + [resumed]]
 
     asyncio.run(asyncio.wait_for(main(), 20))

@@ -8,11 +8,12 @@ import time
 
 import pytest
 from backends import Harness
-from conformance_kit import MARGIN, Blocked, assert_within, connect, exhaust
+from conformance_kit import MARGIN, Blocked, assert_within, connect, exhaust, fit
 
 from amplink.errors import NotSupported
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg", "channel")]
+pytestmark = [pytest.mark.timeout(30),
+              pytest.mark.addressing("rpmsg", "channel", "endpoint")]
 
 T = 0.05
 
@@ -37,9 +38,9 @@ def test_writable_and_wait_writable(harness: Harness) -> None:
     assert (result, error) == (True, None)
     assert ended - t0 < MARGIN
     assert local.writable()
-    ep.try_send(b"fits now")
+    ep.try_send(fit(harness, b"fits now"))
     got = harness.peer.recv_many(p, len(sent))
-    assert [m for m, _ in got] == sent[1:] + [b"fits now"]
+    assert [m for m, _ in got] == sent[1:] + [fit(harness, b"fits now")]
 
 
 @pytest.mark.needs("tx_ready")

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 from backends import Harness
-from conformance_kit import Recorder, connect, drive_until, exhaust
+from conformance_kit import Recorder, connect, drive_until, exhaust, fit
 
 from amplink.errors import (
     EndpointClosed,
@@ -19,7 +19,8 @@ from amplink.errors import (
 )
 from amplink.link import HeldMessage, TxLoan
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg", "channel")]
+pytestmark = [pytest.mark.timeout(30),
+              pytest.mark.addressing("rpmsg", "channel", "endpoint")]
 
 
 def loans_until_exhausted(ep) -> list[TxLoan]:  # noqa: ANN001
@@ -128,8 +129,8 @@ def test_loan_without_the_capability_is_not_supported(harness: Harness) -> None:
         ep.loan(timeout=1)
     with pytest.raises(NotSupported):
         asyncio.run(ep.aloan(timeout=1))
-    ep.send(b"send works", timeout=5)
-    assert harness.peer.recv(p) == (b"send works", ep.addr)
+    ep.send(fit(harness, b"works"), timeout=5)
+    assert harness.peer.recv(p) == (fit(harness, b"works"), ep.addr)
 
 
 # -- held receive buffers ---------------------------------------------------------------------
@@ -232,9 +233,9 @@ def test_held_messages_in_a_callback(harness: Harness, dispatch: str) -> None:
 def test_recv_held_without_hold_is_a_copy(harness: Harness) -> None:
     """On any backend: recv_held() of an ordinary endpoint gives a copy in the same shape."""
     ep, p = connect(harness)
-    harness.peer.send(p, b"copied")
+    harness.peer.send(p, fit(harness, b"copied"))
     msg = ep.recv_held(timeout=5)
-    assert (bytes(msg.view), msg.src) == (b"copied", p)
+    assert (bytes(msg.view), msg.src) == (fit(harness, b"copied"), p)
     assert harness.local.statistics().rx_held == 0
     msg.release()
 

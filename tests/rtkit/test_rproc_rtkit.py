@@ -11,8 +11,9 @@ from common_kit import Events, wait_for
 from elftools.elf.elffile import ELFFile
 from rtkit_kit import GENEROUS_ACK_TIMEOUT
 
-from amplink.errors import LinkDown
+from amplink.errors import EndpointClosed, LinkDown
 from amplink.platforms.rtkit import RtkitRemoteProc
+from amplink.platforms.rtkit.backend import pack_message, unpack_message
 from amplink.platforms.sim import FirmwareStartError
 from amplink.remoteproc.core import RestartPolicy
 from amplink.remoteproc.states import InvalidTransition, RprocState
@@ -202,3 +203,30 @@ def test_the_link_is_gone_after_shutdown(make):
         ep.send(1)
     with pytest.raises(RtkitNotRunning):
         rproc.open_endpoint(0x20)
+
+
+def test_rproc_link_is_the_common_endpoint_api_of_each_run(make):
+    """``rproc.link``: the application endpoints as a Link; down at a crash (RtkitCrashed),
+    a new link after the recovery, closed at shutdown."""
+    rproc = make()
+    events = Events(rproc)
+    with pytest.raises(LinkDown):
+        rproc.link  # noqa: B018 - offline: no link
+    with rproc.acquire():
+        link = rproc.link
+        assert rproc.links == [link] and link.is_up
+        assert [c.name for c in link.channels()] == ["rtkit-0x20"]
+        ep = link.open_channel("rtkit-0x20", timeout=5)
+        ep.send(pack_message(0x1234), timeout=5)
+        assert unpack_message(ep.recv(timeout=5)) == 0x1234
+        ep.send(pack_message(0xDEAD), timeout=5)  # the firmware's handler crashes
+        with pytest.raises(RtkitCrashed):
+            ep.recv(timeout=5)
+        assert events.wait("recovered")
+        assert link.closed and rproc.link is not link
+        again = rproc.link.create_endpoint(addr=0x20)
+        again.send(pack_message(5), timeout=5)
+        assert again.recv(timeout=5) == pack_message(5)
+    assert link.closed and again.closed
+    with pytest.raises(EndpointClosed):  # an orderly shutdown: this side closed it
+        again.send(pack_message(1), timeout=1)

@@ -31,6 +31,7 @@ from ..errors import (
     NoBufferAvailable,
     NotSupported,
     ReceiveTimeout,
+    SendTimeout,
 )
 from ..notify.waiter import Waiter
 
@@ -44,7 +45,8 @@ Deliver = Callable[[int, int, "memoryview | bytes", Any], bool]
 #: how endpoints are addressed: "rpmsg" (32-bit source and destination on every
 #: message, any-to-any), "pair" (each endpoint talks to one fixed peer address, as
 #: /dev/rpmsgN), "channel" (a channel id is both ends, as Keem Bay's), "endpoint"
-#: (a small endpoint number, as RTKit's)
+#: (a small endpoint number is both ends, as RTKit's). With "channel" and "endpoint" an
+#: endpoint's destination is its own address
 Addressing = Literal["rpmsg", "pair", "channel", "endpoint"]
 
 
@@ -54,6 +56,9 @@ class Capabilities:
 
     #: the largest payload of one message
     max_payload: int
+    #: the smallest payload of one message: a shorter one is refused (InvalidArgument),
+    #: never padded (RTKit: every message is one 64-bit word, ``min_payload == 8``)
+    min_payload: int = 0
     #: the peer announces channels by name (rpmsg's name service at address 53)
     name_service: bool = False
     #: a transmit buffer can be loaned, filled in place and sent (zero-copy send)
@@ -107,6 +112,9 @@ class ErrorTypes:
     recv_timeout: type[ReceiveTimeout] = ReceiveTimeout
     #: an explicit local address is taken
     in_use: type[AddressError] = AddressError
+    #: a send found no free transmit buffer within its timeout (e.g. RTKit's
+    #: MailboxSendTimeout, ETIMEDOUT)
+    send_timeout: type[SendTimeout] = SendTimeout
 
 
 class Backend(ABC):

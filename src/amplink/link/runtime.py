@@ -97,6 +97,7 @@ class Link:
         self.errors = backend.errors
         self.name = name
         self.mtu = caps.max_payload
+        self.min_payload = caps.min_payload
         self.poll_mode = poll_mode
         self.max_held = (int_arg(max_held, "max_held", minimum=1) if max_held is not None
                          else max(1, caps.rx_buffers // 2))
@@ -217,8 +218,8 @@ class Link:
                 self.core.check_address(addr)
                 picked = addr
             addr = self.backend.open_endpoint(picked, name, dst)
-            if self.capabilities.addressing == "channel":
-                dst = addr  # a channel is both ends
+            if self.capabilities.addressing in ("channel", "endpoint"):
+                dst = addr  # one number is both ends
             ep = Endpoint(self, addr, name=name, dst=dst, callback=callback,
                           announced=announce and self.core.name_service, hold=hold, priv=priv)
             self.core.add_endpoint(ep)
@@ -605,10 +606,18 @@ class Link:
     def _check_send(self, src: int, dst: int, data: bytes | bytearray | memoryview) -> None:
         """The checks of a send (``data`` already a byte payload)."""
         self._check_addresses(src, dst)
-        if len(data) > self.mtu:
+        self._check_length(len(data))
+
+    def _check_length(self, length: int) -> None:
+        if length > self.mtu:
             raise MessageTooLarge(
-                f"payload of {len(data)} bytes exceeds the MTU of {self.mtu}: split it or "
+                f"payload of {length} bytes exceeds the MTU of {self.mtu}: split it or "
                 "pass large data through shared memory"
+            )
+        if length < self.min_payload:
+            raise InvalidArgument(
+                f"payload of {length} bytes is shorter than the {self.min_payload} bytes every "
+                "message of this link carries: it is refused, not padded"
             )
 
     def send_message(self, ep: Endpoint | None, src: int, dst: int,
@@ -619,7 +628,7 @@ class Link:
         if type(data) is not bytes:
             data = payload_arg(data)
         if not (type(src) is int and type(dst) is int and 0 <= src < RPMSG_ADDR_ANY
-                and 0 <= dst < RPMSG_ADDR_ANY and len(data) <= self.mtu):
+                and 0 <= dst < RPMSG_ADDR_ANY and self.min_payload <= len(data) <= self.mtu):
             self._check_send(src, dst, data)
         if timeout != DEFAULT_SEND_TIMEOUT:
             timeout = timeout_arg(timeout)
@@ -663,6 +672,12 @@ class Link:
 
         return sent, queued
 
+    def _send_timeout(self, timeout: float | None) -> SendTimeout:
+        """The error of a send that found no transmit buffer within ``timeout`` s (of the
+        backend's type, see ErrorTypes.send_timeout)."""
+        return self.errors.send_timeout(f"link {self.name}: no TX buffer became free "
+                                        f"within {timeout} s")
+
     def _withdraw(self, queued: list[Any]) -> bool:
         """A blocked send gives up: take its message out of the backend's queue (lock
         not held). True unless it went out meanwhile."""
@@ -682,7 +697,7 @@ class Link:
             self._withdraw(queued)
             raise
         if not ok and self._withdraw(queued):
-            raise SendTimeout(f"no TX buffer became free within {timeout} s")
+            raise self._send_timeout(timeout)
 
     async def async_send_message(self, ep: Endpoint, src: int, dst: int,
                                  data: bytes | bytearray | memoryview,
@@ -696,7 +711,7 @@ class Link:
             await self._async_withdraw(queued)
             raise
         if not ok and await self._async_withdraw(queued):
-            raise SendTimeout(f"no TX buffer became free within {timeout} s")
+            raise self._send_timeout(timeout)
         self._count_sent(ep)
 
     async def _async_withdraw(self, queued: list[Any]) -> bool:
@@ -749,7 +764,7 @@ class Link:
             finally:
                 went = went or not self._withdraw(queued)
             if not went:
-                raise SendTimeout(f"no TX buffer became free within {timeout} s")
+                raise self._send_timeout(timeout)
         finally:
             if not went:
                 with self._lock:
@@ -838,14 +853,14 @@ class Link:
             raise self.backend.no_buffer_error()
         got: list[tuple[Any, memoryview]] = []
         if not self.wait_until(self._loan_ready(ep, got), timeout, tx=True):
-            raise SendTimeout(f"no TX buffer became free within {timeout} s")
+            raise self._send_timeout(timeout)
         return self._lend(ep, *got[0])
 
     async def aloan(self, ep: Endpoint, timeout: float | None) -> TxLoan:
         self._check_loan()
         got: list[tuple[Any, memoryview]] = []
         if not await self.async_wait_until(self._loan_ready(ep, got), timeout, tx=True):
-            raise SendTimeout(f"no TX buffer became free within {timeout} s")
+            raise self._send_timeout(timeout)
         return self._lend(ep, *got[0])
 
     def _lend(self, ep: Endpoint, handle: Any, view: memoryview) -> TxLoan:
@@ -864,6 +879,7 @@ class Link:
             if backend.down is not None:
                 backend.drop_loan(handle)
                 raise backend.down.again()
+            self._check_length(length)
             backend.send_loan(handle, ep.addr, dst, length)
             self._count_sent(ep)
 

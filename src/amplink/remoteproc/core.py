@@ -220,16 +220,16 @@ class RemoteProc(RemoteProcessor):
     @property
     def links(self) -> list[Link]:
         """The host's links, one per rpmsg vdev, then those the platform builds itself
-        (empty unless running)."""
+        (Keem Bay IPC, RTKit's application endpoints; empty unless running)."""
         return list(self._links)
 
     @property
     def link(self) -> Link:
-        """The host's first link (that of the first rpmsg vdev, if any); LinkDown unless
-        running."""
+        """The host's first link (that of the first rpmsg vdev, if any, else the
+        platform's own: RTKit's application endpoints); LinkDown unless running."""
         links = self._links
         if not links:
-            raise LinkDown(f"{self.name} is {self._state} and has no rpmsg link now")
+            raise LinkDown(f"{self.name} is {self._state} and has no link now")
         return links[0]
 
     @property

@@ -83,7 +83,9 @@ class PlatformOps(ABC):
 
     def links(self, resources: ProcessedResources, *, name: str) -> list[Link]:
         """Links the platform builds itself, beyond the vdevs' (e.g. Keem Bay IPC in a
-        carveout); they follow the vdevs' links and are removed with them. Default: none."""
+        carveout, RTKit's application endpoints); asked once per run, after :meth:`start`.
+        They follow the vdevs' links: down at a crash, closed when the run stops.
+        Default: none."""
         return []
 
     @abstractmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import errno
 
-from ..errors import AmplinkError, LinkDown, RemoteProtocolError
+from ..errors import AddressError, AmplinkError, LinkDown, RemoteProtocolError
 
 
 class RtkitError(AmplinkError, OSError):
@@ -45,12 +45,21 @@ class RtkitCrashed(RtkitError, LinkDown):
     def __init__(self, message: str) -> None:
         super().__init__(errno.EINVAL, message)
 
+    def again(self) -> RtkitCrashed:
+        """A fresh error of the same type and message (a link raises it once per call)."""
+        return RtkitCrashed(str(self.strerror))
+
 
 class RtkitNotRunning(RtkitError, ValueError):
     """EINVAL: the call needs a running co-processor (or a discovered endpoint)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.EINVAL, message)
+
+
+class RtkitUndiscoveredEndpoint(RtkitNotRunning, AddressError):
+    """EINVAL: the co-processor did not announce that endpoint in its endpoint map (an
+    :class:`~amplink.errors.AddressError` too: a link refuses the address)."""
 
 
 class DropReason(enum.StrEnum):

@@ -22,7 +22,14 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import messages as m
-from .errors import DropReason, RtkitCrashed, RtkitError, RtkitNotRunning, RtkitProtocolError
+from .errors import (
+    DropReason,
+    RtkitCrashed,
+    RtkitError,
+    RtkitNotRunning,
+    RtkitProtocolError,
+    RtkitUndiscoveredEndpoint,
+)
 from .syslog import SyslogLayout
 
 # -- events -------------------------------------------------------------------------------
@@ -163,8 +170,8 @@ class HostProtocol:
             raise RtkitCrashed("the co-processor crashed: every send fails until it is "
                                "reinitialised (recover or restart it)")
         if ep not in self.endpoints:
-            raise RtkitNotRunning(f"endpoint {m.endpoint_name(ep)} was not announced by the "
-                                  f"co-processor")
+            raise RtkitUndiscoveredEndpoint(f"endpoint {m.endpoint_name(ep)} was not announced "
+                                            "by the co-processor")
         if ep >= m.APP_ENDPOINT_START and not self.running:
             raise RtkitNotRunning(f"endpoint {m.endpoint_name(ep)}: the co-processor is not "
                                   f"running (IOP {m.power_name(self.iop_state)}, AP "

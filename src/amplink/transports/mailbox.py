@@ -209,6 +209,17 @@ class Mailbox:
         finally:
             self._space_waiter.release()
 
+    def tx_ready(self) -> bool:
+        """Cheap check: may the peer's FIFO have room (a broken direction says True: the
+        next send raises)?"""
+        used = (self._tx_tail - self._u32[self._tx_head_at]) & _INDEX_MASK
+        return used != self.depth or bool(self._tx_broken)
+
+    def space_fileno(self) -> int:
+        """Readable when the peer rang "not full" (it popped from a full FIFO). :meth:`send`
+        consumes these rings: another watcher must watch edges, not levels."""
+        return self._space.fileno()
+
     def _timed_out(self, timeout: float | None) -> MailboxSendTimeout:
         self._send_timeouts += 1
         return MailboxSendTimeout(

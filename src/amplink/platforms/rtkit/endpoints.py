@@ -29,14 +29,27 @@ DEFAULT_QUEUE_LIMIT = 1024
 EndpointCallback = Callable[["RtkitEndpoint", int], object]
 
 
+class AppReceiver(Protocol):
+    """Who gets the messages of one application endpoint: an :class:`RtkitEndpoint`, or a
+    link's route (:mod:`.backend`). The runtime's dispatcher calls both methods with no
+    lock held; neither may block."""
+
+    def _deliver(self, msg: int) -> DropReason | None:
+        """Take one message; why it was dropped, if it was."""
+
+    def _down(self, error: BaseException) -> None:
+        """The run is over (crash, stop): blocked and later calls raise ``error``."""
+
+
 class _Sender(Protocol):
     def send(self, ep: int, msg: int, timeout: float | None = SEND_TIMEOUT) -> None: ...
     def try_send(self, ep: int, msg: int) -> bool: ...
-    def _close_endpoint(self, endpoint: RtkitEndpoint) -> None: ...
+    def detach(self, ep: int, receiver: AppReceiver) -> None: ...
 
 
 class RtkitEndpoint:
-    """One application endpoint; made by ``RtkitRemoteProc.open_endpoint``."""
+    """One application endpoint on 64-bit integers; made by ``RtkitRemoteProc.open_endpoint``
+    (the common endpoint API over the same endpoints is ``RtkitRemoteProc.link``)."""
 
     def __init__(self, host: _Sender, ep: int, callback: EndpointCallback | None = None,
                  *, queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
@@ -138,7 +151,7 @@ class RtkitEndpoint:
 
     def close(self) -> None:
         """Stop receiving; no callback runs after this returns (unless called from one)."""
-        self._host._close_endpoint(self)
+        self._host.detach(self.ep, self)
         self._down(EndpointClosed(f"endpoint {m.endpoint_name(self.ep)} was closed"))
         with self._cond:
             if self._callback_thread != threading.get_ident():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from ..._args import finite_seconds_arg, int_arg, str_arg
 from ...errors import AmplinkError
+from ...link.runtime import Link
 from ...memory.iommu import Iommu
 from ...memory.region import SharedRegion
 from ...notify.doorbell import Doorbell
@@ -34,7 +35,7 @@ from ...remoteproc.coredump import CoredumpMode
 from ...remoteproc.devmem import PAGE_SIZE, DeviceMemory
 from ...remoteproc.image import LoadableImage
 from ...remoteproc.ops import CrashReport, PlatformOps, StartInfo
-from ...remoteproc.resources import VdevResource
+from ...remoteproc.resources import ProcessedResources, VdevResource
 from ...remoteproc.states import InvalidTransition, RprocState
 from ...rtkit import messages as m
 from ...rtkit.errors import RtkitNotRunning
@@ -48,6 +49,7 @@ from ...transports.mailbox import (
 )
 from ..sim.monitor import CrashMonitor
 from ..sim.process import FirmwareProcess, Output
+from .backend import rtkit_link
 from .buffers import IovaHook, map_at_iova
 from .dma import DmaServer
 from .endpoints import EndpointCallback, RtkitEndpoint, SyslogRing
@@ -138,8 +140,9 @@ class RtkitOps(PlatformOps):
         self.syslog = syslog
         #: the co-processor's IOMMU (the simulated DART/SART); its faults are the host's
         self.iommu = Iommu(f"{options.name}-dart", options.iova_base, options.iova_size)
-        #: the current run's runtime and firmware process (None between runs)
+        #: the current run's runtime, link and firmware process (None between runs)
         self.host: RtkitHost | None = None
+        self.link: Link | None = None
         self.process: FirmwareProcess | None = None
         #: the report of the last crash (kept after recovery)
         self.last_crash_report = ""
@@ -199,6 +202,10 @@ class RtkitOps(PlatformOps):
                 thing.close()
             raise
         self.host.start()
+        self.link = rtkit_link(self.host, name=o.name)
+
+    def links(self, resources: ProcessedResources, *, name: str) -> list[Link]:
+        return [] if self.link is None else [self.link]
 
     def doorbell(self, vdev: VdevResource) -> Doorbell:
         raise RuntimeError("an RTKit co-processor has no virtio devices")
@@ -222,8 +229,11 @@ class RtkitOps(PlatformOps):
 
     def stop(self, *, crashed: bool) -> None:
         host, self.host = self.host, None
+        link, self.link = self.link, None
         monitor, self._monitor = self._monitor, None
         process, self.process = self.process, None
+        if link is not None:  # the engine closed it, unless the start failed before
+            link.close("the co-processor crashed" if crashed else None)
         if host is not None and not crashed and host.running:
             try:
                 host.shutdown()  # AP QUIESCED, IOP SLEEP, reinit: the co-processor's goodbye

@@ -57,7 +57,7 @@ from ...rtkit.syslog import decode_entry
 from ...transports.mailbox import SEND_TIMEOUT, Mailbox, MailboxBroken
 from .buffers import BufferService, IovaHook, map_at_iova
 from .dma import DmaServer, DmaStatistics
-from .endpoints import EndpointCallback, RtkitEndpoint, SyslogRing
+from .endpoints import AppReceiver, EndpointCallback, RtkitEndpoint, SyslogRing
 
 log = logging.getLogger(__name__)
 syslog_log = logging.getLogger("amplink.rtkit.syslog")
@@ -73,6 +73,8 @@ REPLY_RETRY = 0.001
 
 #: ``on_crash(crashlog or None, summary)``: the co-processor crashed (or broke the mailbox)
 CrashCallback = Callable[[Crashlog | None, str], object]
+#: ``on_down(error)``: the run is over (crash: RtkitCrashed, broken mailbox, stop: LinkDown)
+DownCallback = Callable[[LinkDown], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +133,8 @@ class RtkitHost:
         self._buffers = threading.Lock()
         self._replies: collections.deque[h.Send] = collections.deque()
         self._replies_dropped = 0
-        self._endpoints: dict[int, RtkitEndpoint] = {}
+        self._endpoints: dict[int, AppReceiver] = {}
+        self._down_watchers: list[DownCallback] = []
         self._iop_baseline = 0  # IOP acks counted before the boot or wake under way
         self._pings: dict[int, bool] = {}  # cookie -> answered, for the pings under way
         self._cookies = itertools.count(1)
@@ -166,6 +169,29 @@ class RtkitHost:
         if summary is not None:
             callback(self.crashlog, summary)
 
+    def watch_down(self, callback: DownCallback) -> None:
+        """Call ``callback(error)`` once when this run ends (a crash: RtkitCrashed; a broken
+        mailbox or a stop: LinkDown), at once if it has; with no lock held, before the
+        mailbox is released."""
+        with self._cond:
+            error = self._down
+            if error is None:
+                self._down_watchers.append(callback)
+                return
+        callback(error)
+
+    def unwatch_down(self, callback: DownCallback) -> None:
+        with self._cond:
+            if callback in self._down_watchers:
+                self._down_watchers.remove(callback)
+
+    def _tell_down(self, error: LinkDown) -> None:
+        """Call the down watchers (no lock held)."""
+        with self._cond:
+            watchers, self._down_watchers = self._down_watchers, []
+        for callback in watchers:
+            callback(error)
+
     def close(self, reason: str = "the co-processor was stopped") -> None:
         """Stop the dispatcher, fail the endpoints, free every buffer."""
         with self._cond:
@@ -174,9 +200,11 @@ class RtkitHost:
             self._closed = True
             if self._down is None:
                 self._down = LinkDown(f"{self.name}: {reason}")
+            down = self._down
             self._cond.notify_all()
             endpoints = list(self._endpoints.values())
             self._endpoints.clear()
+        self._tell_down(down)
         os.eventfd_write(self._wake_fd, 1)  # stays readable: every thread sees it
         for thread in self._threads:
             if thread.ident is not None and thread is not threading.current_thread():
@@ -228,7 +256,7 @@ class RtkitHost:
 
     def _drain(self) -> bool:
         """Handle up to DISPATCH_BUDGET messages; True if more may be waiting."""
-        deliveries: list[tuple[RtkitEndpoint, int]] = []
+        deliveries: list[tuple[int, AppReceiver, int]] = []
         crash: str | None = None
         with self._dispatch:
             for _ in range(DISPATCH_BUDGET):
@@ -247,22 +275,22 @@ class RtkitHost:
                         self._do(event, deliveries)
         if crash is not None:  # outside every lock: it calls the crash watcher
             self._fatal(crash, crashed=True)
-        for endpoint, msg in deliveries:  # outside every lock
-            dropped = endpoint._deliver(msg)
+        for ep, receiver, msg in deliveries:  # outside every lock
+            dropped = receiver._deliver(msg)
             if dropped is not None:
-                self._count_drop(h.Dropped(endpoint.ep, msg, dropped))
+                self._count_drop(h.Dropped(ep, msg, dropped))
         return self.mailbox.rx_pending()
 
-    def _do(self, event: h.Event, deliveries: list[tuple[RtkitEndpoint, int]]) -> None:
+    def _do(self, event: h.Event, deliveries: list[tuple[int, AppReceiver, int]]) -> None:
         if isinstance(event, h.Send):
             self._reply(event)
         elif isinstance(event, h.AppMessage):
             with self._cond:
-                endpoint = self._endpoints.get(event.ep)
-            if endpoint is None:
+                receiver = self._endpoints.get(event.ep)
+            if receiver is None:
                 self._count_drop(h.Dropped(event.ep, event.msg, DropReason.NO_LISTENER))
             else:
-                deliveries.append((endpoint, event.msg))
+                deliveries.append((event.ep, receiver, event.msg))
         elif isinstance(event, h.Dropped):
             self._log_drop(event)
         elif isinstance(event, h.BufferRequested):
@@ -365,11 +393,13 @@ class RtkitHost:
             self._crash_summary = summary
             if self._down is None:
                 self._down = error
+            down = self._down
             self._cond.notify_all()
             endpoints = list(self._endpoints.values())
             callback = self._on_crash
         for endpoint in endpoints:
             endpoint._down(error)
+        self._tell_down(down)
         if callback is not None:
             callback(self.crashlog, summary)
 
@@ -500,6 +530,14 @@ class RtkitHost:
         """Start application endpoint ``ep`` (>= 0x20, announced, while running) and return it;
         ``callback(endpoint, msg)`` receives its messages in the dispatcher thread, else
         :meth:`RtkitEndpoint.recv` does."""
+        endpoint = RtkitEndpoint(self, ep, callback)
+        self.attach(ep, endpoint)
+        return endpoint
+
+    def attach(self, ep: int, receiver: AppReceiver) -> None:
+        """Hand the messages of application endpoint ``ep`` (>= 0x20, announced, while
+        running) to ``receiver``, starting the endpoint (STARTEP, waiting up to 500 ms for
+        room in the mailbox) unless it was started in this run."""
         m.check_endpoint(ep, "ep")
         if ep < m.APP_ENDPOINT_START:
             raise InvalidArgument(f"ep must be an application endpoint (>= 0x20), got 0x{ep:x}")
@@ -507,21 +545,29 @@ class RtkitHost:
             if ep in self._endpoints:
                 raise InvalidArgument(f"endpoint 0x{ep:x} is open already")
             self._raise_if_down()
+            self.proto.check_send(ep)
             start = None if ep in self.proto.started else self.proto.start_endpoint(ep)
-            endpoint = RtkitEndpoint(self, ep, callback)
-            self._endpoints[ep] = endpoint
+            self._endpoints[ep] = receiver
         if start is not None:
             try:
                 self.mailbox.send(start.ep, start.msg, SEND_TIMEOUT)
             except BaseException:
-                self._close_endpoint(endpoint)
+                with self._cond:
+                    self.proto.started.discard(ep)  # not started: the next opener sends it
+                self.detach(ep, receiver)
                 raise
-        return endpoint
 
-    def _close_endpoint(self, endpoint: RtkitEndpoint) -> None:
+    def detach(self, ep: int, receiver: AppReceiver) -> None:
+        """``receiver`` no longer takes endpoint ``ep``'s messages (they are dropped and
+        counted from now on)."""
         with self._cond:
-            if self._endpoints.get(endpoint.ep) is endpoint:
-                del self._endpoints[endpoint.ep]
+            if self._endpoints.get(ep) is receiver:
+                del self._endpoints[ep]
+
+    def app_endpoints(self) -> list[int]:
+        """The application endpoints of this run's endpoint map."""
+        with self._cond:
+            return sorted(ep for ep in self.proto.endpoints if ep >= m.APP_ENDPOINT_START)
 
     def send(self, ep: int, msg: int, timeout: float | None = SEND_TIMEOUT) -> None:
         """Send ``msg`` to endpoint ``ep``, waiting up to ``timeout`` s for room."""
