@@ -43,7 +43,7 @@ from .core import Event, LinkCore, NameServiceRules, Unbind
 from .dispatch import Dispatcher, DispatchMode
 from .endpoint import DEFAULT_SEND_TIMEOUT, Callback, Endpoint
 from .stats import LinkStatistics
-from .waiting import DEFAULT_SAFETY_TIMEOUT, WaitEngine
+from .waiting import DEFAULT_SAFETY_TIMEOUT, DEFAULT_SPIN, WaitEngine
 from .zerocopy import HeldMessage, TxLoan
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Link:
         *,
         name: str = "link",
         poll_mode: bool = False,
-        spin: float = 0.0,
+        spin: float = DEFAULT_SPIN,
         safety_timeout: float = DEFAULT_SAFETY_TIMEOUT,
         dispatch: DispatchMode = "thread",
         max_held: int | None = None,
@@ -454,15 +454,37 @@ class Link:
             self._dispatch.schedule(ep)
         return kept
 
+    def _route(self, messages: list[tuple[int, int, bytes]]) -> None:
+        """Messages copied out of the backend (lock held): the common case inline, the
+        rest (name service, unknown or new destinations, full queues) by _deliver."""
+        table = self._table
+        ns_ep = self._ns_ep
+        schedule = self._dispatch.schedule
+        received = 0
+        for src, dst, payload in messages:
+            ep = table.get(dst)
+            if (ep is None or ep is ns_ep or ep.dst == RPMSG_ADDR_ANY
+                    or (ep.callback is None and len(ep._queue) >= ep.max_queued)):
+                self._deliver(src, dst, payload, None)
+                continue
+            received += 1
+            ep.messages_received += 1
+            ep._queue.append((payload, src))
+            if ep.callback is not None:
+                schedule(ep)
+        self.messages_received += received
+
     def _drain(self) -> int:
         """Take what the backend has (lock held). Bounded, so that waiters re-check their
-        condition and timeout even while a peer floods; the rest comes on the next pass."""
+        condition and timeout even while a peer floods; the rest comes on the next pass.
+
+        Without zero-copy endpoints every payload is copied out in one backend call per
+        batch; with them each message goes through :meth:`_deliver` as a view."""
         if self._returns:
             self._process_returns()
-        if self.backend.endpoints_lost:
+        backend = self.backend
+        if backend.endpoints_lost:
             self._close_lost()
-        receive = self.backend.receive
-        deliver = self._deliver
         before = self.messages_received
         for _ in range(_DRAIN_BATCHES):
             budget = _DRAIN_BATCH
@@ -471,7 +493,12 @@ class Link:
                 if budget <= 0:
                     self.rx_backpressure += 1
                     break
-            if receive(deliver, budget) < budget or self._closed:
+                taken = backend.receive(self._deliver, budget)
+            else:
+                taken, messages = backend.receive_copies(budget)
+                if messages:
+                    self._route(messages)
+            if taken < budget or self._closed:
                 break
         if self.backend.endpoints_lost:  # found while receiving: close them now, not at
             self._close_lost()           # the next drain (nothing may wake one soon)
@@ -488,6 +515,16 @@ class Link:
             if ep is not None:
                 self._forget(ep, error.strerror or str(error), lost=True, err=error.errno)
         self._wait.tell()
+
+    def _try_drain(self) -> None:
+        """Take in what has arrived if nobody holds the lock now (never waits for it)."""
+        lock = self._lock
+        if lock.acquire(False):
+            try:
+                if not self._closed:
+                    self._drain()
+            finally:
+                lock.release()
 
     def _settle(self, ready: Callable[[], bool], tx: bool) -> bool:
         """One look (lock held): drain, then True if ``ready()``; raise if it cannot be.
@@ -624,6 +661,46 @@ class Link:
         if not self.wait_until(sent, timeout, tx=True):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         self._count_sent(ep)
+
+    def send_many(self, ep: Endpoint | None, src: int, dst: int,
+                  payloads: Iterable[bytes | bytearray | memoryview],
+                  timeout: float | None) -> int:
+        """Send ``payloads`` in order, one notification of the peer per batch of free
+        buffers, waiting up to ``timeout`` s in all for buffers; return how many were
+        sent (all, or fewer when the timeout expired; 0: those that fit now)."""
+        batch: list[bytes | bytearray | memoryview] = [
+            p if type(p) is bytes else payload_arg(p, "payloads[]") for p in payloads]
+        self._check_addresses(src, dst)
+        for data in batch:
+            if len(data) > self.mtu:
+                self._check_send(src, dst, data)  # raises MessageTooLarge, nothing sent
+        if timeout != DEFAULT_SEND_TIMEOUT:
+            timeout = timeout_arg(timeout)
+        backend = self.backend
+        total = len(batch)
+        sent = 0
+
+        def ready() -> bool:
+            nonlocal sent
+            if ep is not None and ep._closed_reason is not None:
+                raise ep._closed_error()  # closed while it waited: no use waiting on
+            sent += backend.send_many(src, dst, batch, sent)
+            return sent == total
+
+        try:
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error()
+                if backend.down is not None:
+                    raise backend.down.again()
+                if ready() or timeout == 0:
+                    return sent
+            self.wait_until(ready, timeout, tx=True)
+            return sent
+        finally:
+            self.messages_sent += sent
+            if ep is not None:
+                ep.messages_sent += sent
 
     async def async_send_message(self, ep: Endpoint, src: int, dst: int,
                                  data: bytes | bytearray | memoryview,
