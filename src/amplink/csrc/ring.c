@@ -626,7 +626,11 @@ int dev_avail_pending(DeviceRing *q, Mem *m)
 int dev_push_used(DeviceRing *q, Mem *m, uint32_t head, uint32_t written)
 {
     Ring *r = &q->r;
-    if (UNLIKELY(head >= r->num || !q->held[head])) {
+    if (UNLIKELY(head >= r->num)) {  /* as the Python half's table lookup */
+        PyErr_Format(PyExc_IndexError, "descriptor %u is outside the table", head);
+        return -1;
+    }
+    if (UNLIKELY(!q->held[head])) {
         PyErr_Format(PyExc_ValueError, "descriptor %u is not held by the device", head);
         return -1;
     }

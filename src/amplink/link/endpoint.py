@@ -231,15 +231,11 @@ class Endpoint:
             self._check_queue_reader()
         if timeout is not None:
             timeout = timeout_arg(timeout)
-        if not self.hold:
-            queue = self._queue
-            if not queue:
-                self._link._try_drain()  # what has arrived, without the wait's machinery
-            if queue:
-                try:
-                    return queue.popleft()  # type: ignore[no-any-return]
-                except IndexError:  # another reader was quicker
-                    pass
+        if not self.hold and self._queue:
+            try:
+                return self._queue.popleft()  # type: ignore[no-any-return]
+            except IndexError:  # another reader was quicker
+                pass
         ready, got = self._taker(held=False)
         self._link.wait_until(ready, timeout, tx=False)
         if got:
