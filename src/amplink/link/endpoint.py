@@ -194,7 +194,18 @@ class Endpoint:
         seeing the same message as theirs. A held message is copied out and released
         there too unless ``held``.
         """
-        return self._taker_many(1, held=held)
+        if held or self.hold:
+            return self._taker_many(1, held=held)
+        got: list[tuple[Any, int]] = []
+        queue = self._queue
+
+        def ready() -> bool:  # the common case: the queue holds copies
+            if queue:
+                got.append(queue.popleft())
+                return True
+            return self._closed_reason is not None
+
+        return ready, got
 
     def _taker_many(self, n: int, *, held: bool
                     ) -> tuple[Callable[[], bool], list[tuple[Any, int]]]:

@@ -454,32 +454,13 @@ class Link:
             self._dispatch.schedule(ep)
         return kept
 
-    def _route(self, messages: list[tuple[int, int, bytes]]) -> None:
-        """Messages copied out of the backend (lock held): the common case inline, the
-        rest (name service, unknown or new destinations, full queues) by _deliver."""
-        table = self._table
-        ns_ep = self._ns_ep
-        schedule = self._dispatch.schedule
-        received = 0
-        for src, dst, payload in messages:
-            ep = table.get(dst)
-            if (ep is None or ep is ns_ep or ep.dst == RPMSG_ADDR_ANY
-                    or (ep.callback is None and len(ep._queue) >= ep.max_queued)):
-                self._deliver(src, dst, payload, None)
-                continue
-            received += 1
-            ep.messages_received += 1
-            ep._queue.append((payload, src))
-            if ep.callback is not None:
-                schedule(ep)
-        self.messages_received += received
-
     def _drain(self) -> int:
         """Take what the backend has (lock held). Bounded, so that waiters re-check their
         condition and timeout even while a peer floods; the rest comes on the next pass.
 
         Without zero-copy endpoints every payload is copied out in one backend call per
-        batch; with them each message goes through :meth:`_deliver` as a view."""
+        batch and the common case is routed inline; with them each message goes through
+        :meth:`_deliver` as a view."""
         if self._returns:
             self._process_returns()
         backend = self.backend
@@ -487,17 +468,28 @@ class Link:
             self._close_lost()
         before = self.messages_received
         for _ in range(_DRAIN_BATCHES):
-            budget = _DRAIN_BATCH
             if self._hold_endpoints:
-                budget = min(budget, self.max_held - self._held)
+                budget = min(_DRAIN_BATCH, self.max_held - self._held)
                 if budget <= 0:
                     self.rx_backpressure += 1
                     break
                 taken = backend.receive(self._deliver, budget)
             else:
+                budget = _DRAIN_BATCH
                 taken, messages = backend.receive_copies(budget)
                 if messages:
-                    self._route(messages)
+                    table = self._table
+                    for src, dst, payload in messages:
+                        ep = table.get(dst)
+                        if (ep is None or ep.dst == RPMSG_ADDR_ANY or ep is self._ns_ep
+                                or (ep.callback is None and len(ep._queue) >= ep.max_queued)):
+                            self._deliver(src, dst, payload, None)  # not the common case
+                            continue
+                        self.messages_received += 1
+                        ep.messages_received += 1
+                        ep._queue.append((payload, src))
+                        if ep.callback is not None:
+                            self._dispatch.schedule(ep)
             if taken < budget or self._closed:
                 break
         if self.backend.endpoints_lost:  # found while receiving: close them now, not at
@@ -538,7 +530,8 @@ class Link:
             return True
         if self._closed:
             raise self._closed_error()
-        broken = self.backend.broken(tx=tx)
+        backend = self.backend  # backend.broken(tx=tx), inline
+        broken = backend.down or (backend.tx_broken if tx else backend.rx_broken)
         if broken is not None:
             raise broken.again()
         return False
@@ -589,9 +582,13 @@ class Link:
         timeout = timeout_arg(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = self._wait
+        dispatch = self._dispatch.dispatch
         has_work = self._dispatch.has_work
         while True:
-            self._dispatch.dispatch()
+            dispatch()
+            if until is None and deadline is None:  # the firmware's main loop: work only
+                wait.wait_until(has_work, None, tx=False)
+                continue
             if until is not None and until():
                 return
             remaining = None if deadline is None else deadline - time.monotonic()

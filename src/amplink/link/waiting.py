@@ -87,6 +87,8 @@ class WaitEngine:
         """Something changed (lock held or not): every waiter must re-check."""
         self.generation += 1
         poller = self.poller
+        if poller is None and not self.followers and not self._async_futures:
+            return  # nobody else waits: the common case
         if poller is not None and poller != threading.get_ident():
             self.backend.waiter.wake()  # the sleeping thread may wait for this
         if self.followers:
@@ -132,8 +134,8 @@ class WaitEngine:
         Returns False on timeout; raises what ``settle`` raises (link down, closed).
 
         The express way first: one look if the lock is free, then (polling, or a spin
-        before sleeping) one spin on the rings and a second look; only then the poller
-        and its followers. Spinning needs no turn: it only watches the rings.
+        before sleeping) one spin on the rings as the poller, if no thread is, and a
+        second look; only then the poller and its followers.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         lock = self.lock
@@ -146,10 +148,8 @@ class WaitEngine:
                 lock.release()
             if timeout == 0:
                 return False
-            if spin:
-                if timeout is not None:
-                    spin = min(spin, timeout)
-                if self.backend.wait_pending(tx, spin) and lock.acquire(False):
+            if spin and self._express_spin(tx, spin if timeout is None else min(spin, timeout)):
+                if lock.acquire(False):
                     try:
                         if self._settle(ready, tx):
                             return True
@@ -157,6 +157,23 @@ class WaitEngine:
                         lock.release()
                 spin = 0.0  # spun already: the first sleep comes without
         return self._wait_until(ready, deadline, tx, spin)
+
+    def _express_spin(self, tx: bool, seconds: float) -> bool:
+        """Spin as the poller, if there is none (close() waits for the poller to leave
+        the rings); True if work may be there."""
+        me = threading.get_ident()
+        with self._cond_lock:
+            outer = self.poller
+            if outer not in (None, me) or self._closed():
+                return False
+            self.poller = me
+        try:
+            return self.backend.wait_pending(tx, seconds)
+        finally:
+            with self._cond_lock:
+                self.poller = outer
+                if self.followers or self._poller_watchers:
+                    self.cond.notify_all()
 
     def _wait_until(self, ready: Callable[[], bool], deadline: float | None, tx: bool,
                     spin: float) -> bool:
