@@ -147,7 +147,7 @@ class Dispatcher:
                     self.ready.append(ep)  # more arrived meanwhile
                 else:
                     ep._scheduled = False
-                if not ep.closed:
+                if ep._closed_reason is None:  # open: nobody waits for this callback
                     return
         with link._wait.cond:  # a close() may wait for this callback to end
             link._wait.cond.notify_all()
