@@ -466,8 +466,6 @@ class Link:
         backend = self.backend
         if backend.endpoints_lost:
             self._close_lost()
-        if not backend.rx_pending():  # nothing came: the usual first look of a wait
-            return 0
         before = self.messages_received
         for _ in range(_DRAIN_BATCHES):
             if self._hold_endpoints:
