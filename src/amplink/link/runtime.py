@@ -63,7 +63,8 @@ class Link:
     """One link to a peer over a backend (see the module docstring).
 
     ``poll_mode`` makes waiting spin on the rings instead of sleeping on the doorbell;
-    ``spin`` is how long (seconds) to spin before each sleep in blocking mode.
+    ``spin`` is how long (seconds) to spin before each sleep in blocking mode (default:
+    :data:`~.waiting.DEFAULT_SPIN`, 50 us when the process may use more than one core).
     ``dispatch`` says who runs callbacks (see :mod:`.dispatch`); ``max_held`` is how
     many received buffers zero-copy endpoints may hold before the link stops taking
     more (default: half the backend's receive buffers).
