@@ -273,12 +273,6 @@ def measure_run(peer: str, params: Params, pin: bool) -> dict[str, Any]:
     return run
 
 
-def _one_way_summary(results: list[OneWayResult]) -> dict[str, Any]:
-    return summarized([{**asdict(r), "msg_per_s": r.messages_per_second,
-                        "mb_per_s": r.megabytes_per_second} for r in results],
-                      ("msg_per_s", "mb_per_s"))
-
-
 def _added(stats: list[dict[str, Any]]) -> dict[str, Any]:
     """The statistics of several runs: counters added, the rest as in the last run."""
     total = dict(stats[-1])
