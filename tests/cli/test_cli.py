@@ -84,6 +84,18 @@ def test_demo_end_to_end() -> None:
         assert needle in out, needle
 
 
+def test_demo_keembay_end_to_end() -> None:
+    r = amplink("demo", "--keembay", "--count", "200", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    for needle in ("Keem Bay IPC", "channels open on the VPU: channel 0 (HS), channel 10 (GP), "
+                   "channel 11 (GP), channel 12 (GP)", "200 checked pings", "p99.9",
+                   "8 frames of 1 MiB by reference", "frames/s", "every CRC-32",
+                   "stats -> frames=8 bytes=8388608 thumbnails=8 dropped=0",
+                   "references done 8", "protocol faults 0,", "demo --keembay: OK"):
+        assert needle in out, needle
+
+
 def test_ping_echo() -> None:
     r = amplink("ping", "amplink.firmware.examples.echo", "--service", "rpmsg-echo",
                 "--count", "3", "--size", "32", "--interval", "0")

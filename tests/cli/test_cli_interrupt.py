@@ -28,11 +28,16 @@ def _run_until(argv: list[str], ready: str) -> tuple[subprocess.Popen[bytes], st
     fd = proc.stdout.fileno()  # raw reads: a buffered readline would hide lines from select
     seen = b""
     deadline = time.monotonic() + TIMEOUT
-    while ready.encode() not in seen:
-        left = deadline - time.monotonic()
-        assert left > 0 and proc.poll() is None, f"never printed {ready!r}: {seen!r}"
-        if select.select([fd], [], [], left)[0]:
-            seen += os.read(fd, 65536)
+    try:
+        while ready.encode() not in seen:
+            left = deadline - time.monotonic()
+            assert left > 0 and proc.poll() is None, f"never printed {ready!r}: {seen!r}"
+            if select.select([fd], [], [], left)[0]:
+                seen += os.read(fd, 65536)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)  # the command: its firmware follows the lifeline
+        proc.wait()
+        raise
     return proc, seen.decode()
 
 
@@ -62,6 +67,15 @@ def test_run_stops_the_firmware_in_order_and_exits_130() -> None:
     _clean(err)
     assert status == 130, out + err
     assert "stopped (firmware exit status 0)" in out  # it left by itself, not by SIGINT
+
+
+@pytest.mark.timeout(60)
+def test_run_keembay_lists_the_vpus_channels_and_exits_130() -> None:
+    status, out, err = _interrupt(
+        amplink("run", "--keembay", "amplink.firmware.examples.vpu_service"), "channel 12 (GP)")
+    _clean(err)
+    assert status == 130, out + err
+    assert "channel 0 (HS)" in out and "stopped (firmware exit status 0)" in out
 
 
 @pytest.mark.timeout(60)

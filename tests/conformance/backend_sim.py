@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from backends import RUN_PREFIX, BackendCase, Harness, Side
 from peers import AgentPeer, ControlListener
@@ -43,10 +44,9 @@ class SimRig:
     booted = 0
 
     def __init__(self, config: LinkConfig) -> None:
-        SimRig.booted += 1
+        type(self).booted += 1
         self.listener = ControlListener(RUN_PREFIX + "ctl-")
-        self.proc = SimProcessor(AGENT, name="conformance", config=config,
-                                 args=[self.listener.path], boot_timeout=BOOT_TIMEOUT)
+        self.proc = self.processor(config, self.listener.path)
         self.peer: AgentPeer | None = None
         try:
             self.proc.start()
@@ -55,6 +55,15 @@ class SimRig:
         except BaseException:
             self.close()
             raise
+
+    def processor(self, config: LinkConfig, control: str) -> SimProcessor:
+        """The processor running the agent, which connects to ``control``."""
+        return SimProcessor(AGENT, name="conformance", config=config, args=[control],
+                            boot_timeout=BOOT_TIMEOUT)
+
+    def idle(self, backend: Mapping[str, Any]) -> bool:
+        """Whether the host link's transmit side is as a fresh one's (its statistics)."""
+        return bool(backend["tx_buffers_free"] == backend["tx_buffers"])
 
     def reset(self) -> bool:
         """Bring both sides back to a fresh link; False if that failed (stop it then)."""
@@ -81,7 +90,7 @@ class SimRig:
             stats = link.statistics()
             backend = stats.backend
             return (link.is_up and not link.endpoints() and stats.rx_held == 0
-                    and backend["tx_buffers_free"] == backend["tx_buffers"])
+                    and self.idle(backend))
         except (AmplinkError, TimeoutError) as exc:
             log.info("sim reset failed: %s", exc)
             return False
@@ -106,8 +115,9 @@ class SimRig:
 class SimPool:
     """Clean processors waiting for the next case."""
 
-    def __init__(self, config: LinkConfig) -> None:
+    def __init__(self, config: LinkConfig, rig: type[SimRig] = SimRig) -> None:
         self.config = config
+        self._rig = rig
         self._idle: list[SimRig] = []
         self._lock = threading.Lock()
 
@@ -115,7 +125,7 @@ class SimPool:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return SimRig(self.config)
+        return self._rig(self.config)
 
     def give_back(self, rig: SimRig, reusable: bool) -> None:
         if reusable and rig.reset():

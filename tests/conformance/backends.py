@@ -68,6 +68,7 @@ BACKEND_MODULES: tuple[str, ...] = (
     "backend_sim",      # a simulated processor: the far side is the peer agent firmware
     "backend_loopback",  # two links joined by queues (no shared memory, no zero copy)
     "backend_rpmsg_char",  # /dev/rpmsg* over the fake kernel ("pair" addressing)
+    "backend_keembay",  # Keem Bay IPC: header pools and FIFOs ("channel" addressing)
 )
 
 
@@ -157,9 +158,10 @@ CAPABILITY_FLAGS = tuple(f.name for f in fields(Capabilities)
 
 
 def unmet(case: BackendCase, needs: tuple[str, ...] = (), lacks: tuple[str, ...] = (),
-          addressing: str | None = None) -> str | None:
+          addressing: tuple[str, ...] | None = None) -> str | None:
     """Why ``case`` cannot run a test that needs the capabilities / extras ``needs``,
-    the absence of the capabilities ``lacks``, and ``addressing``; None if it can."""
+    the absence of the capabilities ``lacks``, and one of the ``addressing`` models; None
+    if it can."""
     caps = case.capabilities
     for name in needs:
         if name in EXTRAS:
@@ -178,9 +180,9 @@ def unmet(case: BackendCase, needs: tuple[str, ...] = (), lacks: tuple[str, ...]
         if getattr(caps, name):
             return (f"{case.id} declares the capability {name} (this case checks the "
                     f"error of a backend without it)")
-    if addressing is not None and caps.addressing != addressing:
+    if addressing is not None and caps.addressing not in addressing:
         return (f"{case.id}: capability addressing={caps.addressing!r}, the case needs "
-                f"{addressing!r}")
+                f"{' or '.join(map(repr, addressing))}")
     return None
 
 

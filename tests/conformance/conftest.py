@@ -10,7 +10,8 @@ Markers (checked before anything is built; the skip reason names what is missing
 
 * ``@pytest.mark.needs("tx_loan", "can_kill_peer", ...)``: capabilities or extras;
 * ``@pytest.mark.lacks("tx_loan")``: the case checks the error of a backend without it;
-* ``@pytest.mark.addressing("rpmsg")``: the backend's addressing model.
+* ``@pytest.mark.addressing("rpmsg", "channel")``: the addressing models the case works
+  with (a case's own mark overrides its module's).
 
 Every harness that is not pooled is checked for leaks (fds, shared memory mappings,
 this run's /dev/shm objects, child processes, threads) after its teardown; pooled ones
@@ -33,7 +34,8 @@ from backends import (
     registered,
     unmet,
 )
-from conformance_kit import DEATH_LATENCIES, leaks, snapshot
+from common_kit import leaks, snapshot
+from conformance_kit import DEATH_LATENCIES
 
 CASES = registered()
 
@@ -41,7 +43,8 @@ CASES = registered()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs(*names): capabilities / extras a case needs")
     config.addinivalue_line("markers", "lacks(*names): capabilities a case needs absent")
-    config.addinivalue_line("markers", "addressing(model): the addressing model a case needs")
+    config.addinivalue_line("markers", "addressing(*models): the addressing models a case "
+                                       "works with")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -81,14 +84,12 @@ def skip_reason(node: pytest.Item, case: BackendCase, side: str, dispatch: str) 
         return f"{case.id} is unavailable here: {why}"
     needs: tuple[str, ...] = ()
     lacks: tuple[str, ...] = ()
-    addressing = None
     for mark in node.iter_markers("needs"):
         needs += mark.args
     for mark in node.iter_markers("lacks"):
         lacks += mark.args
-    for mark in node.iter_markers("addressing"):
-        addressing = mark.args[0]
-    why = unmet(case, needs, lacks, addressing)
+    closest = node.get_closest_marker("addressing")  # a case's own mark over its module's
+    why = unmet(case, needs, lacks, None if closest is None else closest.args)
     if why is not None:
         return why
     if side not in case.sides:

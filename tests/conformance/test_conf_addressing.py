@@ -37,6 +37,7 @@ def test_explicit_address_in_use_refused(harness: Harness) -> None:
             local.create_endpoint(addr=RPMSG_NS_ADDR)
 
 
+@pytest.mark.addressing("rpmsg", "channel")
 def test_address_outside_the_range_refused(harness: Harness) -> None:
     first, last = harness.local.capabilities.address_range
     for bad in (-1, 0x1_0000_0000, "5"):
@@ -96,6 +97,7 @@ def test_destination_learnt_from_the_first_message(harness: Harness) -> None:
     assert peer.recv(p) == (b"reply", ep.addr)
 
 
+@pytest.mark.addressing("rpmsg", "channel")
 def test_any_is_never_a_source_or_destination(harness: Harness) -> None:
     ep, p = connect(harness)
     for call in (lambda: ep.sendto(b"x", RPMSG_ADDR_ANY, timeout=1),

@@ -19,7 +19,7 @@ from conformance_kit import MARGIN, Recorder, drive_until, exhaust, wait_parked
 from amplink.errors import AmplinkError, EndpointClosed, NoBufferAvailable
 from amplink.link import Endpoint
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg")]
+pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg", "channel")]
 
 
 def test_callbacks_run_in_order(harness: Harness, dispatch: str) -> None:
@@ -132,6 +132,7 @@ def test_close_from_its_own_callback(harness: Harness, dispatch: str) -> None:
     assert rec.payloads == [b"a", b"stop"]
 
 
+@pytest.mark.addressing("rpmsg")  # sends to another address than its own
 def test_a_callback_blocked_in_send_stalls_only_itself(harness: Harness, dispatch: str) -> None:
     """A's callback blocks in a send (the rings are full). Meanwhile statistics()
     answers, endpoint B receives, B's try_send is refused at once rather than hanging,
@@ -227,6 +228,7 @@ def test_statistics_answers_while_a_callback_blocks(harness: Harness, dispatch: 
         assert runner.join(10)
 
 
+@pytest.mark.addressing("rpmsg")  # sends to another address than its own
 def test_link_close_ends_a_callback_blocked_in_send(harness: Harness, dispatch: str) -> None:
     """close() does not wait out the send timeout of a callback stuck in a send: the send
     fails with EndpointClosed at once, and close() returns."""

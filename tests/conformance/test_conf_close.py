@@ -15,7 +15,7 @@ from conformance_kit import MARGIN, Blocked, BlockedCoroutine, connect, exhaust
 from amplink.errors import EndpointClosed
 from amplink.link import Endpoint
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg")]
+pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg", "channel")]
 
 
 def test_closed_endpoint_refuses_everything(harness: Harness) -> None:

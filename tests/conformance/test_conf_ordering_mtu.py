@@ -10,7 +10,7 @@ from peer_ops import payloads
 
 from amplink.errors import MessageTooLarge
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.addressing("rpmsg")]
+pytestmark = [pytest.mark.timeout(60), pytest.mark.addressing("rpmsg", "channel")]
 
 COUNT = 1000
 

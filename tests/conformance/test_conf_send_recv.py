@@ -16,7 +16,7 @@ from conformance_kit import connect, exhaust
 
 from amplink.errors import InvalidArgumentType, NoBufferAvailable
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg")]
+pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg", "channel")]
 
 
 def test_blocking_send_and_recvfrom(harness: Harness) -> None:
@@ -33,6 +33,7 @@ def test_blocking_send_and_recvfrom(harness: Harness) -> None:
     assert (stats.messages_sent, stats.messages_received) == (1, 3)
 
 
+@pytest.mark.addressing("rpmsg")  # sends to another address than its own
 def test_sendto_another_address(harness: Harness) -> None:
     ep, p = connect(harness)
     other = harness.peer.create()
@@ -53,6 +54,7 @@ def test_send_offchannel_replies_go_to_the_given_source(harness: Harness) -> Non
     assert ep.try_recvfrom() is None
 
 
+@pytest.mark.addressing("rpmsg")  # sends to another address than its own
 def test_try_variants_when_buffers_are_free_and_exhausted(harness: Harness) -> None:
     ep, p = connect(harness)
     other = harness.peer.create()
@@ -112,6 +114,7 @@ def test_payload_types(harness: Harness) -> None:
     assert ep.statistics().messages_sent == 4
 
 
+@pytest.mark.addressing("rpmsg")  # sends to another address than its own
 def test_asyncio_asend_arecv(harness: Harness) -> None:
     ep, p = connect(harness)
     other = harness.peer.create()

@@ -12,7 +12,7 @@ from conformance_kit import MARGIN, Blocked, assert_within, connect, exhaust
 
 from amplink.errors import NotSupported
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg")]
+pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg", "channel")]
 
 T = 0.05
 

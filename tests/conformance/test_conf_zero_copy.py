@@ -19,7 +19,7 @@ from amplink.errors import (
 )
 from amplink.link import HeldMessage, TxLoan
 
-pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg")]
+pytestmark = [pytest.mark.timeout(30), pytest.mark.addressing("rpmsg", "channel")]
 
 
 def loans_until_exhausted(ep) -> list[TxLoan]:  # noqa: ANN001
@@ -33,6 +33,7 @@ def loans_until_exhausted(ep) -> list[TxLoan]:  # noqa: ANN001
 
 
 # -- transmit loans ---------------------------------------------------------------------------
+@pytest.mark.addressing("rpmsg")  # sends to another address than its own
 @pytest.mark.needs("tx_loan")
 def test_loan_fill_send(harness: Harness) -> None:
     ep, p = connect(harness)
@@ -172,6 +173,7 @@ def test_collected_held_message_returns_its_buffer(harness: Harness) -> None:
     assert local.statistics().rx_held == 0
 
 
+@pytest.mark.addressing("rpmsg")  # sends to another address than its own
 @pytest.mark.needs("rx_hold")
 def test_a_link_holding_max_held_stops_receiving_until_a_release(harness: Harness) -> None:
     local = harness.local

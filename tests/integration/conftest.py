@@ -16,12 +16,13 @@ GCC = shutil.which("gcc")
 
 @pytest.fixture
 def sim():
-    """``sim(firmware, **options)`` starts a SimProcessor; every one is stopped at the end."""
+    """``sim(firmware, kind=SimProcessor, **options)`` starts a processor of ``kind`` (a
+    SimProcessor or a subclass); every one is stopped at the end."""
     started: list[SimProcessor] = []
 
-    def start(firmware: str, **options) -> SimProcessor:
+    def start(firmware: str, kind: type[SimProcessor] = SimProcessor, **options) -> SimProcessor:
         options.setdefault("boot_timeout", 10.0)
-        proc = SimProcessor(firmware, **options)
+        proc = kind(firmware, **options)
         started.append(proc)
         proc.start()
         return proc

@@ -10,18 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from common_kit import Events, Outcome, wait_for
+from common_kit import Events, Outcome, child_pids, open_fds, wait_for
 from elftools.elf.elffile import ELFFile
 from rproc_sim_kit import TIMEOUT, echo
-from sim_kit import (
-    ECHO,
-    assert_no_leaks,
-    child_pids,
-    fixture_firmware,
-    open_fds,
-    process_gone,
-    snapshot,
-)
+from sim_kit import ECHO, assert_no_leaks, fixture_firmware, process_gone, snapshot
 
 from amplink import (
     Endpoint,

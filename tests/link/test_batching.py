@@ -154,3 +154,34 @@ def test_callbacks_get_a_batch_in_order(links) -> None:
     finally:
         thread.join(10)
     assert seen == batch
+
+
+def test_batches_through_a_backend_that_queues_blocked_sends() -> None:
+    """Keem Bay queues blocked single sends in its own order (Backend.enqueue); a batch
+    goes through try_send, after what is queued, whole and in order, also when it is far
+    larger than the FIFO and the header pool."""
+    from amplink.transports.keembay import KeemBayPair
+
+    with KeemBayPair.create() as pair:
+        rx = pair.vpu.create_endpoint(addr=12)  # general-purpose channel 12, both ends
+        tx = pair.cpu.create_endpoint(addr=12)
+        fits = tx.send_many([b"f"] * 1000, timeout=0)
+        assert 0 < fits < 1000  # without waiting: what the FIFO and the pool took
+        first: list[bytes] = []
+        while len(first) < fits:
+            first += rx.recv_many(1000, timeout=1)
+        assert first == [b"f"] * fits
+        batch = [b"%d" % i for i in range(1000)]
+        got: list[bytes] = []
+
+        def reader() -> None:
+            while len(got) < len(batch):
+                got.extend(rx.recv_many(50, timeout=5))
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            assert tx.send_many(batch, timeout=5) == len(batch)
+        finally:
+            thread.join(10)
+        assert got == batch

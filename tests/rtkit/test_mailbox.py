@@ -67,7 +67,7 @@ def test_send_times_out_with_etimedout_after_its_timeout(pair):
     start = time.monotonic()
     with pytest.raises(MailboxSendTimeout) as info:
         ap.send(1, 4, timeout=0.1)
-    assert 0.09 <= time.monotonic() - start < 1.0
+    assert 0.09 <= time.monotonic() - start < 5.0
     assert info.value.errno == errno.ETIMEDOUT
     assert isinstance(info.value, SendTimeout) and isinstance(info.value, TimeoutError)
     assert ap.statistics().send_timeouts == 1

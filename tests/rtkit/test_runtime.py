@@ -44,7 +44,7 @@ def test_boot_negotiates_and_powers_up(rig):
     assert (stats.iop_state, stats.ap_state) == ("ON", "ON")
     assert stats.endpoints == (0, 1, 2, 4, 0x20, 0x21, 0x22)
     assert stats.started == (1, 2, 4)
-    assert stats.boot_time is not None and 0 < stats.boot_time < 1
+    assert stats.boot_time is not None and stats.boot_time > 0
     assert rig.fw.proto.running and stats.drops == {}
 
 
@@ -144,7 +144,7 @@ def test_buffers_in_device_memory_and_at_a_chosen_iova():
 
 def test_ping(rig):
     rtt = rig.host.ping()
-    assert 0 < rtt < 1
+    assert 0 < rtt < 10
 
 
 def test_quiesce_and_wake_redo_the_handshake(rig):

@@ -22,7 +22,9 @@ from ..perf import (
     percentiles,
 )
 from ..platforms.sim import SimProcessor
+from ..platforms.sim.keembay import KeemBayProcessor
 from ..platforms.sim.rproc import DEFAULT_BOOT_TIMEOUT
+from . import keembay
 from .common import (
     EXIT_INTERRUPTED,
     CommandError,
@@ -47,6 +49,9 @@ def _mode(poll: bool) -> str:
 
 
 def _channel_lines(link: Link) -> list[str]:
+    if link.capabilities.addressing == "channel":  # Keem Bay: the VPU's open channels
+        opened = keembay.vpu_channels(link)
+        return [f"  {keembay.channel_name(c)}" for c in opened] or ["  (no channels open)"]
     channels = link.channels()
     if not channels:
         return ["  (no channels announced)"]
@@ -56,9 +61,10 @@ def _channel_lines(link: Link) -> list[str]:
 
 def _processor(args: argparse.Namespace) -> SimProcessor:
     """The processor ``run`` and ``ping`` start, from their common options."""
-    return SimProcessor(args.firmware, name=args.name, poll_mode=args.poll,
-                        native=True if args.native else None, args=args.args,
-                        boot_timeout=args.boot_timeout)
+    kind = KeemBayProcessor if getattr(args, "keembay", False) else SimProcessor
+    return kind(args.firmware, name=args.name, poll_mode=args.poll,
+                native=True if args.native else None, args=args.args,
+                boot_timeout=args.boot_timeout)
 
 
 @contextmanager
@@ -108,6 +114,8 @@ def _print_statistics(proc: SimProcessor) -> list[str]:
 
 # -- demo ---------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.keembay:
+        return keembay.cmd_demo(args)
     count = args.count
     problems: list[str] = []
     with _booted(SimProcessor(DEMO_FIRMWARE, name="sim0", poll_mode=args.poll)) as proc:
@@ -194,6 +202,8 @@ def _watch(args: argparse.Namespace, proc: SimProcessor) -> None:
         f"pid {pid}); Ctrl-C stops it")
 
     def snapshot() -> set[tuple[str, int]]:
+        if link.capabilities.addressing == "channel":  # Keem Bay: static channels
+            return {(keembay.channel_name(c), c) for c in keembay.vpu_channels(link)}
         return {(c.name, c.dst) for c in link.channels()}
 
     link.run(timeout=args.settle)  # let the first announcements arrive
@@ -317,6 +327,11 @@ def register(sub: Any) -> None:
                    help="polling mode: both sides spin on the rings instead of sleeping")
     p.add_argument("--count", type=counter(1), default=2000, metavar="N",
                    help="round trips per payload size (default 2000); one-way sends 10*N")
+    p.add_argument("--keembay", action="store_true",
+                   help="the Keem Bay IPC demo instead: the example VPU service "
+                        f"({keembay.VPU_FIRMWARE}) in a simulated VPU; N pings on the "
+                        "high-speed control channel, N/50 (at least 8) frames of 1 MiB by "
+                        "reference on a general-purpose one, every result checked")
 
     p = add_command(
         sub, "run", cmd_run, help="boot firmware and watch its announcements until Ctrl-C",
@@ -327,6 +342,10 @@ def register(sub: Any) -> None:
     _add_firmware_options(p)
     p.add_argument("--settle", type=seconds, default=0.2, metavar="S",
                    help="wait this long for announcements before the first listing")
+    p.add_argument("--keembay", action="store_true",
+                   help="FIRMWARE talks Keem Bay IPC (its table has the 'keembay-ipc' "
+                        "carveout): list the channels it opens instead of announcements, "
+                        f"e.g. amplink run --keembay {keembay.VPU_FIRMWARE}")
 
     p = add_command(
         sub, "ping", cmd_ping, help="boot firmware and time round trips to one of its services",

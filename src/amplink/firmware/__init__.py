@@ -47,6 +47,7 @@ from ..remoteproc.rsc_table import ResourceTable
 from ..transports.virtio import wait_for_driver_ok
 from ..transports.virtio_link import device_link, watch_lifeline
 from ..virtio.vdev import VIRTIO_ID_RPMSG, VdevControl, VdevEntry
+from . import keembay
 from .device import Device, TraceWriter, fatal_message
 
 __all__ = [
@@ -92,7 +93,9 @@ def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = No
             vdev: int = 0) -> Link:
     """Attach to the host as the virtio device of rpmsg vdev ``vdev``; return the link.
 
-    Waits for the host's DRIVER_OK, then tells the host the firmware is up.
+    Waits for the host's DRIVER_OK, then tells the host the firmware is up. Firmware
+    whose table has the Keem Bay carveout gets the VPU's Keem Bay link instead (see
+    :mod:`.keembay`).
     """
     global _device
     sim = SimEnv.from_env(os.environ if env is None else env)
@@ -100,16 +103,22 @@ def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = No
     dev = Device.attach(sim, region)
     if poll_mode is None:
         poll_mode = sim.poll_mode
-    doorbell = _doorbell(sim, vdev, poll_mode)
-    entry, body = _find_rpmsg_vdev(dev.table, dev.table_offset, vdev)
-    bus = device_link(
-        region, VdevControl(region, body), doorbell, entry=entry, name=sim.name,
-        poll_mode=poll_mode, spin=min(sim.spin, SPIN_MAX), buf_size=sim.buf_size,
-        wait_driver_ok=lambda control, waiter: wait_for_driver_ok(control, waiter,
-                                                                  DRIVER_OK_TIMEOUT),
-        owned=[dev],  # closes the lifeline and the memory with the link
-        dispatch="caller",  # the firmware's main loop (link.run(), serve()) dispatches
-    )
+    area = keembay.ipc_area(dev.table)
+    if area is not None:  # Keem Bay firmware: the VPU node of the IPC in that carveout
+        bus = keembay.vpu_connect(
+            region, dev, area, _doorbell(sim, keembay.doorbell_index(dev.table), poll_mode),
+            name=sim.name, poll_mode=poll_mode, spin=min(sim.spin, SPIN_MAX))
+    else:
+        doorbell = _doorbell(sim, vdev, poll_mode)
+        entry, body = _find_rpmsg_vdev(dev.table, dev.table_offset, vdev)
+        bus = device_link(
+            region, VdevControl(region, body), doorbell, entry=entry, name=sim.name,
+            poll_mode=poll_mode, spin=min(sim.spin, SPIN_MAX), buf_size=sim.buf_size,
+            wait_driver_ok=lambda control, waiter: wait_for_driver_ok(control, waiter,
+                                                                      DRIVER_OK_TIMEOUT),
+            owned=[dev],  # closes the lifeline and the memory with the link
+            dispatch="caller",  # the firmware's main loop (link.run(), serve()) dispatches
+        )
     watch_lifeline(bus, dev.lifeline, lambda: "the host is gone")
     _device = dev
     dev.send(L.LIFELINE_READY)

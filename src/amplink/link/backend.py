@@ -25,7 +25,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-from ..errors import LinkDown, NotSupported
+from ..errors import (
+    AddressError,
+    EndpointClosed,
+    LinkDown,
+    NoBufferAvailable,
+    NotSupported,
+    ReceiveTimeout,
+)
 from ..notify.waiter import Waiter
 
 #: ``deliver(src, dst, payload, handle) -> kept``: one received message; return True to
@@ -54,7 +61,8 @@ class Capabilities:
     tx_loan: bool = False
     #: a received buffer can be held past its delivery and released later (zero-copy recv)
     rx_hold: bool = False
-    #: shared buffers (file descriptors) can be passed by reference
+    #: data already in memory the peer can address (a shared buffer) can be sent by
+    #: reference: the peer reads it in place, whatever its size (Endpoint.send_reference)
     send_by_reference: bool = False
     #: see :data:`Addressing`
     addressing: Addressing = "rpmsg"
@@ -82,10 +90,29 @@ class SeenChannel(NamedTuple):
     src: int
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorTypes:
+    """The exceptions a link raises where its backend may say more than amplink's generic
+    type: each is a subclass of that type (so ``except EndpointClosed`` still works), e.g.
+    one that carries the errno the backend's own API returns for the condition. Each is
+    built from one message string."""
+
+    #: an endpoint or the link was closed by this side
+    closed: type[EndpointClosed] = EndpointClosed
+    #: the peer is gone (or broke the link); its ``again()`` returns its own type
+    down: type[LinkDown] = LinkDown
+    #: a receive got nothing within its timeout
+    recv_timeout: type[ReceiveTimeout] = ReceiveTimeout
+    #: an explicit local address is taken
+    in_use: type[AddressError] = AddressError
+
+
 class Backend(ABC):
     """A message carrier with a doorbell, driven by the link runtime (see the module doc)."""
 
     capabilities: Capabilities
+    #: the error types of links over this backend
+    errors: ErrorTypes = ErrorTypes()
     #: sleeps on the doorbell and the peer's lifeline
     waiter: Waiter
     #: set once the peer is gone; every later call fails with it
@@ -184,9 +211,47 @@ class Backend(ABC):
             if time.monotonic() >= end:
                 return False
 
+    # -- queued sends (optional) ---------------------------------------------------------------
+    def enqueue(self, src: int, dst: int, payload: Any) -> Any | None:
+        """Queue a message whose sender waits for it (``try_send`` just refused it), to go
+        out in the backend's own order (e.g. transmit queues served round-robin); returns
+        a ticket for :meth:`sent` and :meth:`withdraw`. None, the default: the backend
+        keeps no queues, and the waiting sender tries :meth:`try_send` again and again.
+
+        Every queued message has a sender waiting for it, so whoever calls into the
+        backend moves queued messages out when there is room: nothing is left behind
+        when the caller stops calling."""
+        return None
+
+    def sent(self, ticket: Any) -> bool:
+        """Whether the queued message of ``ticket`` went out (sending what is queued, in
+        order, while there is room)."""
+        raise NotSupported(f"{type(self).__name__} queues no sends")
+
+    def withdraw(self, ticket: Any) -> bool:
+        """The sender gives up (timeout, closed endpoint): take its message out of the
+        queue unsent. False if it went out already; idempotent."""
+        raise NotSupported(f"{type(self).__name__} queues no sends")
+
+    # -- sending by reference (capability send_by_reference) ---------------------------------
+    def reference(self, target: Any) -> Any:
+        """Check ``target`` (data the peer can address in place, e.g. a shared buffer) and
+        return what :meth:`try_send` and :meth:`enqueue` take as its payload. Raises a
+        typed error when the peer cannot address it."""
+        raise NotSupported(f"{type(self).__name__} cannot send by reference")
+
+    def drop_reference(self, ref: Any) -> None:
+        """A reference from :meth:`reference` was not sent after all (timeout, error)."""
+        raise NotSupported(f"{type(self).__name__} cannot send by reference")
+
     def in_flight(self) -> int:
         """Messages sent that the peer has not consumed yet (0 if the backend cannot tell)."""
         return 0
+
+    def no_buffer_error(self) -> NoBufferAvailable:
+        """The error of a send that cannot wait when :meth:`try_send` (or :meth:`loan`)
+        just refused (a backend may name why: no buffer, a full queue)."""
+        return NoBufferAvailable()
 
     # -- endpoints ---------------------------------------------------------------------------
     def open_endpoint(self, addr: int | None, name: str | None, dst: int) -> int:
@@ -237,7 +302,7 @@ class Backend(ABC):
             if lost:
                 reason += (f"; {lost} message{'s' if lost != 1 else ''} sent before were "
                            "never consumed by the peer")
-            self.down = LinkDown(reason)
+            self.down = self.errors.down(reason)
         self.waiter.wake()
 
     def broken(self, *, tx: bool) -> LinkDown | None:

@@ -76,8 +76,9 @@ class LinkCore:
     """The state of one link (see the module docstring)."""
 
     def __init__(self, capabilities: Capabilities, rules: NameServiceRules | None = None,
-                 *, name: str = "link") -> None:
+                 *, name: str = "link", in_use: type[AddressError] = AddressError) -> None:
         self.capabilities = capabilities
+        self._in_use = in_use  # what an explicit address already taken raises
         self.rules = rules or NameServiceRules()
         self.name = name
         self.name_service = capabilities.name_service
@@ -109,7 +110,7 @@ class LinkCore:
             raise AddressError(f"address 0x{addr:x} is outside 0x{first:x}..0x{last:x} of this "
                                "link's backend")
         if addr in self.endpoints:
-            raise AddressError(f"address 0x{addr:x} is in use: pick another or RPMSG_ADDR_ANY")
+            raise self._in_use(f"address 0x{addr:x} is in use: pick another or RPMSG_ADDR_ANY")
 
     def add_endpoint(self, ep: Endpoint) -> None:
         self.endpoints[ep.addr] = ep

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
 from .._args import int_arg, timeout_arg
-from ..errors import AddressError, AmplinkError, EndpointClosed, LinkDown, ReceiveTimeout
+from ..errors import AddressError, AmplinkError, EndpointClosed, LinkDown
 from ..rpmsg.wire import RPMSG_ADDR_ANY
 from .stats import EndpointStatistics
 from .zerocopy import HeldMessage, TxLoan
@@ -96,9 +96,11 @@ class Endpoint:
         """Why this closed endpoint cannot be used: the peer went away (LinkDown), or this
         side closed it (EndpointClosed)."""
         what = f"endpoint 0x{self.addr:x}: {self._closed_reason}"
+        errors = self._link.errors
         if not self._link_lost:
-            return EndpointClosed(what)
-        return LinkDown(what) if self._closed_errno is None else LinkDown(self._closed_errno, what)
+            return errors.closed(what)
+        return errors.down(what) if self._closed_errno is None else LinkDown(self._closed_errno,
+                                                                              what)
 
     def _dst(self) -> int:
         if self.dst == RPMSG_ADDR_ANY:
@@ -165,6 +167,19 @@ class Endpoint:
         self._check_open()
         self._link.send_message(self, src, dst, data, 0)
 
+    def send_reference(self, target: Any,
+                       timeout: float | None = DEFAULT_SEND_TIMEOUT) -> Any:
+        """Send ``target``, data already in memory the peer can address (for Keem Bay: a
+        shared buffer from the link's heap, or a slice of one), by reference to the
+        endpoint's destination: the peer reads it in place, nothing is copied through the
+        link and the MTU does not bound it. Waits up to ``timeout`` s for room. Returns
+        the backend's reference (its ``done`` tells when the peer has consumed it).
+
+        Needs the capability send_by_reference (else NotSupported).
+        """
+        self._check_open()
+        return self._link.send_reference(self, target, self._dst(), timeout)
+
     def loan(self, timeout: float | None = DEFAULT_SEND_TIMEOUT) -> TxLoan:
         """A transmit buffer to fill in place (zero copy), waiting up to ``timeout`` s for
         one (0: NoBufferAvailable at once); send it with ``loan.send(length)``."""
@@ -225,7 +240,8 @@ class Endpoint:
 
     def _no_message(self, timeout: float | None) -> AmplinkError:
         if self._closed_reason is None:
-            return ReceiveTimeout(f"no message for endpoint 0x{self.addr:x} in {timeout} s")
+            return self._link.errors.recv_timeout(
+                f"no message for endpoint 0x{self.addr:x} in {timeout} s")
         return self._closed_error()
 
     def _check_queue_reader(self) -> None:

@@ -31,7 +31,6 @@ from ..errors import (
     InvalidArgumentType,
     LinkDown,
     MessageTooLarge,
-    NoBufferAvailable,
     NotSupported,
     PeerTimeout,
     SendTimeout,
@@ -87,12 +86,14 @@ class Link:
         caps = backend.capabilities
         self.backend = backend
         self.capabilities = caps
+        #: the error types this link raises (its backend's, see ErrorTypes)
+        self.errors = backend.errors
         self.name = name
         self.mtu = caps.max_payload
         self.poll_mode = poll_mode
         self.max_held = (int_arg(max_held, "max_held", minimum=1) if max_held is not None
                          else max(1, caps.rx_buffers // 2))
-        self.core = LinkCore(caps, rules, name=name)
+        self.core = LinkCore(caps, rules, name=name, in_use=backend.errors.in_use)
         self._table = self.core.endpoints  # the hot path looks endpoints up here
         self._lock = threading.Lock()
         self._closed = False
@@ -141,8 +142,8 @@ class Link:
     def _closed_error(self) -> AmplinkError:
         """The error for a call on the closed link: LinkDown if the peer went away."""
         if self._lost is not None:
-            return LinkDown(f"link {self.name}: {self._lost}")
-        return EndpointClosed(f"link {self.name} is closed")
+            return self.errors.down(f"link {self.name}: {self._lost}")
+        return self.errors.closed(f"link {self.name} is closed")
 
     def _check_usable(self) -> None:  # lock held
         if self._closed:
@@ -199,6 +200,8 @@ class Link:
                 self.core.check_address(addr)
                 picked = addr
             addr = self.backend.open_endpoint(picked, name, dst)
+            if self.capabilities.addressing == "channel":
+                dst = addr  # a channel is both ends
             ep = Endpoint(self, addr, name=name, dst=dst, callback=callback,
                           announced=announce and self.core.name_service, hold=hold, priv=priv)
             self.core.add_endpoint(ep)
@@ -649,16 +652,54 @@ class Link:
                     ep.messages_sent += 1
                 return
         if timeout == 0:
-            raise NoBufferAvailable()
+            raise backend.no_buffer_error()
+        self._send_waiting(ep, src, dst, data, timeout)
+        self._count_sent(ep)
+
+    def _sender(self, ep: Endpoint | None, src: int, dst: int,
+                payload: Any) -> tuple[Callable[[], bool], list[Any]]:
+        """What a blocked send waits for: ``sent()`` (lock held) and the cell that gets
+        the backend's ticket if it queues the message (see :meth:`Backend.enqueue`)."""
+        backend = self.backend
+        queued: list[Any] = []
 
         def sent() -> bool:
             if ep is not None and ep._closed_reason is not None:
-                raise ep._closed_error()  # closed while it waited: no use waiting on
-            return backend.try_send(src, dst, data)
+                # closed while it waited: no use waiting on (unless it went out already)
+                if not queued or backend.withdraw(queued[0]):
+                    raise ep._closed_error()
+                return True
+            if queued:
+                return backend.sent(queued[0])
+            if backend.try_send(src, dst, payload):
+                return True
+            ticket = backend.enqueue(src, dst, payload)
+            if ticket is not None:
+                queued.append(ticket)
+            return False
 
-        if not self.wait_until(sent, timeout, tx=True):
+        return sent, queued
+
+    def _withdraw(self, queued: list[Any]) -> bool:
+        """A blocked send gives up: take its message out of the backend's queue (lock
+        not held). True unless it went out meanwhile."""
+        if not queued:
+            return True
+        with self._lock:
+            return self._closed or self.backend.withdraw(queued[0])
+
+    def _send_waiting(self, ep: Endpoint | None, src: int, dst: int, payload: Any,
+                      timeout: float | None) -> None:
+        """Wait until ``payload`` is sent (the first try failed); SendTimeout if it was
+        not within ``timeout`` s, and then it never is."""
+        sent, queued = self._sender(ep, src, dst, payload)
+        try:
+            ok = self.wait_until(sent, timeout, tx=True)
+        except BaseException:
+            self._withdraw(queued)
+            raise
+        if not ok and self._withdraw(queued):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
-        self._count_sent(ep)
 
     def send_many(self, ep: Endpoint | None, src: int, dst: int,
                   payloads: Iterable[bytes | bytearray | memoryview],
@@ -705,17 +746,70 @@ class Link:
                                  timeout: float | None) -> None:
         data = payload_arg(data)
         self._check_send(src, dst, data)
-        backend = self.backend
-
-        def sent() -> bool:
-            if ep._closed_reason is not None:
-                raise ep._closed_error()
-            return backend.try_send(src, dst, data)
-
-        ok = await self.async_wait_until(sent, timeout_arg(timeout), tx=True)
-        if not ok:
+        sent, queued = self._sender(ep, src, dst, data)
+        try:
+            ok = await self.async_wait_until(sent, timeout_arg(timeout), tx=True)
+        except BaseException:
+            await self._async_withdraw(queued)
+            raise
+        if not ok and await self._async_withdraw(queued):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
         self._count_sent(ep)
+
+    async def _async_withdraw(self, queued: list[Any]) -> bool:
+        """:meth:`_withdraw` in a coroutine: the lock is only tried, never waited for."""
+        import asyncio
+
+        while queued and not self._lock.acquire(blocking=False):
+            await asyncio.sleep(0)  # a thread holds it for a moment (no user code runs)
+        if not queued:
+            return True
+        try:
+            return self._closed or self.backend.withdraw(queued[0])
+        finally:
+            self._lock.release()
+
+    def send_reference(self, ep: Endpoint, target: Any, dst: int,
+                       timeout: float | None) -> Any:
+        """Send ``target`` by reference from ``ep`` (see :meth:`Endpoint.send_reference`);
+        returns the backend's reference."""
+        if not self.capabilities.send_by_reference:
+            raise NotSupported(f"link {self.name}: its backend cannot send by reference "
+                               "(send_by_reference): send the bytes")
+        self._check_addresses(ep.addr, dst)
+        timeout = timeout_arg(timeout)
+        backend = self.backend
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            if backend.down is not None:
+                raise backend.down.again()
+            ref = backend.reference(target)  # checked and handed to the peer's side
+            try:
+                if backend.try_send(ep.addr, dst, ref):
+                    self._count_sent(ep)
+                    return ref
+            except BaseException:
+                backend.drop_reference(ref)
+                raise
+        sent, queued = self._sender(ep, ep.addr, dst, ref)
+        went = False
+        try:
+            if timeout == 0:
+                raise backend.no_buffer_error()
+            try:
+                went = self.wait_until(sent, timeout, tx=True)
+            finally:
+                went = went or not self._withdraw(queued)
+            if not went:
+                raise SendTimeout(f"no TX buffer became free within {timeout} s")
+        finally:
+            if not went:
+                with self._lock:
+                    if not self._closed:
+                        backend.drop_reference(ref)
+        self._count_sent(ep)
+        return ref
 
     def _count_sent(self, ep: Endpoint | None) -> None:
         self.messages_sent += 1
@@ -794,7 +888,7 @@ class Link:
         if slot is not None:
             return self._lend(ep, *slot)
         if timeout == 0:
-            raise NoBufferAvailable()
+            raise self.backend.no_buffer_error()
         got: list[tuple[Any, memoryview]] = []
         if not self.wait_until(self._loan_ready(ep, got), timeout, tx=True):
             raise SendTimeout(f"no TX buffer became free within {timeout} s")
@@ -917,6 +1011,9 @@ class Link:
         called close() itself) and every held message and loan is void.
         """
         if self._closed:
+            # A callback that closed its own link may still be returning through the
+            # dispatcher (holding views of the rings): this close waits for it as well.
+            self._dispatch.stop(DISPATCH_STOP_TIMEOUT)
             return
         if reason is None:
             # The end-of-service announcements share one deadline: a stuck peer costs

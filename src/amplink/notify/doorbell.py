@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from abc import ABC, abstractmethod
+from typing import Literal
 
 from ..errors import LinkDown
 
@@ -139,3 +140,19 @@ class PollingDoorbell(Doorbell):
 
     def close(self) -> None:
         pass
+
+
+#: the kinds of :func:`doorbell_pair`
+Notify = Literal["eventfd", "socket", "poll"]
+
+
+def doorbell_pair(notify: Notify) -> tuple[Doorbell, Doorbell]:
+    """Two connected doorbells of the given kind (both ends of a link in one process)."""
+    if notify == "eventfd":
+        return EventfdDoorbell.pair()
+    if notify == "socket":
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return SocketDoorbell(a), SocketDoorbell(b)
+    if notify == "poll":
+        return PollingDoorbell(), PollingDoorbell()
+    raise ValueError(f"notify must be 'eventfd', 'socket' or 'poll', got {notify!r}")

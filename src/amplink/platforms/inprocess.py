@@ -7,31 +7,18 @@ same way (:func:`.sim.layout.place_link`) and the host's link registered the sam
 
 from __future__ import annotations
 
-import socket
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from ..link.runtime import Link
 from ..memory.region import SharedRegion
-from ..notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell, SocketDoorbell
+from ..notify.doorbell import Notify, doorbell_pair
 from ..remoteproc.resources import ProcessedResources
 from ..transports.virtio_link import device_link, driver_link
 from .sim.layout import LinkConfig, place_link
 
-Notify = Literal["eventfd", "socket", "poll"]
-
-
-def doorbell_pair(notify: Notify) -> tuple[Doorbell, Doorbell]:
-    """Two connected doorbells of the given kind."""
-    if notify == "eventfd":
-        return EventfdDoorbell.pair()
-    if notify == "socket":
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        return SocketDoorbell(a), SocketDoorbell(b)
-    if notify == "poll":
-        return PollingDoorbell(), PollingDoorbell()
-    raise ValueError(f"notify must be 'eventfd', 'socket' or 'poll', got {notify!r}")
+__all__ = ["LinkPair", "Notify", "doorbell_pair"]
 
 
 @dataclass

@@ -34,6 +34,13 @@ host; they serve the first rpmsg vdev. ``AMPLINK_VDEV<i>_KICK_RX_FD`` and
 order; i = 0 repeats the unnumbered pair). The firmware must not touch a vdev's vrings
 before the host set DRIVER_OK (bit 0x04) in its status byte.
 
+Keem Bay IPC (:mod:`amplink.transports.keembay`): a processor whose table has a carveout
+named ``keembay-ipc`` (:data:`KEEMBAY_CARVEOUT`) talks Keem Bay IPC in it, the firmware
+being the VPU node. Its FIFOs' "not empty" interrupts are one more doorbell pair, after
+those of the rpmsg vdevs (pair ``i`` = the number of rpmsg vdevs). The host initialises
+the area after it started the child; the firmware waits until the host's state word in
+the area's descriptor says UP, then checks the descriptor before it uses the area.
+
 The lifeline is an AF_UNIX stream socket. Host -> firmware: end of file means the host
 is gone (or stops the processor): the firmware must exit. Firmware -> host, bytes:
 
@@ -111,6 +118,9 @@ ATTACH_OP_ATTACH = 1
 ATTACH_OP_DETACH = 2
 ATTACH_OP_ACK = 3
 ATTACH_OP_FAULT = 4
+
+#: the carveout of a processor that talks Keem Bay IPC (see the module docstring)
+KEEMBAY_CARVEOUT = "keembay-ipc"
 
 # The lifeline protocol, firmware -> host.
 LIFELINE_READY = b"R"

@@ -219,12 +219,14 @@ class RemoteProc(RemoteProcessor):
 
     @property
     def links(self) -> list[Link]:
-        """The host's rpmsg links, one per rpmsg vdev (empty unless running)."""
+        """The host's links, one per rpmsg vdev, then those the platform builds itself
+        (empty unless running)."""
         return list(self._links)
 
     @property
     def link(self) -> Link:
-        """The host's rpmsg link of the first rpmsg vdev; LinkDown unless running."""
+        """The host's first link (that of the first rpmsg vdev, if any); LinkDown unless
+        running."""
         links = self._links
         if not links:
             raise LinkDown(f"{self.name} is {self._state} and has no rpmsg link now")
@@ -368,6 +370,7 @@ class RemoteProc(RemoteProcessor):
             self._links = register_vdevs(res, self._ops.vdev_drivers, self._ops.doorbell,
                                          name=self.name, buf_size=self.buf_size,
                                          poll_mode=self._ops.poll_mode, spin=self._ops.spin)
+            self._links += self._ops.links(res, name=self.name)
             if self._links:
                 for driver in self._drivers:
                     self._links[0].register_driver(driver)

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..link.runtime import Link
 from ..link.waiting import DEFAULT_SPIN
 from ..notify.doorbell import Doorbell
 from .api import CrashReason
@@ -43,9 +44,10 @@ class PlatformOps(ABC):
     """The platform half of a remote processor. Called with the engine's lifecycle lock held.
 
     Order of calls for one run: :meth:`start`, :meth:`doorbell` once per rpmsg vdev,
-    :meth:`wait_started`, :meth:`watch`; then :meth:`stop` (always, also after a failed
-    start). :meth:`allocate_memory` and :meth:`release_memory` bracket the runs between
-    the first boot and the last shutdown: memory survives a recovery, as in Linux.
+    :meth:`links`, :meth:`wait_started`, :meth:`watch`; then :meth:`stop` (always, also
+    after a failed start). :meth:`allocate_memory` and :meth:`release_memory` bracket the
+    runs between the first boot and the last shutdown: memory survives a recovery, as in
+    Linux.
     """
 
     #: the drivers of the vdevs this platform's processors may have, by virtio id (an
@@ -79,6 +81,11 @@ class PlatformOps(ABC):
     @abstractmethod
     def doorbell(self, vdev: VdevResource) -> Doorbell:
         """The host's doorbell for ``vdev``'s vrings (Linux's kick); the link takes ownership."""
+
+    def links(self, resources: ProcessedResources, *, name: str) -> list[Link]:
+        """Links the platform builds itself, beyond the vdevs' (e.g. Keem Bay IPC in a
+        carveout); they follow the vdevs' links and are removed with them. Default: none."""
+        return []
 
     @abstractmethod
     def wait_started(self) -> None:

@@ -36,6 +36,9 @@ class SimProcessor:
     before each sleep; ``args`` go to the firmware.
     """
 
+    #: the remote processor under it (a subclass for firmware with links of another kind)
+    rproc_class: type[SimRemoteProc] = SimRemoteProc
+
     def __init__(
         self,
         firmware: str,
@@ -51,7 +54,7 @@ class SimProcessor:
         stdout: Output = None,
         stderr: Output = None,
     ) -> None:
-        self.rproc = SimRemoteProc(
+        self.rproc = self.rproc_class(
             firmware, name=name, native=native, args=args, config=config,
             poll_mode=poll_mode, spin=spin, watchdog=watchdog, recovery=False,
             boot_timeout=boot_timeout, stdout=stdout, stderr=stderr,

@@ -106,6 +106,9 @@ class SimOps(PlatformOps):
     """The simulator's platform operations (see the module docstring)."""
 
     vdev_drivers = {VIRTIO_ID_RPMSG: driver_link}
+    #: doorbell pairs the firmware gets after those of its rpmsg vdevs (a platform that
+    #: builds links of its own needs theirs)
+    extra_doorbells = 0
 
     def __init__(self, options: SimOptions) -> None:
         self.options = options
@@ -157,7 +160,8 @@ class SimOps(PlatformOps):
                 table_offset=0 if table is None else table.offset,
                 table_size=0 if table is None else table.length,
                 buf_size=o.config.buf_size, poll_mode=o.poll_mode, spin=o.spin,
-                vdevs=len(self._rpmsg_order), watchdog=o.watchdog, buffers=child_end,
+                vdevs=len(self._rpmsg_order) + self.extra_doorbells, watchdog=o.watchdog,
+                buffers=child_end,
                 stdout=o.stdout, stderr=o.stderr,
             )
         except BaseException:
@@ -220,6 +224,9 @@ class SimOps(PlatformOps):
 
 
 class SimRemoteProc(RemoteProc):
+    #: the platform operations (a subclass for firmware with links of another kind)
+    ops_class: type[SimOps] = SimOps
+
     """A simulated remote processor with the remoteproc lifecycle.
 
     ``firmware`` is Python firmware (a module name or ``.py`` path, optionally
@@ -278,7 +285,7 @@ class SimRemoteProc(RemoteProc):
             mmu_faults=mmu_faults, boot_timeout=boot_timeout, stop_timeout=stop_timeout,
             stdout=stdout, stderr=stderr,
         )
-        self.ops = SimOps(options)
+        self.ops = self.ops_class(options)
         self.ops.on_fault = self._mmu_fault
         self.mmu_faults = options.mmu_faults
         self._mmu_fault_count = 0
