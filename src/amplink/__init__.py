@@ -14,6 +14,7 @@ from ._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .errors import (
+        AccessDenied,
         AddressError,
         AmplinkError,
         EndpointClosed,
@@ -28,6 +29,9 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         ReceiveTimeout,
         RemoteProtocolError,
         SendTimeout,
+        ServiceError,
+        ServiceUnavailable,
+        UnknownTarget,
     )
     from .link import (
         Capabilities,
@@ -56,12 +60,14 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from .remoteproc.rsc_table import Carveout, DevMem, ResourceTable, Trace
     from .remoteproc.states import InvalidTransition, RprocState
     from .rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_NS_ADDR
+    from .transports.service import connect_link
     from .virtio.vdev import VIRTIO_ID_RPMSG, VdevEntry, VringEntry
 
 __version__ = "0.1.0"
 
 # name -> the module defining it, imported on first use: see amplink._lazy
 _EXPORTS = {
+    "AccessDenied": ".errors",
     "AddressError": ".errors",
     "AmplinkError": ".errors",
     "EndpointClosed": ".errors",
@@ -76,6 +82,10 @@ _EXPORTS = {
     "ReceiveTimeout": ".errors",
     "RemoteProtocolError": ".errors",
     "SendTimeout": ".errors",
+    "ServiceError": ".errors",
+    "ServiceUnavailable": ".errors",
+    "UnknownTarget": ".errors",
+    "connect_link": ".transports.service",
     "SharedRegion": ".memory",
     "LinkPair": ".platforms.inprocess",
     "LinuxRemoteProc": ".platforms.linux",
@@ -123,16 +133,16 @@ _EXPORTS = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
-    "FW_RSC_ADDR_ANY", "RPMSG_ADDR_ANY", "RPMSG_NS_ADDR", "VIRTIO_ID_RPMSG", "AddressError",
-    "AmplinkError", "Capabilities", "Carveout", "CoredumpMode", "CrashReason", "DevMem",
-    "Endpoint", "EndpointClosed", "EndpointStatistics", "FirmwareError", "FirmwareStartError",
-    "HeldMessage", "InvalidArgument", "InvalidArgumentType", "InvalidTransition", "Link",
-    "LinkConfig", "LinkDown", "LinkPair", "LinkStatistics", "LinuxRemoteProc",
-    "MessageTooLarge", "NoBufferAvailable", "NotBooted", "NotSupported", "OpenAmpConfig",
-    "OpenAmpLink", "PeerTimeout", "ReceiveTimeout", "RemoteProc", "RemoteProcessor",
-    "RemoteProtocolError", "ResourceTable", "RestartPolicy", "RpmsgBus", "RpmsgChannel",
-    "RpmsgDriver", "RprocBusy", "RprocEvent", "RprocState", "RtkitEndpoint",
-    "RtkitRemoteProc", "SendTimeout", "SharedRegion",
-    "SimProcessor", "SimRemoteProc", "StaleSharedMemory", "Trace", "TxLoan", "VdevEntry",
-    "VringEntry", "list_processors",
+    "FW_RSC_ADDR_ANY", "RPMSG_ADDR_ANY", "RPMSG_NS_ADDR", "VIRTIO_ID_RPMSG", "AccessDenied",
+    "AddressError", "AmplinkError", "Capabilities", "Carveout", "CoredumpMode", "CrashReason",
+    "DevMem", "Endpoint", "EndpointClosed", "EndpointStatistics", "FirmwareError",
+    "FirmwareStartError", "HeldMessage", "InvalidArgument", "InvalidArgumentType",
+    "InvalidTransition", "Link", "LinkConfig", "LinkDown", "LinkPair", "LinkStatistics",
+    "LinuxRemoteProc", "MessageTooLarge", "NoBufferAvailable", "NotBooted", "NotSupported",
+    "OpenAmpConfig", "OpenAmpLink", "PeerTimeout", "ReceiveTimeout", "RemoteProc",
+    "RemoteProcessor", "RemoteProtocolError", "ResourceTable", "RestartPolicy", "RpmsgBus",
+    "RpmsgChannel", "RpmsgDriver", "RprocBusy", "RprocEvent", "RprocState", "RtkitEndpoint",
+    "RtkitRemoteProc", "SendTimeout", "ServiceError", "ServiceUnavailable", "SharedRegion",
+    "SimProcessor", "SimRemoteProc", "StaleSharedMemory", "Trace", "TxLoan", "UnknownTarget",
+    "VdevEntry", "VringEntry", "connect_link", "list_processors",
 ]

@@ -83,3 +83,30 @@ class InvalidArgument(AmplinkError, ValueError):
 class InvalidArgumentType(AmplinkError, TypeError):
     """A public call got an argument of a type it cannot use; the message names the argument
     and what is accepted."""
+
+
+class ServiceError(AmplinkError, OSError):
+    """The amplink service refused a request or broke its protocol; ``errno`` says why
+    (see :mod:`amplink.transports.service`)."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(err, message)
+
+
+class AccessDenied(ServiceError, PermissionError):
+    """EACCES: the service's policy does not allow this client to do that (it is logged
+    by the service)."""
+
+    def __init__(self, message: str, err: int = errno.EACCES) -> None:
+        super().__init__(err, message)
+
+
+class UnknownTarget(ServiceError, FileNotFoundError):
+    """ENOENT: the service has no such processor, link or channel."""
+
+    def __init__(self, message: str, err: int = errno.ENOENT) -> None:
+        super().__init__(err, message)
+
+
+class ServiceUnavailable(ServiceError, ConnectionError):
+    """No amplink service answers at that socket (none runs, or it is on its way out)."""

@@ -19,6 +19,8 @@ SUBCOMMANDS = ["demo", "run", "ping", "frames", "openamp", "vhost-user", "send",
 #: the remote-processor commands, all added by one registration function (amplink.cli.rproc)
 RPROC_SUBCOMMANDS = ["ls", "boot", "stop", "state", "attach", "detach", "recovery", "coredump",
                      "trace", "crash", "crashlog"]
+#: the amplink service's statistics (amplink.cli.top)
+SERVICE_SUBCOMMANDS = ["top"]
 
 
 def amplink(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -30,7 +32,7 @@ def test_help() -> None:
     r = amplink("--help")
     assert r.returncode == 0, r.stderr
     assert "usage: amplink" in r.stdout
-    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS:
+    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS + SERVICE_SUBCOMMANDS:
         assert name in r.stdout
 
 
@@ -44,8 +46,9 @@ def test_subcommand_help(command: str) -> None:
 
 def test_every_registered_command_is_listed() -> None:
     parser = build_parser()
-    assert len(COMMANDS) == 6  # sim (demo, run, ping), frames, openamp, vhost_user, rproc, rpmsg
-    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS:
+    # sim (demo, run, ping), frames, openamp, vhost_user, ls, rproc, rpmsg (send, listen), top
+    assert len(COMMANDS) == 8
+    for name in SUBCOMMANDS + RPROC_SUBCOMMANDS + SERVICE_SUBCOMMANDS:
         args = parser.parse_args(_minimal(name))
         assert args.command == name and callable(args.func)
 
@@ -58,7 +61,8 @@ def _minimal(name: str) -> list[str]:
             "trace": ["trace", "p"], "crash": ["crash", "p"], "crashlog": ["crashlog", "p"],
             "frames": ["frames"], "attach": ["attach", "p", "4K"], "detach": ["detach", "p", "1"],
             "vhost-user": ["vhost-user", "fw", "--socket", "s"],
-            "send": ["send", "p", "rpmsg-raw", "hi"], "listen": ["listen", "p", "rpmsg-raw"]}[name]
+            "send": ["send", "p", "rpmsg-raw", "hi"], "listen": ["listen", "p", "rpmsg-raw"],
+            "top": ["top"]}[name]
 
 
 def test_no_command_is_an_error() -> None:

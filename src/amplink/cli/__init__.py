@@ -1,8 +1,10 @@
 """The ``amplink`` command.
 
 One module per group of subcommands (:mod:`.sim`: demo, run, ping; :mod:`.openamp`;
-:mod:`.vhost_user`; :mod:`.rproc`: the remote-processor commands; :mod:`.rpmsg`: send
-and listen on a real processor's channels); each has a
+:mod:`.vhost_user`; :mod:`.frames`; :mod:`.ls`; :mod:`.rproc`: the remote-processor
+commands; :mod:`.rpmsg`: send and listen on a processor's channels, whose link
+:mod:`.links` resolves (the amplink service, or a kernel's /dev/rpmsg* with --sysfs);
+:mod:`.top`: the service's rates and drops); each has a
 ``register(sub)`` that adds its commands. What they share (errors, output, option
 types) is in :mod:`.common`.
 """
@@ -19,15 +21,15 @@ from typing import Any
 
 from .. import __version__
 from ..errors import AmplinkError
-from . import frames, openamp, rpmsg, rproc, sim, vhost_user
+from . import frames, ls, openamp, rpmsg, rproc, sim, top, vhost_user
 from .common import EXIT_INTERRUPTED, setup_logging
 
 log = logging.getLogger(__name__)
 
 #: subcommand registration functions, in the order ``--help`` lists them
 COMMANDS: list[Callable[[Any], None]] = [
-    sim.register, frames.register, openamp.register, vhost_user.register, rproc.register,
-    rpmsg.register,
+    sim.register, frames.register, openamp.register, vhost_user.register, ls.register,
+    rproc.register, rpmsg.register, top.register,
 ]
 
 

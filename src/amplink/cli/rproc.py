@@ -1,5 +1,5 @@
-"""The remote-processor commands of ``amplink``: ls, boot, stop, state, recovery, coredump,
-trace, crash, crashlog.
+"""The remote-processor commands of ``amplink``: boot, stop, state, recovery, coredump,
+trace, crash, crashlog, attach, detach (``ls`` is :mod:`.ls`).
 
 By default they act on the simulator: processors held by a supervisor process (see
 :mod:`amplink.service.supervisor`) that ``amplink boot`` starts on demand and that
@@ -39,14 +39,13 @@ from ..platforms.linux import (
 from ..platforms.linux.errors import MalformedAttribute
 from ..remoteproc.api import CrashReason
 from ..remoteproc.coredump import CoredumpMode
-from ..rpmsg.wire import RPMSG_ADDR_ANY
 from ..service.supervisor import (
     SupervisorClient,
     connect_supervisor,
     ensure_supervisor,
     runtime_dir,
 )
-from .common import EXIT_INTERRUPTED, CommandError, add_command, out, positive_seconds, table
+from .common import EXIT_INTERRUPTED, CommandError, add_command, out, positive_seconds
 
 ENV_SYSFS = "AMPLINK_SYSFS"
 ENV_DEBUGFS = "AMPLINK_DEBUGFS"
@@ -62,11 +61,13 @@ CRASH_REASONS = {
 # -- which tree -------------------------------------------------------------------------
 @dataclass
 class _Target:
-    """The tree the command acts on; ``supervisor`` is set for a simulator's tree."""
+    """The tree the command acts on; ``supervisor`` is set for a simulator's tree (whose
+    directory ``root`` also holds the endpoint service)."""
 
     tree: ControlTree | None  # None: the simulator is not running
     supervisor: SupervisorClient | None
     where: str
+    root: Path | None = None
 
 
 def _sysfs_root(args: argparse.Namespace) -> Path | None:
@@ -82,11 +83,12 @@ def _target(args: argparse.Namespace, *, start: bool = False) -> _Target:
             debug = str(DEBUG_ROOT)
         dev = args.dev or os.environ.get(ENV_DEV) or str(DEV_ROOT)
         tree = open_tree(root, debug_root=debug, dev_root=dev)
-        supervisor = SupervisorClient(root) if is_simulator_tree(root) else None
-        return _Target(tree, supervisor, str(root))
+        simulated = is_simulator_tree(root)
+        supervisor = SupervisorClient(root) if simulated else None
+        return _Target(tree, supervisor, str(root), root if simulated else None)
     where = f"the simulator ({runtime_dir()})"
     client = ensure_supervisor() if start else connect_supervisor()
-    return _Target(client.tree if client else None, client, where)
+    return _Target(client.tree if client else None, client, where, runtime_dir())
 
 
 def _processor(args: argparse.Namespace) -> tuple[LinuxRemoteProc, _Target]:
@@ -105,63 +107,7 @@ def _field(read: Any) -> str:
         return "?"
 
 
-# -- ls ---------------------------------------------------------------------------------
-def cmd_ls(args: argparse.Namespace) -> int:
-    """amplink ls: the processors, their settings and (simulated) channels."""
-    target = _target(args)
-    if target.tree is None:
-        out("no simulated processors (start one with `amplink boot FIRMWARE`; for hardware: "
-             f"`amplink ls --sysfs {CLASS_ROOT}`)")
-        return 0
-    processors = list_processors(target.tree)
-    if not processors:
-        out(f"no remote processors in {target.where}")
-        return 0
-    rows = [("NAME", "DEVICE", "STATE", "RECOVERY", "COREDUMP", "FIRMWARE")]
-    details: dict[str, list[str]] = {}
-    for name, dev in processors.items():
-        try:
-            rproc = LinuxRemoteProc(dev, target.tree)
-        except ProcessorNotFound:
-            continue  # removed while listing
-        recovery = _field(lambda r=rproc: "enabled" if r.recovery else "disabled")
-        rows.append((name, dev, _field(lambda r=rproc: r.state), recovery,
-                     _field(lambda r=rproc: r.coredump), _field(lambda r=rproc: r.firmware)))
-        if target.supervisor is not None:
-            details[name] = _detail_lines(target.supervisor, dev)
-        else:
-            details[name] = _rpmsg_lines(rproc)
-    for row, line in zip(rows, table(rows), strict=True):
-        out(line)
-        for detail in details.get(row[0], []):
-            out(detail)
-    return 0
-
-
-def _detail_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
-    """What a simulated processor adds to its row: crashes, then channels."""
-    lines = []
-    try:
-        crashes = supervisor.crashes(dev)
-    except RprocControlError:
-        crashes = None  # gone meanwhile, or a processor that does not count crashes
-    if crashes is not None and crashes.total:
-        lines.append(f"    crashes: {crashes.total}, last: {crashes.last}")
-        if crashes.recovery_stopped:
-            lines.append(f"    automatic recovery stopped: {crashes.recovery_stopped}")
-    return lines + _channel_lines(supervisor, dev) + _buffer_lines(supervisor, dev)
-
-
-def _buffer_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
-    try:
-        buffers = supervisor.buffers(dev)
-    except RprocControlError:
-        return []  # not a simulated processor
-    return [f"    buffer {b.id} {b.name}: 0x{b.length:x} bytes at da 0x{b.da:x}, "
-            f"{b.access.lower()}, held by {'the host' if b.holder == 'local' else b.holder}"
-            for b in buffers]
-
-
+# -- attach, detach -------------------------------------------------------------------
 ACCESS_NAMES = {"r": 1, "w": 2, "rw": 3}
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -199,38 +145,6 @@ def _sim_target(args: argparse.Namespace) -> tuple[SupervisorClient, str, str]:
     if target.supervisor is None:
         raise CommandError("attach and detach work on simulated processors only")
     return target.supervisor, rproc.dev, rproc.label
-
-
-def _channel_lines(supervisor: SupervisorClient, dev: str) -> list[str]:
-    try:
-        channels = supervisor.channels(dev)
-    except RprocControlError:
-        return []  # this processor cannot list its channels
-    lines = []
-    for channel in channels:
-        local = ("no local endpoint open" if channel.src == RPMSG_ADDR_ANY
-                 else f"local endpoint 0x{channel.src:x}")
-        lines.append(f"    channel {channel.name}: remote endpoint 0x{channel.dst:x}, {local}")
-    return lines
-
-
-def _rpmsg_lines(rproc: LinuxRemoteProc) -> list[str]:
-    """A real processor's rpmsg channels, as the kernel lists them in sysfs."""
-    try:
-        sysfs, controls = rproc.rpmsg_sysfs()
-        lines = []
-        for ctrl in controls:
-            own = sysfs.channel_endpoints(ctrl)
-            for channel in sysfs.channels(ctrl.transport):
-                ept = own.get(channel.path)
-                local = (f"local endpoint 0x{channel.src:x}" if channel.src != RPMSG_ADDR_ANY
-                         else "no local endpoint")
-                device = f" (/dev/{ept.node})" if ept is not None else ""
-                lines.append(f"    channel {channel.name}: remote endpoint 0x{channel.dst:x}, "
-                             f"{local}{device} [{ctrl.node}]")
-        return lines
-    except (AmplinkError, OSError) as exc:
-        return [f"    channels: cannot be listed: {exc}"]
 
 
 # -- boot, stop, state ------------------------------------------------------------------
@@ -401,22 +315,21 @@ def _target_options() -> argparse.ArgumentParser:
 
 
 def register(sub: Any) -> None:
-    """Add ls, boot, stop, state, recovery, coredump, trace, crash and crashlog to ``sub``."""
+    """Add boot, stop, state, recovery, coredump, trace, crash, crashlog, attach and detach
+    to ``sub``."""
     target = _target_options()
 
     def add(name: str, func: Any, help_: str, description: str) -> argparse.ArgumentParser:
         return add_command(sub, name, func, parents=[target], help=help_,
                            description=description)
 
-    add("ls", cmd_ls, "list remote processors",
-        "List the remote processors with their state, recovery and coredump settings and "
-        "firmware, and the rpmsg channels their firmware announced (with --sysfs: as the "
-        "kernel lists them in /sys/bus/rpmsg).")
     p = add("boot", cmd_boot, "boot firmware on a processor that outlives this command",
             "Simulator: create a processor (started by a supervisor process that lives "
             "until the last processor is stopped) and boot FIRMWARE on it. FIRMWARE is a "
             "Python module importable by the supervisor or a .py file, optionally with "
-            ":function. With --sysfs: set the firmware of processor NAME (it must be "
+            ":function; or openamp:SHM:SOCKET for a peer of OpenAMP's Linux-userspace "
+            "profile, started separately (the boot waits up to 25 s for it to connect). "
+            "With --sysfs: set the firmware of processor NAME (it must be "
             "offline; the kernel looks for the file in /lib/firmware) and start it.")
     p.add_argument("firmware", metavar="FIRMWARE",
                    help="e.g. amplink.firmware.examples.echo, or fw.elf with --sysfs")

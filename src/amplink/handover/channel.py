@@ -23,7 +23,7 @@ from ..link.endpoint import DEFAULT_SEND_TIMEOUT, Endpoint
 from ..memory.access import Access, checked_access
 from ..memory.buffers import BufferSlice, SharedBuffer
 from . import wire
-from .port import BufferPort
+from .port import OwnerPort
 from .pump import RecordPump
 from .wire import Record, RecordType
 
@@ -111,7 +111,7 @@ class BufferChannel(RecordPump):
     with threads on one channel).
     """
 
-    def __init__(self, endpoint: Endpoint, *, port: BufferPort | None = None,
+    def __init__(self, endpoint: Endpoint, *, port: OwnerPort | None = None,
                  buffers: BufferImporter | None = None, name: str | None = None) -> None:
         super().__init__(endpoint, name or endpoint.name or f"0x{endpoint.addr:x}")
         self.port = port

@@ -31,7 +31,7 @@ from ..memory.providers import allocate_buffer
 from ..memory.table import BufferFaultReason
 from . import wire
 from .channel import BufferImporter
-from .port import BufferPort
+from .port import OwnerPort
 from .pump import RecordPump
 from .wire import FLAG_LAST, HandoverFault, Record, RecordType
 
@@ -68,7 +68,7 @@ class LargeMessages(RecordPump):
     copies out (into a new bytearray, or into ``into``).
     """
 
-    def __init__(self, endpoint: Endpoint, *, port: BufferPort | None = None,
+    def __init__(self, endpoint: Endpoint, *, port: OwnerPort | None = None,
                  buffers: BufferImporter | None = None, pool_size: int = DEFAULT_POOL_SIZE,
                  block_size: int = DEFAULT_BLOCK_SIZE, fragment: int | None = None,
                  max_message: int = DEFAULT_MAX_MESSAGE, name: str | None = None) -> None:

@@ -20,6 +20,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ..errors import LinkDown, PeerTimeout
 from ..memory.access import Access, checked_access
@@ -46,6 +47,33 @@ class AttachedBuffer:
     length: int
     access: str
     holder: str
+
+
+class OwnerPort(Protocol):
+    """What the owning side of a :class:`~amplink.handover.BufferChannel` (and of
+    :class:`~amplink.handover.LargeMessages`) needs of its port: a :class:`BufferPort`,
+    or :class:`~amplink.transports.service_buffers.ServicePort` for a processor held by
+    the amplink service."""
+
+    peer: str
+    table: BufferTable
+
+    def attach(self, target: SharedBuffer | BufferSlice,
+               access: Access | int = Access.READ_WRITE) -> Any:
+        """Attach a buffer to the peer (once); returns the attachment."""
+        ...
+
+    def detach(self, attachment: Any) -> None:
+        """Undo :meth:`attach`."""
+        ...
+
+    def id_of(self, buffer: SharedBuffer) -> int | None:
+        """The attachment id of the whole ``buffer`` (None if it is not attached)."""
+        ...
+
+    def attachment(self, att_id: int) -> Any:
+        """The attachment with id ``att_id`` (None if there is none)."""
+        ...
 
 
 class BufferPort:

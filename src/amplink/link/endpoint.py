@@ -88,6 +88,12 @@ class Endpoint:
     def mtu(self) -> int:
         return self._link.mtu
 
+    @property
+    def queued(self) -> int:
+        """Messages waiting for :meth:`recv` (cheap: a ``link.wait_until`` predicate may
+        test it, e.g. to wait for any of several endpoints)."""
+        return len(self._queue)
+
     def _check_open(self) -> None:
         if self._closed_reason is not None:
             raise self._closed_error()

@@ -187,6 +187,14 @@ def recv_buffer(sock: socket.socket, *, timeout: float | None = None,
         raise
 
 
+def import_buffer(fd: int, header: BufferHeader, *, require_sealed: bool = True
+                  ) -> SharedBuffer:
+    """Check an fd a peer passed against ``header`` as :func:`recv_buffer` does, and wrap
+    it: the buffer takes the fd. :class:`PeerBufferError` (and the fd still the
+    caller's to close) if it does not hold up."""
+    return _import(fd, header, require_sealed)
+
+
 def _import(fd: int, header: BufferHeader, require_sealed: bool) -> SharedBuffer:
     """Check a received fd against the header and wrap it (the buffer takes the fd)."""
     st = os.fstat(fd)

@@ -29,13 +29,14 @@ Values compare like sysfs_streq(): one trailing newline is accepted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -109,6 +110,8 @@ class _Entry:
     rproc: RemoteProcessor
     shutdown_on_release: bool = False
     rendered: dict[Path, str] = field(default_factory=dict)
+    #: held by an operation on this processor (a boot may take seconds) and its rendering
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
 
 class RemoteprocModel:
@@ -117,8 +120,10 @@ class RemoteprocModel:
     ``class_root`` receives ``remoteprocN/{state,firmware,name,recovery,coredump}``,
     ``debug_root`` (if not None) ``remoteprocN/{crash,trace0}``. With
     ``sysfs_config=False`` recovery and coredump live in debugfs instead, as before
-    Linux 5.13. Thread-safe; call :meth:`refresh` when a processor may have changed
-    on its own (a crash), so the files follow.
+    Linux 5.13. Thread-safe, and an operation on one processor (a boot may take
+    seconds) holds only that processor's lock: the others, and every read, go on
+    meanwhile. Call :meth:`refresh` when a processor may have changed on its own (a
+    crash), so the files follow.
     """
 
     def __init__(self, class_root: Path | str, debug_root: Path | str | None = None, *,
@@ -127,7 +132,7 @@ class RemoteprocModel:
         self.debug_root = None if debug_root is None else Path(debug_root)
         self.sysfs_config = sysfs_config
         self._entries: dict[str, _Entry] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the table of entries only
         self.class_root.mkdir(parents=True, exist_ok=True)
         if self.debug_root is not None:
             self.debug_root.mkdir(parents=True, exist_ok=True)
@@ -140,22 +145,34 @@ class RemoteprocModel:
             while f"remoteproc{index}" in self._entries:
                 index += 1
             dev = f"remoteproc{index}"
-            self._entries[dev] = _Entry(rproc)
-            self._render(dev)
+            entry = self._entries[dev] = _Entry(rproc)
+            with entry.lock:
+                self._render(dev, entry)
             return dev
 
     def remove(self, dev: str) -> RemoteProcessor:
         """Unregister ``dev`` (rproc_del): shut it down whatever its state, delete its files."""
-        with self._lock:
-            entry = self._entry(dev)
+        with self._operation(dev) as entry:
             try:
                 _power_off(entry.rproc)
             finally:
-                del self._entries[dev]
+                with self._lock:
+                    del self._entries[dev]
                 for base in (self.class_root, self.debug_root):
                     if base is not None:
                         shutil.rmtree(base / dev, ignore_errors=True)
             return entry.rproc
+
+    @contextlib.contextmanager
+    def _operation(self, dev: str) -> Iterator[_Entry]:
+        """Hold ``dev``'s lock (ENOENT if it is gone, also after waiting for the lock)."""
+        with self._lock:
+            entry = self._entry(dev)
+        with entry.lock:
+            with self._lock:
+                if self._entries.get(dev) is not entry:
+                    raise _fail(errno.ENOENT, f"{dev}: no such remote processor")
+            yield entry
 
     def devices(self) -> list[str]:
         """The registered ``remoteprocN`` names, in numeric order."""
@@ -190,12 +207,13 @@ class RemoteprocModel:
         return () if self.sysfs_config else ("recovery", "coredump")
 
     def show(self, dev: str, attr: str) -> str:
-        """The text of ``remoteprocN/<attr>``, as the kernel prints it."""
+        """The text of ``remoteprocN/<attr>``, as the kernel prints it (without waiting
+        for an operation on the processor, as sysfs reads do not)."""
         with self._lock:
             rproc = self._entry(dev).rproc
-            if attr not in self._class_attrs():
-                raise _fail(errno.ENOENT, f"{dev}/{attr}: no such attribute")
-            return self._show(rproc, attr, dev)
+        if attr not in self._class_attrs():
+            raise _fail(errno.ENOENT, f"{dev}/{attr}: no such attribute")
+        return self._show(rproc, attr, dev)
 
     def _show(self, rproc: RemoteProcessor, attr: str, dev: str) -> str:
         what = f"{dev}/{attr}"
@@ -217,8 +235,7 @@ class RemoteprocModel:
 
     def store(self, dev: str, attr: str, value: str) -> None:
         """Write ``value`` to ``remoteprocN/<attr>`` with the kernel's checks."""
-        with self._lock:
-            entry = self._entry(dev)
+        with self._operation(dev) as entry:
             try:
                 if attr == "name":
                     raise _fail(errno.EACCES, f"{dev}/name is read-only")
@@ -226,7 +243,7 @@ class RemoteprocModel:
                     raise _fail(errno.ENOENT, f"{dev}/{attr}: no such attribute")
                 self._store(entry.rproc, dev, attr, value)
             finally:
-                self._render(dev)
+                self._render(dev, entry)
 
     def _store(self, rproc: RemoteProcessor, dev: str, attr: str, value: str) -> None:
         what = f"{dev}/{attr}"
@@ -296,20 +313,19 @@ class RemoteprocModel:
         """The text of debugfs ``remoteprocN/<name>`` (trace0; recovery, coredump if old)."""
         with self._lock:
             rproc = self._entry(dev).rproc
-            if name == "trace0":
-                if self._call(lambda: rproc.state, dev) is RprocState.OFFLINE:
-                    raise _fail(errno.ENOENT, f"{dev}/trace0: no trace buffer while offline")
-                return self._show(rproc, name, dev)
-            if name in self._debug_attrs():
-                return self._show(rproc, name, dev)
-            if name == "crash":
-                raise _fail(errno.EACCES, f"{dev}/crash is write-only")
-            raise _fail(errno.ENOENT, f"{dev}/{name}: no such debugfs file")
+        if name == "trace0":
+            if self._call(lambda: rproc.state, dev) is RprocState.OFFLINE:
+                raise _fail(errno.ENOENT, f"{dev}/trace0: no trace buffer while offline")
+            return self._show(rproc, name, dev)
+        if name in self._debug_attrs():
+            return self._show(rproc, name, dev)
+        if name == "crash":
+            raise _fail(errno.EACCES, f"{dev}/crash is write-only")
+        raise _fail(errno.ENOENT, f"{dev}/{name}: no such debugfs file")
 
     def debug_store(self, dev: str, name: str, value: str) -> None:
         """Write to debugfs ``remoteprocN/<name>``: crash (the crash type), recovery, coredump."""
-        with self._lock:
-            entry = self._entry(dev)
+        with self._operation(dev) as entry:
             try:
                 if name == "crash":
                     self._crash(entry.rproc, dev, value)
@@ -320,7 +336,7 @@ class RemoteprocModel:
                 else:
                     raise _fail(errno.ENOENT, f"{dev}/{name}: no such debugfs file")
             finally:
-                self._render(dev)
+                self._render(dev, entry)
 
     def _crash(self, rproc: RemoteProcessor, dev: str, value: str) -> None:
         crash_type = _kstrtouint(value)
@@ -342,8 +358,7 @@ class RemoteprocModel:
     def cdev_write(self, dev: str, command: str) -> None:
         """A write to ``/dev/remoteprocN``: the exact word, no newline (the kernel compares
         the bytes written), at most 10 bytes; the state checks of sysfs apply."""
-        with self._lock:
-            entry = self._entry(dev)
+        with self._operation(dev) as entry:
             try:
                 if not command or len(command.encode()) > 10:
                     raise _fail(errno.EINVAL, f"/dev/{dev}: expected start, stop or detach")
@@ -351,12 +366,12 @@ class RemoteprocModel:
                     raise _fail(errno.EINVAL, f"/dev/{dev}: unrecognised command {command!r}")
                 self._store(entry.rproc, dev, "state", command)
             finally:
-                self._render(dev)
+                self._render(dev, entry)
 
     def cdev_set_release(self, dev: str, enabled: bool) -> None:
         """RPROC_SET_SHUTDOWN_ON_RELEASE (one flag per processor, as in the kernel)."""
-        with self._lock:
-            self._entry(dev).shutdown_on_release = enabled
+        with self._operation(dev) as entry:
+            entry.shutdown_on_release = enabled
 
     def cdev_get_release(self, dev: str) -> bool:
         """RPROC_GET_SHUTDOWN_ON_RELEASE."""
@@ -366,25 +381,39 @@ class RemoteprocModel:
     def cdev_release(self, dev: str) -> None:
         """A close of ``/dev/remoteprocN``: with the flag set, shut a running processor down."""
         with self._lock:
-            entry = self._entries.get(dev)
-            if entry is None or not entry.shutdown_on_release:
+            if dev not in self._entries:
+                return
+        with self._operation(dev) as entry:
+            if not entry.shutdown_on_release:
                 return
             try:
                 if self._call(lambda: entry.rproc.state, dev) is RprocState.RUNNING:
                     self._call(entry.rproc.shutdown, f"{dev}: shutdown on release")
             finally:
-                self._render(dev)
+                self._render(dev, entry)
 
     # -- files --------------------------------------------------------------------------
     def refresh(self, dev: str | None = None) -> None:
-        """Re-render the files of ``dev`` (default: every processor) from current values."""
-        with self._lock:
-            for d in [dev] if dev is not None else list(self._entries):
-                if d in self._entries:
-                    self._render(d)
+        """Re-render the files of ``dev`` (default: every processor) from current values.
 
-    def _render(self, dev: str) -> None:
-        entry = self._entries[dev]
+        A processor in the middle of an operation is skipped: the operation renders it
+        when it ends.
+        """
+        with self._lock:
+            entries = [(d, self._entries[d]) for d in ([dev] if dev is not None
+                                                        else list(self._entries))
+                       if d in self._entries]
+        for d, entry in entries:
+            if entry.lock.acquire(blocking=False):
+                try:
+                    with self._lock:
+                        present = self._entries.get(d) is entry
+                    if present:
+                        self._render(d, entry)
+                finally:
+                    entry.lock.release()
+
+    def _render(self, dev: str, entry: _Entry) -> None:  # entry.lock held
         files: dict[Path, tuple[str, int]] = {}
         for attr in self._class_attrs():
             files[self.class_root / dev / attr] = (
@@ -436,7 +465,9 @@ def _power_off(rproc: RemoteProcessor, max_users: int = 64) -> None:
 
 
 def _write_atomically(path: Path, text: str, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # the processor's directory is the owner's alone (the runtime directory may be
+    # traversable by the users a service policy lets in)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:

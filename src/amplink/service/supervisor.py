@@ -39,17 +39,17 @@ import fcntl
 import functools
 import logging
 import os
-import re
 import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple
 
 from ..handover.port import AttachedBuffer
 from ..memory.buffers import SharedBuffer
@@ -64,11 +64,26 @@ from ..platforms.linux.errors import (
     SupervisorUnavailable,
     error_from_errno,
 )
+from ..platforms.openamp.rproc import SPEC_PREFIX as OPENAMP_SPEC
+from ..platforms.openamp.rproc import OpenAmpRemoteProc
 from ..platforms.sim import SimRemoteProc
 from ..remoteproc.api import RemoteProcessor
-from ..remoteproc.core import RemoteProc
 from ..remoteproc.states import RprocState
+from ..transports.service_wire import ENDPOINT_SOCKET
+from .control import PROCESSOR_NAME, ControlConnection, ControlOps
+from .endpoints import EndpointService
 from .model import RemoteprocModel
+from .policy import (
+    ENV_POLICY,
+    POLICY_FILE,
+    Peer,
+    Policy,
+    PolicyError,
+    default_policy,
+    find_policy,
+    load_policy,
+    peer_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +94,15 @@ LOG_FILE = "supervisor.log"
 DEBUG_DIR = "debug"
 STDERR_FD = 2  # the fd itself: sys.stderr may be replaced (and have no fd) in-process
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the NUL
-_PROCESSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
-_MAX_FIRMWARE = 4096
 #: clients served at once; one more is refused (told EAGAIN and closed). Each buffers at
 #: most one line of protocol.MAX_MESSAGE bytes (protocol.LineReader).
 MAX_CLIENTS = 64
+#: control connections of one user other than the owner
+MAX_CLIENTS_PER_USER = 16
+#: how long an answer may wait for a client that does not read it
+SEND_TIMEOUT = 2.0
+#: how long stopping waits for the control connections' threads
+CLIENT_JOIN_TIMEOUT = 5.0
 #: after a failed accept() (EMFILE, ENFILE, ENOMEM, ...): wait this long before the next
 ACCEPT_BACKOFF = 0.1
 #: the least time between two log lines about failed or refused connections (or updates)
@@ -91,8 +110,9 @@ ACCEPT_LOG_INTERVAL = 5.0
 
 #: makes the processor called ``name`` (first argument) with ``firmware`` (second)
 ProcessorFactory = Callable[[str, str], RemoteProcessor]
-#: the kinds of processor ``add`` makes, and the default name of each (with a number)
-KINDS = {"sim": "sim", "rtkit": "rtkit"}
+#: the largest buffer `amplink attach` allocates (memfds are sparse: untouched pages cost
+#: nothing)
+MAX_ATTACH = 1 << 34
 
 # Started with `python -c`: spawns the supervisor in a new session and exits at once,
 # so the supervisor is nobody's child (no zombie, no signal from the caller's terminal).
@@ -102,22 +122,6 @@ _LAUNCHER = (
     "stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)\n"
     "print(p.pid)\n"
 )
-
-
-@runtime_checkable
-class ReportsChannels(Protocol):
-    """Optional: a processor that can list its rpmsg channels for ``amplink ls``."""
-
-    def channels(self) -> list[tuple[str, int, int]]:
-        """(name, local address, remote address) of each channel."""
-
-
-@runtime_checkable
-class ReportsCrashlog(Protocol):
-    """Optional: a processor that keeps its last crash report (an RTKit co-processor)."""
-
-    def crashlog(self) -> str:
-        """The report of the last crash ("" if it never crashed)."""
 
 
 class Channel(NamedTuple):
@@ -136,11 +140,6 @@ class Crashes(NamedTuple):
     recovery_stopped: str
 
 
-#: the largest buffer `amplink attach` allocates (memfds are sparse: untouched pages cost
-#: nothing)
-MAX_ATTACH = 1 << 34
-
-
 def make_sim_processor(name: str, firmware: str, *, coredump_dir: Path) -> SimRemoteProc:
     """The supervisor's processors: simulated, with the remoteproc lifecycle (a missing
     firmware fails the boot with ENOENT). Crash dumps go to ``coredump_dir``; the
@@ -153,6 +152,15 @@ def make_rtkit_processor(name: str, firmware: str, *, coredump_dir: Path) -> Rem
     from ..platforms.rtkit import RtkitRemoteProc  # only where RTKit is used
 
     return RtkitRemoteProc(firmware, name=name, coredump_dir=coredump_dir, stdout=STDERR_FD)
+
+
+def make_processor(name: str, firmware: str, *, coredump_dir: Path) -> RemoteProcessor:
+    """The default factory: an OpenAMP-profile peer for a firmware ``openamp:SHM:SOCKET``
+    (:class:`~amplink.platforms.openamp.rproc.OpenAmpRemoteProc`), else a simulated
+    processor (:func:`make_sim_processor`)."""
+    if firmware.startswith(OPENAMP_SPEC):
+        return OpenAmpRemoteProc(firmware, name=name)
+    return make_sim_processor(name, firmware, coredump_dir=coredump_dir)
 
 
 # -- the runtime directory --------------------------------------------------------------
@@ -216,39 +224,43 @@ def read_pid_file(root: Path) -> int | None:
 
 
 # -- the server -------------------------------------------------------------------------
-class _Client:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.reader = protocol.LineReader()
-        self.dev: str | None = None  # set by dev_open: this connection is /dev/remoteprocN
-
-
-def _fail(err: int, message: str) -> RprocControlError:
-    return error_from_errno(err, message)
-
-
 class Supervisor:
-    """Holds processors made by ``factory`` (and ``rtkit_factory`` for the kind "rtkit")
-    and serves them on ``root``'s control socket.
+    """Holds processors made by ``factory`` and serves them on ``root``'s sockets: the
+    control socket (the remoteproc files, :mod:`.control`) and the endpoint socket
+    (channels of the processors, :mod:`.endpoints`), each request checked against
+    ``policy`` (default: only the owner may do anything).
 
-    The default factories are :func:`make_sim_processor` and :func:`make_rtkit_processor`,
-    dumping into ``root``/coredumps.
+    ``factory`` makes the processors of the kind "sim", ``rtkit_factory`` those of the
+    kind "rtkit"; the defaults are :func:`make_processor` (simulated processors, dumping
+    into ``root``/coredumps, and OpenAMP-profile peers) and :func:`make_rtkit_processor`.
+    Processors of the default factories live and die with the service (``on_exit =
+    "keep"`` applies to those of a factory given here). Each control connection is served
+    by a thread of its own, so a slow request (a boot) delays nobody else.
     """
 
     def __init__(self, root: Path, factory: ProcessorFactory | None = None, *,
                  rtkit_factory: ProcessorFactory | None = None,
-                 idle_grace: float = 10.0, tick: float = 0.25) -> None:
+                 idle_grace: float = 10.0, tick: float = 0.25,
+                 policy: Policy | None = None) -> None:
         self.root = Path(root)
         dumps = self.root / COREDUMP_DIR
         self.factories: dict[str, ProcessorFactory] = {
-            "sim": factory or functools.partial(make_sim_processor, coredump_dir=dumps),
+            "sim": factory or functools.partial(make_processor, coredump_dir=dumps),
             "rtkit": rtkit_factory or functools.partial(make_rtkit_processor,
                                                         coredump_dir=dumps),
         }
+        #: the kinds whose processors are the service's own (children of its process)
+        self._own_kinds = {kind for kind, given in (("sim", factory),
+                                                    ("rtkit", rtkit_factory)) if given is None}
+        self._own: set[str] = set()  # their devices
         self.idle_grace = idle_grace
         self.tick = tick
+        self.policy = policy or default_policy()
         self.model: RemoteprocModel | None = None
-        self._clients: dict[int, _Client] = {}
+        self.endpoints: EndpointService | None = None
+        self.ops = ControlOps(self, self.policy)
+        self._clients: dict[ControlConnection, threading.Thread] = {}
+        self._clients_lock = threading.Lock()
         self._unsubscribe: dict[str, Callable[[], None]] = {}
         self._had_processor = False
         self._stopping = False
@@ -256,20 +268,10 @@ class Supervisor:
         self._accept_log = _RateLimitedLog(ACCEPT_LOG_INTERVAL)
         #: buffers `amplink attach` made, by (device, attachment id)
         self._attached: dict[tuple[str, int], tuple[SharedBuffer, Attachment]] = {}
+        self._attached_lock = threading.Lock()
         self._refresh_log = _RateLimitedLog(ACCEPT_LOG_INTERVAL)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._ops: dict[str, Callable[[_Client, dict[str, Any]], dict[str, Any] | None]] = {
-            "hello": self._op_hello, "list": self._op_list, "read": self._op_read,
-            "write": self._op_write, "debug_read": self._op_debug_read,
-            "debug_write": self._op_debug_write, "add": self._op_add, "remove": self._op_remove,
-            "channels": self._op_channels, "crashes": self._op_crashes,
-            "buffers": self._op_buffers, "attach": self._op_attach, "detach": self._op_detach,
-            "crashlog": self._op_crashlog,
-            "dev_open": self._op_dev_open,
-            "dev_write": self._op_dev_write, "dev_set_release": self._op_dev_set_release,
-            "dev_get_release": self._op_dev_get_release,
-        }
-        assert self._ops.keys() == protocol.OPS.keys(), "the protocol table and the server differ"
+        self._wake_lock = threading.Lock()
 
     def stop(self) -> None:
         """Ask the loop to shut everything down and return (any thread, or a signal handler)."""
@@ -277,11 +279,14 @@ class Supervisor:
         self._wake()
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"w")
+        with self._wake_lock:  # never write to a closed (perhaps reused) fd number
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._wake_w, b"w")
 
     def serve(self) -> None:
-        """Serve until idle or stopped; every processor is shut down before it returns."""
+        """Serve until idle or stopped; every processor is shut down before it returns
+        (but those the policy's ``on_exit = "keep"`` leaves running)."""
         with _flock(self.root / LOCK_FILE, timeout=5.0):
             self._clean_stale_files()
             sock_path = self.root / protocol.CONTROL_SOCKET
@@ -289,31 +294,46 @@ class Supervisor:
             sel = selectors.DefaultSelector()
             try:
                 listener.bind(str(sock_path))
-                os.chmod(sock_path, 0o600)
+                self._open_up(sock_path)
                 listener.listen(16)
                 listener.setblocking(False)
                 self.model = RemoteprocModel(self.root, self.root / DEBUG_DIR)
+                self.endpoints = EndpointService(self.root, self.policy, self)
+                self.endpoints.start()
                 _write_file(self.root / PID_FILE, f"{os.getpid()}\n")
-                log.info("serving %s (pid %d)", self.root, os.getpid())
+                log.info("serving %s (pid %d; policy: %s)", self.root, os.getpid(),
+                         self.policy.source)
                 sel.register(listener, selectors.EVENT_READ, None)
                 sel.register(self._wake_r, selectors.EVENT_READ, None)
                 self._loop(sel, listener)
             finally:
                 sock_path.unlink(missing_ok=True)  # first: no new client from now on
                 listener.close()
-                for client in list(self._clients.values()):
-                    self._close_client(sel, client)
-                self._remove_all()
+                if self.endpoints is not None:
+                    self.endpoints.stop()  # its clients see the connection end: LinkDown
+                self._close_clients()
+                self._shut_processors()
                 sel.close()
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+                with self._wake_lock:
+                    os.close(self._wake_r)
+                    os.close(self._wake_w)
+                    self._wake_r = self._wake_w = -1
                 self._clean_stale_files()
                 (self.root / PID_FILE).unlink(missing_ok=True)  # last: everything is gone
                 log.info("stopped")
 
+    def _open_up(self, control: Path) -> None:
+        """Let the users the policy names reach the sockets (else: the owner only)."""
+        if self.policy.grants_others:
+            os.chmod(self.root, 0o711)  # others may reach known names, not list them
+            os.chmod(control, 0o666)    # the policy decides, per request
+        else:
+            os.chmod(control, 0o600)
+
     def _clean_stale_files(self) -> None:
         """Remove what a killed supervisor left (the caller holds the lock)."""
         (self.root / protocol.CONTROL_SOCKET).unlink(missing_ok=True)
+        (self.root / ENDPOINT_SOCKET).unlink(missing_ok=True)
         shutil.rmtree(self.root / DEBUG_DIR, ignore_errors=True)
         for entry in os.listdir(self.root):
             if DEVICE_NAME.fullmatch(entry):
@@ -334,17 +354,15 @@ class Supervisor:
             for key, _ in sel.select(timeout):
                 if key.fileobj is listener:
                     self._accept(sel, listener)
-                elif key.fileobj == self._wake_r:
+                else:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
-                else:
-                    self._on_readable(sel, key.data)
             # the files follow what changed on its own: a crash, a recovery, the trace
             try:
                 self.model.refresh()
             except OSError as exc:  # out of fds or space: the next tick tries again
                 self._refresh_log.warning("cannot update the files: %s", exc)
-            if not self.model.devices() and not self._clients and (
+            if not self.model.devices() and not self.connected_clients and (
                     self._had_processor or time.monotonic() - started > self.idle_grace):
                 log.info("no processor left: exiting")
                 return
@@ -362,202 +380,156 @@ class Supervisor:
             sel.unregister(listener)
             self._accept_paused_until = time.monotonic() + ACCEPT_BACKOFF
             return
-        if len(self._clients) >= MAX_CLIENTS:
-            self._accept_log.warning("refusing a client: %d are connected already",
-                                     len(self._clients))
-            with contextlib.suppress(OSError):
-                sock.setblocking(False)
-                sock.send(protocol.encode({
-                    "ok": False, "errno": errno.EAGAIN,
-                    "error": f"the supervisor serves {MAX_CLIENTS} clients already: retry "
-                             "when one has gone"}))
+        try:
+            peer = peer_of(sock)
+        except OSError as exc:
+            self._accept_log.warning("refusing a client without credentials: %s", exc)
             sock.close()
             return
-        sock.setblocking(False)
-        client = _Client(sock)
-        self._clients[sock.fileno()] = client
-        sel.register(sock, selectors.EVENT_READ, client)
+        refusal = self._too_many(peer)
+        if refusal is not None:
+            self._accept_log.warning("refusing a client: %s", refusal)
+            with contextlib.suppress(OSError):
+                sock.setblocking(False)
+                sock.send(protocol.encode({"ok": False, "errno": errno.EAGAIN,
+                                           "error": refusal}))
+            sock.close()
+            return
+        client = ControlConnection(sock, peer)
+        thread = threading.Thread(target=self._serve_client, args=(client,), daemon=True,
+                                  name=f"amplink-control-{peer.pid}")
+        with self._clients_lock:
+            self._clients[client] = thread
+        thread.start()
 
-    def _close_client(self, sel: selectors.BaseSelector, client: _Client) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            sel.unregister(client.sock)
-        self._clients.pop(client.sock.fileno(), None)
-        client.sock.close()
+    def _too_many(self, peer: Peer) -> str | None:
+        with self._clients_lock:
+            if len(self._clients) >= MAX_CLIENTS:
+                return (f"the supervisor serves {MAX_CLIENTS} clients already: retry when one "
+                        "has gone")
+            if not self.policy.is_owner(peer) and sum(
+                    c.peer.uid == peer.uid for c in self._clients) >= MAX_CLIENTS_PER_USER:
+                return f"uid {peer.uid} has {MAX_CLIENTS_PER_USER} connections already"
+        return None
+
+    def _serve_client(self, client: ControlConnection) -> None:
+        """One connection's thread: its requests, in order, until it closes."""
+        try:
+            while not self._stopping:
+                data = client.sock.recv(65536)
+                if not data:
+                    return
+                try:
+                    lines = client.reader.feed(data)
+                except ValueError as exc:
+                    self._send(client, {"ok": False, "errno": errno.EMSGSIZE, "error": str(exc)})
+                    return
+                for line in lines:
+                    if not self._send(client, self.ops.handle(client, line)):
+                        return
+        except OSError:
+            return  # reset by the client, or shut down by stop()
+        finally:
+            self._close_client(client)
+
+    def _send(self, client: ControlConnection, response: dict[str, Any]) -> bool:
+        try:
+            data = protocol.encode(response)
+        except ValueError as exc:
+            data = protocol.encode({"ok": False, "errno": errno.EMSGSIZE, "error": str(exc)})
+        try:
+            client.sock.settimeout(SEND_TIMEOUT)  # a client that does not read goes
+            client.sock.sendall(data)
+            client.sock.settimeout(None)
+            return True
+        except OSError as exc:
+            log.info("dropping a client: %s", exc)
+            return False
+
+    def _close_client(self, client: ControlConnection) -> None:
         if client.dev is not None and self.model is not None:
             dev, client.dev = client.dev, None
             try:
                 self.model.cdev_release(dev)  # the client closed /dev/remoteprocN (or died)
             except RprocControlError as exc:
                 log.warning("release of %s: %s", dev, exc)
+        client.sock.close()  # after the release: the client's close() waits for this
+        with self._clients_lock:
+            self._clients.pop(client, None)
+        self._wake()  # the loop may be waiting for the last client to go
 
-    def _on_readable(self, sel: selectors.BaseSelector, client: _Client) -> None:
-        try:
-            data = client.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close_client(sel, client)
-            return
-        try:
-            lines = client.reader.feed(data)
-        except ValueError as exc:
-            self._send(client, {"ok": False, "errno": errno.EMSGSIZE, "error": str(exc)})
-            self._close_client(sel, client)
-            return
-        for line in lines:
-            if not self._send(client, self._handle(client, line)):
-                self._close_client(sel, client)
-                return
-
-    def _send(self, client: _Client, response: dict[str, Any]) -> bool:
-        try:
-            data = protocol.encode(response)
-        except ValueError as exc:
-            data = protocol.encode({"ok": False, "errno": errno.EMSGSIZE, "error": str(exc)})
-        try:
-            client.sock.settimeout(2.0)  # a client that does not read must not stall the others
-            client.sock.sendall(data)
-            client.sock.setblocking(False)
-            return True
-        except OSError as exc:
-            log.info("dropping a client: %s", exc)
-            return False
-
-    def _handle(self, client: _Client, line: bytes) -> dict[str, Any]:
-        op = "?"
-        try:
-            message = protocol.decode(line)
-            op = protocol.field(message, "op", str)
-            handler = self._ops.get(op)
-            if handler is None:
-                raise _fail(errno.EINVAL, f"unknown operation {op!r} (known: "
-                                          f"{', '.join(self._ops)})")
-            missing = [key for key in protocol.OPS[op] if key not in message]
-            if missing:
-                raise _fail(errno.EINVAL, f"{op} needs the fields {', '.join(missing)}")
-            return {"ok": True, **(handler(client, message) or {})}
-        except RprocControlError as exc:
-            return {"ok": False, "errno": exc.errno, "error": str(exc)}
-        except ValueError as exc:
-            return {"ok": False, "errno": errno.EINVAL, "error": f"bad {op} request: {exc}"}
-        except Exception as exc:  # a bug must cost one request, not every processor
-            log.exception("%s request failed", op)
-            return {"ok": False, "errno": errno.EIO, "error": f"{op}: internal error: {exc}"}
+    def _close_clients(self) -> None:
+        """End every control connection (each thread finishes the request it serves)."""
+        with self._clients_lock:
+            clients = dict(self._clients)
+        for client in clients:
+            with contextlib.suppress(OSError):
+                client.sock.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + CLIENT_JOIN_TIMEOUT
+        for thread in clients.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def connected_clients(self) -> int:
-        """How many clients hold a connection to the control socket now."""
-        return len(self._clients)
+        """How many clients hold a connection to either socket now."""
+        with self._clients_lock:
+            control = len(self._clients)
+        return control + (self.endpoints.session_count if self.endpoints is not None else 0)
 
-    # -- operations ---------------------------------------------------------------------
+    # -- processors (for the control operations and the endpoint service) ------------------
     @property
-    def _m(self) -> RemoteprocModel:
+    def live_model(self) -> RemoteprocModel:
+        """The model of the processors (while serving)."""
         assert self.model is not None
         return self.model
 
-    @staticmethod
-    def _dev(message: dict[str, Any]) -> str:
-        dev = protocol.field(message, "dev", str)
-        if not DEVICE_NAME.fullmatch(dev):
-            raise _fail(errno.ENOENT, f"{dev!r} is not a remoteprocN device name")
-        return dev
+    _m = live_model
 
-    def _op_hello(self, _c: _Client, _m: dict[str, Any]) -> dict[str, Any]:
-        return {"protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid()}
+    def entries(self) -> list[tuple[str, RemoteProcessor]]:
+        """(remoteprocN, processor) of every processor, in device order."""
+        if self.model is None:
+            return []
+        found = []
+        for dev in self.model.devices():
+            try:
+                found.append((dev, self.model.processor(dev)))
+            except RprocControlError:
+                continue  # removed meanwhile
+        return found
 
-    def _op_list(self, _c: _Client, _m: dict[str, Any]) -> dict[str, Any]:
-        return {"devices": self._m.devices()}
-
-    def _op_read(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
-        return {"value": self._m.show(self._dev(m), protocol.field(m, "attr", str))}
-
-    def _op_write(self, _c: _Client, m: dict[str, Any]) -> None:
-        self._m.store(self._dev(m), protocol.field(m, "attr", str),
-                      protocol.field(m, "value", str))
-
-    def _op_debug_read(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
-        return {"value": self._m.debug_show(self._dev(m), protocol.field(m, "attr", str))}
-
-    def _op_debug_write(self, _c: _Client, m: dict[str, Any]) -> None:
-        self._m.debug_store(self._dev(m), protocol.field(m, "attr", str),
-                            protocol.field(m, "value", str))
-
-    def _op_add(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
-        firmware = protocol.field(m, "firmware", str)
-        if not firmware or len(firmware) > _MAX_FIRMWARE or "\n" in firmware or "\0" in firmware:
-            raise _fail(errno.EINVAL, f"a firmware name is one non-empty line, "
-                                      f"got {firmware[:80]!r}")
-        kind = protocol.field(m, "kind", str, optional=True) or "sim"
-        if kind not in self.factories:
-            raise _fail(errno.EINVAL, f"kind {kind!r}: expected one of "
-                                      f"{', '.join(self.factories)}")
-        name = protocol.field(m, "name", str, optional=True)
-        if name is None:
-            index = 0
-            while self._m.find(f"{KINDS[kind]}{index}") is not None:
-                index += 1
-            name = f"{KINDS[kind]}{index}"
-        elif not _PROCESSOR_NAME.fullmatch(name):
-            raise _fail(errno.EINVAL, f"processor name {name!r}: use 1-32 letters, digits, "
-                                      "'_', '.' or '-'")
-        if self._m.find(name) is not None:
-            raise _fail(errno.EEXIST, f"a processor called {name!r} exists already: stop it "
-                                      f"first (`amplink stop {name}`) or choose another --name")
+    def add_processor(self, name: str, firmware: str, kind: str = "sim") -> str:
         rproc = self.factories[kind](name, firmware)
         dev = self._m.add(rproc)
         self._had_processor = True
+        if kind in self._own_kinds:
+            self._own.add(dev)
         self._unsubscribe[dev] = rproc.subscribe(lambda _event: self._wake())
+        if self.endpoints is not None:
+            self.endpoints.watch_processor(rproc)
         log.info("%s: added %s (%s) with firmware %s", dev, name, kind, firmware)
-        return {"dev": dev, "name": name}
+        return dev
 
-    def _op_remove(self, _c: _Client, m: dict[str, Any]) -> None:
-        self._remove(self._dev(m))
-
-    def _remove(self, dev: str) -> None:
+    def remove_processor(self, dev: str) -> None:
         unsubscribe = self._unsubscribe.pop(dev, None)
         if unsubscribe is not None:
             unsubscribe()
-        self._m.remove(dev)
+        rproc = self._m.remove(dev)
+        self._own.discard(dev)
         self._collect_buffers()  # its run ended: its buffers are detached
+        if self.endpoints is not None:
+            self.endpoints.forget_processor(rproc)
         log.info("%s: removed", dev)
 
-    def _remove_all(self) -> None:
-        if self.model is None:
-            return
-        for dev in self.model.devices():
-            try:
-                self._remove(dev)
-            except Exception:  # shutting down: stop the others whatever one of them does
-                log.exception("%s: shutdown failed", dev)
-
-    def _op_channels(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
-        rproc = self._m.processor(self._dev(m))
-        if not isinstance(rproc, ReportsChannels):
-            raise _fail(errno.EOPNOTSUPP, f"{rproc.name} cannot list its channels")
-        return {"channels": [{"name": n, "src": s, "dst": d} for n, s, d in rproc.channels()]}
-
-    def _sim(self, m: dict[str, Any]) -> SimRemoteProc:
-        rproc = self._m.processor(self._dev(m))
-        if not isinstance(rproc, SimRemoteProc):
-            raise _fail(errno.EOPNOTSUPP, f"{rproc.name} has no simulated IOMMU")
-        return rproc
-
-    def _op_buffers(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
-        return {"buffers": [{"id": b.id, "name": b.name, "da": b.da, "length": b.length,
-                             "access": b.access, "holder": b.holder}
-                            for b in self._sim(m).attached()]}
-
-    def _op_attach(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
-        rproc = self._sim(m)
-        size = protocol.field(m, "size", int)
-        access = protocol.field(m, "access", int)
+    def attach_buffer(self, dev: str, rproc: SimRemoteProc, size: int, access: int
+                      ) -> tuple[int, int]:
+        """A new buffer of ``size`` bytes attached to ``rproc`` (`amplink attach`); its id
+        and device address."""
         if not 0 < size <= MAX_ATTACH or access not in (1, 2, 3):
-            raise _fail(errno.EINVAL, f"attach: size must be 1..{MAX_ATTACH} and access "
-                                      f"1..3, got {size} and {access}")
+            raise error_from_errno(errno.EINVAL, f"attach: size must be 1..{MAX_ATTACH} and "
+                                                 f"access 1..3, got {size} and {access}")
         if rproc.state is not RprocState.RUNNING:
-            raise _fail(errno.EINVAL, f"{rproc.name} is {rproc.state}: attach needs it running")
+            raise error_from_errno(errno.EINVAL, f"{rproc.name} is {rproc.state}: attach "
+                                                 "needs it running")
         buffer = allocate_buffer(size, name=f"{rproc.name}-buf")
         try:
             attachment = rproc.attach(buffer, access)
@@ -566,63 +538,42 @@ class Supervisor:
             raise
         att_id = rproc.buffers.id_of(buffer)
         assert att_id is not None
-        self._attached[(self._dev(m), att_id)] = (buffer, attachment)
+        with self._attached_lock:
+            self._attached[(dev, att_id)] = (buffer, attachment)
         self._collect_buffers()
-        return {"id": att_id, "da": attachment.da}
+        return att_id, attachment.da
 
-    def _op_detach(self, _c: _Client, m: dict[str, Any]) -> None:
-        key = (self._dev(m), protocol.field(m, "id", int))
-        got = self._attached.pop(key, None)
+    def detach_buffer(self, dev: str, rproc: SimRemoteProc, att_id: int) -> None:
+        """Detach and free a buffer :meth:`attach_buffer` made."""
+        with self._attached_lock:
+            got = self._attached.pop((dev, att_id), None)
         if got is None:
-            raise _fail(errno.ENOENT, f"{key[0]}: no buffer {key[1]} attached by amplink attach")
+            raise error_from_errno(errno.ENOENT, f"{dev}: no buffer {att_id} attached by "
+                                                 "amplink attach")
         buffer, attachment = got
-        rproc = self._sim(m)
         if attachment in rproc.iommu.attachments:
             rproc.detach(attachment)
         buffer.close()
 
     def _collect_buffers(self) -> None:
         """Close the buffers of `amplink attach` whose run ended (detached with it)."""
-        for key, (buffer, _attachment) in list(self._attached.items()):
-            if not buffer.attachments:
-                del self._attached[key]
-                buffer.close()
+        with self._attached_lock:
+            for key, (buffer, _attachment) in list(self._attached.items()):
+                if not buffer.attachments:
+                    del self._attached[key]
+                    buffer.close()
 
-    def _op_crashes(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
-        rproc = self._m.processor(self._dev(m))
-        if not isinstance(rproc, RemoteProc):
-            raise _fail(errno.EOPNOTSUPP, f"{rproc.name} does not count its crashes")
-        stats = rproc.statistics()
-        return {"count": stats.crash_count, "last": stats.last_crash,
-                "recovery_stopped": stats.recovery_stopped}
-
-    def _op_crashlog(self, _c: _Client, m: dict[str, Any]) -> dict[str, Any]:
-        rproc = self._m.processor(self._dev(m))
-        if not isinstance(rproc, ReportsCrashlog):
-            raise _fail(errno.EOPNOTSUPP, f"{rproc.name} keeps no crashlog (only RTKit "
-                                          "co-processors do)")
-        return {"report": rproc.crashlog()}
-
-    def _op_dev_open(self, c: _Client, m: dict[str, Any]) -> None:
-        dev = self._dev(m)
-        if c.dev is not None:
-            raise _fail(errno.EBUSY, f"this connection is /dev/{c.dev} already")
-        self._m.processor(dev)  # ENOENT if there is no such processor
-        c.dev = dev
-
-    def _device_of(self, c: _Client) -> str:
-        if c.dev is None:
-            raise _fail(errno.EBADF, "no device open on this connection: send dev_open first")
-        return c.dev
-
-    def _op_dev_write(self, c: _Client, m: dict[str, Any]) -> None:
-        self._m.cdev_write(self._device_of(c), protocol.field(m, "value", str))
-
-    def _op_dev_set_release(self, c: _Client, m: dict[str, Any]) -> None:
-        self._m.cdev_set_release(self._device_of(c), protocol.field(m, "value", int) != 0)
-
-    def _op_dev_get_release(self, c: _Client, _m: dict[str, Any]) -> dict[str, Any]:
-        return {"value": int(self._m.cdev_get_release(self._device_of(c)))}
+    def _shut_processors(self) -> None:
+        """At exit: stop every processor, but leave those that outlive the service
+        (not simulated) running if the policy says ``on_exit = "keep"``."""
+        for dev, rproc in self.entries():
+            if self.policy.on_exit == "keep" and dev not in self._own:  # they die with us
+                log.info("%s: %s left %s (on_exit = keep)", dev, rproc.name, rproc.state)
+                continue
+            try:
+                self.remove_processor(dev)
+            except Exception:  # shutting down: stop the others whatever one of them does
+                log.exception("%s: shutdown failed", dev)
 
 
 class _RateLimitedLog:
@@ -686,7 +637,7 @@ class SupervisorClient:
             got = protocol.field(response, "name", str)
         except ValueError as exc:
             raise SupervisorError(f"{self.root}: malformed answer to add: {exc}") from None
-        if not DEVICE_NAME.fullmatch(dev) or not _PROCESSOR_NAME.fullmatch(got):
+        if not DEVICE_NAME.fullmatch(dev) or not PROCESSOR_NAME.fullmatch(got):
             raise SupervisorError(f"{self.root}: add answered {dev!r}, {got!r}")
         return dev, got
 
@@ -694,6 +645,20 @@ class SupervisorClient:
         """Shut ``dev`` down (whatever its state) and remove it; the last one ends the
         supervisor."""
         self.tree.request({"op": "remove", "dev": dev}, dev)
+
+    def channels(self, dev: str) -> list[Channel]:
+        """The rpmsg channels of ``dev``."""
+        response = self.tree.request({"op": "channels", "dev": dev}, dev)
+        try:
+            items = protocol.field(response, "channels", list)
+            channels = [Channel(protocol.field(c, "name", str), protocol.field(c, "src", int),
+                                protocol.field(c, "dst", int)) for c in items]
+            if any(not 0 <= v <= 0xFFFFFFFF for c in channels for v in (c.src, c.dst)):
+                raise ValueError("an rpmsg address outside 32 bits")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise SupervisorError(f"{dev}: malformed channel list: {exc}") from None
+        return channels
+
 
     def buffers(self, dev: str) -> list[AttachedBuffer]:
         """The buffers attached to ``dev`` (a simulated processor)."""
@@ -718,28 +683,6 @@ class SupervisorClient:
         """Detach and free a buffer :meth:`attach` made."""
         self.tree.request({"op": "detach", "dev": dev, "id": att_id}, dev)
 
-    def channels(self, dev: str) -> list[Channel]:
-        """The rpmsg channels of ``dev``."""
-        response = self.tree.request({"op": "channels", "dev": dev}, dev)
-        try:
-            items = protocol.field(response, "channels", list)
-            channels = [Channel(protocol.field(c, "name", str), protocol.field(c, "src", int),
-                                protocol.field(c, "dst", int)) for c in items]
-            if any(not 0 <= v <= 0xFFFFFFFF for c in channels for v in (c.src, c.dst)):
-                raise ValueError("an rpmsg address outside 32 bits")
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise SupervisorError(f"{dev}: malformed channel list: {exc}") from None
-        return channels
-
-
-    def crashlog(self, dev: str) -> str:
-        """The report of the last crash of RTKit co-processor ``dev`` ("" if none)."""
-        response = self.tree.request({"op": "crashlog", "dev": dev}, dev)
-        try:
-            return protocol.field(response, "report", str)
-        except ValueError as exc:
-            raise SupervisorError(f"{dev}: malformed crashlog answer: {exc}") from None
-
     def crashes(self, dev: str) -> Crashes:
         """How often ``dev`` crashed, the last reason, and why recovery stopped (if it did)."""
         response = self.tree.request({"op": "crashes", "dev": dev}, dev)
@@ -750,6 +693,14 @@ class SupervisorClient:
         except (ValueError, TypeError) as exc:
             raise SupervisorError(f"{dev}: malformed crash record: {exc}") from None
         return crashes
+
+    def crashlog(self, dev: str) -> str:
+        """The report of the last crash of RTKit co-processor ``dev`` ("" if none)."""
+        response = self.tree.request({"op": "crashlog", "dev": dev}, dev)
+        try:
+            return protocol.field(response, "report", str)
+        except ValueError as exc:
+            raise SupervisorError(f"{dev}: malformed crashlog answer: {exc}") from None
 
 
 def connect_supervisor(root: Path | str | None = None, *, timeout: float = 30.0
@@ -768,7 +719,14 @@ def connect_supervisor(root: Path | str | None = None, *, timeout: float = 30.0
 
 def ensure_supervisor(root: Path | str | None = None, *, timeout: float = 10.0,
                       request_timeout: float = 30.0) -> SupervisorClient:
-    """The running supervisor of ``root``, started (detached) if there is none."""
+    """The running supervisor of ``root``, started (detached) if there is none.
+
+    A supervisor that answers is used whoever runs it (another user's, if its policy
+    lets us in); only starting one needs ``root`` to be our own private directory.
+    """
+    client = connect_supervisor(root, timeout=request_timeout)
+    if client is not None:
+        return client
     root = prepare_runtime_dir(root if root is not None else runtime_dir())
     with _flock(root / SPAWN_LOCK, timeout):
         client = connect_supervisor(root, timeout=request_timeout)
@@ -795,7 +753,10 @@ def _spawn(root: Path, timeout: float) -> int:
             os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     argv = [sys.executable, "-c", _LAUNCHER,
             sys.executable, "-m", "amplink.service", "--root", str(root)]
-    with open(root / LOG_FILE, "ab") as logf:
+    # the firmware's output goes there: the owner's alone, as the directory is
+    log_fd = os.open(root / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+    with open(log_fd, "ab") as logf:
         try:
             done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=logf, cwd="/", env=env, timeout=timeout, check=False)
@@ -821,20 +782,27 @@ def main(argv: list[str] | None = None) -> int:
     """Run a supervisor in the foreground (``amplink boot`` starts it detached)."""
     parser = argparse.ArgumentParser(
         prog="python -m amplink.service",
-        description="Hold simulated remote processors and serve them like "
-                    "/sys/class/remoteproc in a runtime directory.")
+        description="Hold simulated remote processors (and OpenAMP-profile peers), serve "
+                    "them like /sys/class/remoteproc in a runtime directory, and serve "
+                    "their channels to client programs as the policy allows.")
     parser.add_argument("--root", type=Path, default=None,
                         help=f"the runtime directory (default: ${ENV_RUNTIME_DIR}, "
                              "$XDG_RUNTIME_DIR/amplink or /tmp/amplink-$UID)")
     parser.add_argument("--idle-grace", type=float, default=10.0, metavar="S",
                         help="exit after S seconds if no processor is ever added (default 10)")
+    parser.add_argument("--policy", type=Path, default=None, metavar="FILE",
+                        help=f"who may use the processors (default: ${ENV_POLICY}, else "
+                             f"{POLICY_FILE} in the runtime directory if it exists, else only "
+                             "this user); see amplink.service.policy")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s amplink-supervisor[%(process)d] "
                         "%(levelname)s %(name)s: %(message)s")
     try:
         root = prepare_runtime_dir(args.root if args.root is not None else runtime_dir())
-        supervisor = Supervisor(root, idle_grace=args.idle_grace)
-    except SupervisorError as exc:
+        policy_file = find_policy(root, args.policy)
+        policy = default_policy() if policy_file is None else load_policy(policy_file)
+        supervisor = Supervisor(root, idle_grace=args.idle_grace, policy=policy)
+    except (SupervisorError, PolicyError) as exc:
         log.error("%s", exc)
         return 1
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -376,7 +376,7 @@ class _SocketDevice(RprocDevice):
     def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            conn.close()
+            conn.release()
 
 
 class ControlSocketTree(ControlTree):

@@ -165,6 +165,22 @@ class Connection:
         """Close the connection (for a ``dev_open`` connection: the release)."""
         self._sock.close()
 
+    def release(self) -> None:
+        """Close a ``dev_open`` connection and wait (up to the timeout) until the
+        supervisor has released the device, as close(2) of ``/dev/remoteprocN`` returns
+        after the kernel's release: the supervisor closes its end when it is done."""
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + self.timeout
+            while (remaining := deadline - time.monotonic()) > 0:
+                self._sock.settimeout(remaining)
+                if not self._sock.recv(4096):
+                    break
+        except OSError:
+            pass  # the supervisor is gone: nothing is held any more
+        finally:
+            self._sock.close()
+
 
 def check_response(line: bytes, what: str, path: Path) -> dict[str, Any]:
     """Validate a response line: its content if ``ok``, else the typed error of its errno."""
