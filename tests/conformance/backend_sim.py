@@ -163,8 +163,8 @@ CASES = [
         id="sim", factory=_sim,
         capabilities=Capabilities(
             max_payload=496, name_service=True, tx_loan=True, rx_hold=True,
-            addressing="rpmsg", address_range=(0, 0xFFFF_FFFE), dynamic_base=1024,
-            rx_buffers=256, tx_ready=True),
+            send_by_reference=True, addressing="rpmsg", address_range=(0, 0xFFFF_FFFE),
+            dynamic_base=1024, rx_buffers=256, tx_ready=True),
         sides=("host",),
         sides_note="the device side is the firmware in the child process; the peer agent "
                    "drives it, and the device role's API is covered by the in-process cases",
@@ -175,5 +175,7 @@ CASES = [
         summary=lambda: f"{SimRig.booted} simulated processors booted" if SimRig.booted
         else None,
         expect={"backend": {"role": "driver", "profile": "linux"}},
+        # send_by_reference through a buffer port beside the link (BufferChannel)
+        extra={"buffer_port": True},
     ),
 ]

@@ -181,6 +181,30 @@ class PeerOps:
         """Take everything out of the rings now (freeing the sender's buffers)."""
         return self.link.poll(dispatch=False)
 
+    # -- hand-over by reference (send_by_reference) --------------------------------------------
+    def serve_frames(self, addr: int) -> None:
+        """Serve buffers handed over by reference on endpoint ``addr`` (created without
+        echo): each one is inverted in place when it may be written, and given back; the
+        DONEs of what arrived together go in one message. A thread, until the endpoint
+        closes or the link goes down."""
+        from amplink.handover import BufferChannel
+
+        channel = BufferChannel(self._ep(addr), name=f"conf-frames-0x{addr:x}")
+
+        def serve() -> None:
+            try:
+                while True:
+                    for frame in channel.recv_many():
+                        view = frame.view
+                        if not view.readonly:
+                            view[:] = bytes(255 - b for b in view)
+                        frame.done(flush=False)
+                    channel.flush()
+            except AmplinkError:
+                pass  # closed, or the link went down: nothing left to serve
+
+        threading.Thread(target=serve, daemon=True, name="conformance-peer-frames").start()
+
     # -- state -------------------------------------------------------------------------------
     def statistics(self) -> dict[str, Any]:
         return dataclasses.asdict(self.link.statistics())

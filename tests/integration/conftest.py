@@ -34,15 +34,28 @@ def sim():
             stop_quietly(proc)
 
 
-@pytest.fixture(scope="session")
-def native_echo(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The C example firmware, built once per run with gcc (skipped without gcc)."""
+def _build_example(tmp_path_factory: pytest.TempPathFactory, name: str) -> str:
+    """Build ``amplink/firmware/examples/<name>.c`` (and the headers beside it) with gcc,
+    once per run; skipped without gcc."""
     if GCC is None:
-        pytest.skip("gcc is not installed: cannot build the native C echo firmware")
-    source = resources.files("amplink.firmware.examples") / "native_echo.c"
-    out = tmp_path_factory.mktemp("native") / "native_echo"
-    with resources.as_file(source) as path:
-        proc = subprocess.run([GCC, "-O2", "-Wall", "-Werror", "-o", str(out), str(path)],
+        pytest.skip(f"gcc is not installed: cannot build the native C firmware {name}.c")
+    examples = resources.files("amplink.firmware.examples")
+    out = tmp_path_factory.mktemp("native") / name
+    with resources.as_file(examples) as folder:
+        proc = subprocess.run([GCC, "-O2", "-Wall", "-Wextra", "-Werror", f"-I{folder}",
+                               "-o", str(out), str(folder / f"{name}.c")],
                               capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def native_echo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The C example firmware, built once per run with gcc (skipped without gcc)."""
+    return _build_example(tmp_path_factory, "native_echo")
+
+
+@pytest.fixture(scope="session")
+def native_frames(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The C firmware that processes handed-over buffers in place (skipped without gcc)."""
+    return _build_example(tmp_path_factory, "native_frames")

@@ -118,6 +118,7 @@ def connect(env: Mapping[str, str] | None = None, *, poll_mode: bool | None = No
                                                                       DRIVER_OK_TIMEOUT),
             owned=[dev],  # closes the lifeline and the memory with the link
             dispatch="caller",  # the firmware's main loop (link.run(), serve()) dispatches
+            buffers=dev.buffers,  # the host's buffers attached to us: send_by_reference
         )
     watch_lifeline(bus, dev.lifeline, lambda: "the host is gone")
     _device = dev

@@ -8,6 +8,11 @@ copying in and copying out overlap); the receiver copies each fragment out and f
 blocks with a FREE record. Nothing is ever truncated: a sender waits (up to its timeout)
 for free blocks.
 
+Speed: both sides keep one view of each pool for the channel's life (no access bracket
+per fragment); the sender takes in the FREEs that arrived before it places a fragment,
+and blocks are taken lowest first, so that the few blocks in flight are used again
+while they are still in the cache.
+
 The pools belong to the side with a :class:`~amplink.handover.port.BufferPort` (the
 host): one it writes and the peer reads, and one the peer writes and it reads, which it
 announces to the peer with a POOL record. The peer side (``buffers=``) reaches both
@@ -18,14 +23,12 @@ outside a pool.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 
-from ..errors import AddressError, InvalidArgument, MessageTooLarge, ReceiveTimeout, SendTimeout
+from ..errors import InvalidArgument, MessageTooLarge, ReceiveTimeout, SendTimeout
 from ..link.endpoint import DEFAULT_SEND_TIMEOUT, Endpoint
 from ..memory.access import Access
 from ..memory.allocator import RegionAllocator, align_up
-from ..memory.buffers import SharedBuffer
+from ..memory.buffers import CpuAccess, SharedBuffer
 from ..memory.errors import PeerBufferError
 from ..memory.providers import allocate_buffer
 from ..memory.table import BufferFaultReason
@@ -37,28 +40,13 @@ from .wire import FLAG_LAST, HandoverFault, Record, RecordType
 
 DEFAULT_POOL_SIZE = 32 << 20
 DEFAULT_BLOCK_SIZE = 64 << 10
+#: the default fragment (the largest piece copied before it is announced)
+DEFAULT_FRAGMENT = 1 << 20
 #: the largest message a receiver assembles (bigger ones are a counted fault)
 DEFAULT_MAX_MESSAGE = 1 << 30
 
 _MSG, _FREE, _HEAD, _INLINE, _POOL = (int(t) for t in (
     RecordType.MSG, RecordType.FREE, RecordType.HEAD, RecordType.INLINE, RecordType.POOL))
-
-#: ``open(offset, length) -> context manager of a writable view``: the sender's pool
-Sink = Callable[[int, int], AbstractContextManager[memoryview]]
-
-
-class _Slice(AbstractContextManager[memoryview]):
-    """A context manager over a plain view (the peer side's pool needs no bracket)."""
-
-    def __init__(self, view: memoryview) -> None:
-        self._view = view
-
-    def __enter__(self) -> memoryview:
-        return self._view
-
-    def __exit__(self, *exc: object) -> None:
-        self._view.release()
-
 
 class LargeMessages(RecordPump):
     """Messages of any size over ``endpoint`` (see the module docstring).
@@ -89,7 +77,9 @@ class LargeMessages(RecordPump):
         self._frees: list[bytes] = []
         self._tx_id = 0
         self._tx: RegionAllocator | None = None
-        self._tx_view: memoryview | None = None  # the peer side's view of its pool
+        self._tx_view: memoryview | None = None  # where this side writes its fragments
+        self._rx_view: memoryview | None = None  # the host: where the peer writes its own
+        self._brackets: list[CpuAccess] = []  # the host's access to its pools, for life
         self._tx_pool: SharedBuffer | None = None
         self._rx_pool: SharedBuffer | None = None
         self._rx_id = 0
@@ -104,6 +94,12 @@ class LargeMessages(RecordPump):
             tx_id, rx_id = port.id_of(self._tx_pool), port.id_of(self._rx_pool)
             assert tx_id is not None and rx_id is not None
             self._tx_id, self._rx_id = tx_id, rx_id
+            # The pools never go to the device (the peer reads one and writes the other
+            # through its attachments; MSG and FREE records say whose each block is), so
+            # the host holds one access bracket to each for the channel's life.
+            self._brackets = [self._tx_pool.cpu_access(Access.WRITE),
+                              self._rx_pool.cpu_access(Access.READ)]
+            self._tx_view, self._rx_view = (b.__enter__() for b in self._brackets)
             self._tx = RegionAllocator(pool_size, 0, what=f"pool of {self.name!r}")
             self._send(wire.pack(_POOL, rx_id, 0, pool_size))
 
@@ -124,17 +120,18 @@ class LargeMessages(RecordPump):
             raise SendTimeout(f"{self.name!r}: the peer announced no pool within {timeout} s")
         tx = self._tx
         assert tx is not None
-        fragment = self.fragment or max(self.block_size, tx.size // 4)
-        fragment = min(align_up(fragment, self.block_size), tx.size)
+        view = self._tx_view
+        assert tx is not None and view is not None
+        fragment = min(align_up(self.fragment or DEFAULT_FRAGMENT, self.block_size), tx.size)
         head = wire.pack(_HEAD, 0, 0, size)
         pos = 0
         while pos < size:
             n = min(fragment, size - pos)
             offset = self._alloc(align_up(n, self.block_size), timeout)
-            with self._sink(offset, n) as view:
-                view[:] = src[pos:pos + n]
+            view[offset:offset + n] = src[pos:pos + n]
             pos += n
-            record = wire.pack(_MSG, self._tx_id, offset, n, 0, FLAG_LAST if pos == size else 0)
+            record = wire.RECORD.pack(wire.HANDOVER_VERSION, _MSG, 0,
+                                      FLAG_LAST if pos == size else 0, self._tx_id, offset, n)
             self._send(head + record if head else record, timeout)
             head = b""
         self.sent += 1
@@ -142,6 +139,7 @@ class LargeMessages(RecordPump):
     def _alloc(self, span: int, timeout: float | None) -> int:
         tx = self._tx
         assert tx is not None
+        self._pump_now()  # the FREEs that came: their blocks, still in the cache, first
 
         def take() -> int | None:
             try:
@@ -156,12 +154,6 @@ class LargeMessages(RecordPump):
             raise SendTimeout(f"{self.name!r}: no {span} bytes free in the pool within "
                               f"{timeout} s (the peer does not free them)")
         return int(got) - 1
-
-    def _sink(self, offset: int, n: int) -> AbstractContextManager[memoryview]:
-        if self._tx_pool is not None:
-            return self._tx_pool.cpu_access(Access.WRITE, offset, n)
-        assert self._tx_view is not None
-        return _Slice(self._tx_view[offset:offset + n])
 
     # -- receiving -------------------------------------------------------------------------
     def recv(self, timeout: float | None = None) -> bytearray:
@@ -222,7 +214,7 @@ class LargeMessages(RecordPump):
                 self._tx_view, self._tx_id = view, record.id
                 self._tx = RegionAllocator(record.length, 0, what=f"pool of {self.name!r}")
         else:
-            raise self._unexpected(record)
+            raise self._unexpected(kind)
 
     def _head(self, total: int) -> None:
         if self._asm is not None:
@@ -253,16 +245,14 @@ class LargeMessages(RecordPump):
             asm[pos:pos + n] = source
             source.release()
         else:
-            pool = self._rx_pool
+            pool, offset = self._rx_view, record.offset
             assert pool is not None
             if record.id != self._rx_id:
                 raise PeerBufferError(BufferFaultReason.UNKNOWN_ID, f"pool id {record.id}")
-            try:
-                with pool.cpu_access(Access.READ, record.offset, n) as source:
-                    asm[pos:pos + n] = source
-            except AddressError:
+            if offset > len(pool) or n > len(pool) - offset:
                 raise PeerBufferError(BufferFaultReason.OUT_OF_RANGE,
-                                      f"{record.offset}+{n} in the pool") from None
+                                      f"{offset}+{n} in the pool")
+            asm[pos:pos + n] = pool[offset:offset + n]
         pos += n
         self._asm_pos = pos
         if record.flags & FLAG_LAST:
@@ -295,6 +285,9 @@ class LargeMessages(RecordPump):
         """Detach and close the pools (the owning side), or let go of the pool view."""
         if self._tx_view is not None:
             self._tx_view.release()
+        for bracket in self._brackets:
+            bracket.__exit__(None, None, None)
+        self._brackets = []
         port = self._port
         for pool in (self._tx_pool, self._rx_pool):
             if pool is None:

@@ -8,6 +8,10 @@ maps it at the same device address (see :mod:`amplink.platforms.sim_abi`); the
 accesses outside what is attached go through :meth:`Iommu.translate
 <amplink.memory.Iommu.translate>`, which records them as faults (its subscribers hear
 them). :meth:`close` (the run ended, or the firmware died) takes every buffer back.
+
+The processor's own memory the other way: a firmware hands over a buffer of one of its
+carveouts by device address (SEND id 0); :meth:`own_memory` gives the host's view of
+it, only inside the carveouts the port was given.
 """
 
 from __future__ import annotations
@@ -18,19 +22,22 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import LinkDown, PeerTimeout
 from ..memory.access import Access, checked_access
-from ..memory.buffers import BufferSlice, SharedBuffer
-from ..memory.errors import IommuFault, PeerBufferError
+from ..memory.buffers import BufferSlice, CpuAccess, SharedBuffer
+from ..memory.errors import BufferClosed, IommuFault, OwnershipError, PeerBufferError
 from ..memory.iommu import Attachment, Fault, Iommu
-from ..memory.table import BufferTable
+from ..memory.table import BufferFaultReason, BufferTable
 from ..platforms import sim_abi as L
 from . import attachmsg
 from .attachmsg import AttachMsg
+
+if TYPE_CHECKING:
+    from ..remoteproc.devmem import Allocation
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +87,15 @@ class BufferPort:
     """Attaches buffers to the peer behind ``sock`` (a SOCK_SEQPACKET socket, taken over)
     through ``iommu``; ``peer`` names the peer in the buffer table and as the device that
     owns lent buffers. ``on_fault(fault)`` is called (no lock held) for each fault the
-    peer reports. Thread-safe."""
+    peer reports. ``memory``: the processor's carveouts, where its own buffers may lie.
+    Thread-safe."""
 
     def __init__(self, peer: str, sock: socket.socket, iommu: Iommu, *,
                  on_fault: Callable[[Fault], object] | None = None,
-                 ack_timeout: float = DEFAULT_ACK_TIMEOUT) -> None:
+                 ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+                 memory: Sequence[Allocation] = ()) -> None:
         self.peer = peer
+        self._own = [(a.da, a.length, _carveout_buffer(peer, a)) for a in memory]
         self.iommu = iommu
         self.table = BufferTable(f"{peer}-buffers")
         self.ack_timeout = ack_timeout
@@ -168,6 +178,16 @@ class BufferPort:
                                       Access(a.direction).name or "", holder))
         return out
 
+    def own_memory(self, da: int, length: int, access: int) -> CpuAccess:
+        """The host's access bracket to ``[da, da + length)`` of the processor's own memory
+        (a firmware's SEND id 0): only inside one carveout, else a
+        :class:`PeerBufferError` (OUT_OF_RANGE)."""
+        for start, size, buffer in self._own:
+            if start <= da and length <= size - (da - start) and da - start <= size:
+                return buffer.cpu_access(access, da - start, length)
+        raise PeerBufferError(BufferFaultReason.OUT_OF_RANGE,
+                              f"0x{da:x}+0x{length:x} is not inside a carveout of {self.peer}")
+
     # -- the socket ------------------------------------------------------------------------
     def _request(self, msg: AttachMsg, *, fd: int | None = None,
                  timeout: float | None) -> None:
@@ -247,6 +267,11 @@ class BufferPort:
         for att_id in self.table.ids():
             self.table.remove(att_id)
         self.iommu.detach_all()
+        for _da, _size, buffer in self._own:
+            try:
+                buffer.close()
+            except OwnershipError:
+                pass  # the host still reads a firmware buffer: unmapped once it is done
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -254,3 +279,17 @@ class BufferPort:
         self._reader.join(2.0)
         self._sock.close()
         return reclaimed
+
+
+def _carveout_buffer(peer: str, allocation: Allocation) -> SharedBuffer:
+    """The host's (lazily mapped) view of one of the processor's carveouts."""
+    region = allocation.region
+
+    def check_region() -> None:
+        if region.closed:
+            raise BufferClosed(f"the memory of {peer} is released")
+
+    return SharedBuffer(region.fd, allocation.length,
+                        offset=region.map_offset + allocation.offset,
+                        name=f"{peer}:{allocation.name}", provider="carveout",
+                        owns_fd=False, check_fd=check_region)

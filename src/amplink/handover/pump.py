@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ReceiveTimeout
+from ..errors import ReceiveTimeout, SendTimeout
 from ..link.endpoint import DEFAULT_SEND_TIMEOUT, Endpoint
 from ..memory.errors import IommuFault, PeerBufferError
 from ..rpmsg.wire import RPMSG_ADDR_ANY
@@ -48,6 +48,11 @@ class RecordPump:
     # -- sending ---------------------------------------------------------------------------
     def _send(self, data: bytes, timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
         dst = self.endpoint.dst if self.endpoint.dst != RPMSG_ADDR_ANY else self._dst
+        if dst == RPMSG_ADDR_ANY:  # the peer has not spoken yet: wait for it (its hello)
+            if self._wait(lambda: self._dst != RPMSG_ADDR_ANY, timeout) is None:
+                raise SendTimeout(f"{self.name!r}: the peer did not speak within {timeout} s "
+                                  f"(nothing can be sent before its address is known)")
+            dst = self._dst
         self.endpoint.sendto(data, dst, timeout)
 
     async def _asend(self, data: bytes, timeout: float | None = DEFAULT_SEND_TIMEOUT) -> None:
@@ -80,6 +85,23 @@ class RecordPump:
                     self._cond.notify_all()
             if item is not None:
                 self._dispatch(*item)
+
+    def _pump_now(self) -> None:
+        """Handle what has arrived, without waiting (nothing if another thread pumps)."""
+        with self._cond:
+            if self._pumping:
+                return
+            self._pumping = True
+        items = []
+        try:
+            while (item := self.endpoint.try_recvfrom()) is not None:
+                items.append(item)
+        finally:
+            with self._cond:
+                self._pumping = False
+                self._cond.notify_all()
+        for item in items:
+            self._dispatch(*item)
 
     def _read(self, timeout: float | None) -> tuple[bytes, int] | None:
         """The next message, or None if none came within ``timeout``."""
@@ -132,11 +154,11 @@ class RecordPump:
                 self._count(exc)
 
     def _record(self, record: Record, payload: memoryview | None) -> None:
-        raise self._unexpected(record)
+        raise self._unexpected(record.type)
 
-    def _unexpected(self, record: Record) -> PeerBufferError:
+    def _unexpected(self, kind: int) -> PeerBufferError:
         return PeerBufferError(HandoverFault.UNEXPECTED,
-                               f"record type {record.type} on channel {self.name!r}")
+                               f"record type {kind} on channel {self.name!r}")
 
     def _count(self, exc: PeerBufferError | IommuFault) -> None:
         """Count (and log) one fault of the peer, by reason."""

@@ -93,6 +93,25 @@ def _bad(reason: HandoverFault, detail: str) -> PeerBufferError:
     return PeerBufferError(reason, detail)
 
 
+#: one record as :data:`RECORD` unpacks it: version, type, access, flags, id, offset, length
+RawRecord = tuple[int, int, int, int, int, int, int]
+
+
+def plain_records(message: bytes | bytearray | memoryview) -> list[RawRecord] | None:
+    """The records of a message made only of well-formed SEND and DONE records (the hot
+    path of a buffer channel: one pass, no objects); None for any other message, which
+    :func:`unpack` then decodes (or refuses, saying why)."""
+    size = len(message)
+    if not size or size % RECORD_SIZE:
+        return None
+    records = list(RECORD.iter_unpack(message))
+    for version, type, access, flags, _id, _offset, _length in records:
+        if version != HANDOVER_VERSION or flags or (
+                access if type == _DONE else type != _SEND or not 1 <= access <= 3):
+            return None
+    return records
+
+
 def unpack(message: bytes | bytearray | memoryview) -> Iterator[tuple[Record, memoryview | None]]:
     """The records of one message, each with its INLINE payload (else None).
 

@@ -62,7 +62,10 @@ class Capabilities:
     #: a received buffer can be held past its delivery and released later (zero-copy recv)
     rx_hold: bool = False
     #: data already in memory the peer can address (a shared buffer) can be sent by
-    #: reference: the peer reads it in place, whatever its size (Endpoint.send_reference)
+    #: reference: the peer reads it in place, whatever its size. Either the backend sends
+    #: references itself (Endpoint.send_reference: Keem Bay's heap), or a port beside the
+    #: link lends buffers for a handover.BufferChannel (Link.buffers on the simulator; a
+    #: ServicePort through the amplink service)
     send_by_reference: bool = False
     #: see :data:`Addressing`
     addressing: Addressing = "rpmsg"

@@ -15,6 +15,7 @@ One lock guards the core and the backend; it is held only for short, bounded wor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -66,7 +67,10 @@ class Link:
     :data:`~.waiting.DEFAULT_SPIN`, 50 us when the process may use more than one core).
     ``dispatch`` says who runs callbacks (see :mod:`.dispatch`); ``max_held`` is how
     many received buffers zero-copy endpoints may hold before the link stops taking
-    more (default: half the backend's receive buffers).
+    more (default: half the backend's receive buffers). ``buffers`` is what hands shared
+    buffers over by reference beside the link (a simulated processor's buffer port on
+    the host, the attached buffers on the firmware): the link then has the
+    ``send_by_reference`` capability and :attr:`buffers` gives it.
     """
 
     def __init__(
@@ -80,12 +84,16 @@ class Link:
         dispatch: DispatchMode = "thread",
         max_held: int | None = None,
         rules: NameServiceRules | None = None,
+        buffers: object | None = None,
     ) -> None:
         if dispatch not in ("thread", "caller"):
             raise InvalidArgument(f"dispatch must be 'thread' or 'caller', got {dispatch!r}")
         caps = backend.capabilities
+        if buffers is not None and not caps.send_by_reference:
+            caps = dataclasses.replace(caps, send_by_reference=True)
         self.backend = backend
         self.capabilities = caps
+        self._buffers = buffers
         #: the error types this link raises (its backend's, see ErrorTypes)
         self.errors = backend.errors
         self.name = name
@@ -119,6 +127,16 @@ class Link:
             self.core.add_endpoint(self._ns_ep)
 
     # -- state -------------------------------------------------------------------------------
+    @property
+    def buffers(self) -> Any:
+        """What hands shared buffers over by reference on this link (e.g. for a
+        :class:`~amplink.handover.BufferChannel`); :class:`NotSupported` without the
+        ``send_by_reference`` capability."""
+        if self._buffers is None:
+            raise NotSupported(f"link {self.name!r} cannot hand buffers over by reference "
+                               f"(no send_by_reference capability)")
+        return self._buffers
+
     @property
     def safety_timeout(self) -> float:
         """The longest sleep before the rings are looked at without a kick (s)."""
@@ -776,6 +794,10 @@ class Link:
         if not self.capabilities.send_by_reference:
             raise NotSupported(f"link {self.name}: its backend cannot send by reference "
                                "(send_by_reference): send the bytes")
+        if not self.backend.capabilities.send_by_reference:  # by a buffer port beside it
+            raise NotSupported(f"link {self.name} hands shared buffers over through its "
+                               f"buffer port (link.buffers, a handover.BufferChannel), not "
+                               f"Endpoint.send_reference")
         self._check_addresses(ep.addr, dst)
         timeout = timeout_arg(timeout)
         backend = self.backend

@@ -151,26 +151,29 @@ class SharedBuffer:
         """Hand the buffer to ``device``: from now on CPU access is an error until
         :meth:`to_cpu`. Refused while the CPU is inside an access bracket or still holds
         views derived from one."""
-        if not str_arg(device, "device") or device == CPU:
+        if type(device) is not str:
+            str_arg(device, "device")  # InvalidArgumentType unless it is a str (subclass)
+        if not device or device == CPU:
             raise InvalidArgument(f"device must be a non-empty name other than {CPU!r}, "
                                   f"got {device!r}")
         with self._lock:
-            self._check_open()
-            if self._owner != CPU:
-                raise OwnershipError(
-                    f"buffer {self.name!r} is owned by device {self._owner!r}, not by the CPU")
-            if self._brackets:
+            if self.closed or self._owner != CPU or self._brackets:
+                self._check_open()
+                if self._owner != CPU:
+                    raise OwnershipError(f"buffer {self.name!r} is owned by device "
+                                         f"{self._owner!r}, not by the CPU")
                 raise OwnershipError(
                     f"buffer {self.name!r} is in {self._brackets} CPU access bracket(s): "
                     f"end them before handing it to device {device!r}")
-            self._release_lingering(f"handing it to device {device!r}")
+            if self._lingering:
+                self._release_lingering(f"handing it to device {device!r}")
             self._owner = device
 
     def to_cpu(self) -> None:
         """Take the buffer back from the device that holds it."""
         with self._lock:
-            self._check_open()
-            if self._owner == CPU:
+            if self.closed or self._owner == CPU:
+                self._check_open()
                 raise OwnershipError(f"buffer {self.name!r} is owned by the CPU already")
             self._owner = CPU
 

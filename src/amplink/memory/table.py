@@ -2,10 +2,12 @@
 
 A :class:`BufferTable` gives each buffer an id, lends buffers to peers (the buffer goes
 to the peer: :meth:`SharedBuffer.to_device`), takes them back when a peer says "done",
-and takes back at once every buffer of a peer that died. Whatever a peer sends, a
-:class:`BufferRef` (id, offset, length) or a release, is checked against the table;
-each failed check is a counted fault raised as :class:`PeerBufferError`, never an access
-outside a buffer.
+and takes back at once every buffer of a peer that died. A peer may also hand a buffer
+it holds back for a while (:meth:`BufferTable.borrow`: the CPU's until
+:meth:`BufferTable.give_back` returns it to that peer), e.g. a frame it filled.
+Whatever a peer sends, a :class:`BufferRef` (id, offset, length), a release or a loan
+back, is checked against the table; each failed check is a counted fault raised as
+:class:`PeerBufferError`, never an access outside a buffer.
 
 A reference travels as ``struct { u32 id; u64 offset; u64 length; }``, little-endian and
 packed (20 bytes): :meth:`BufferRef.pack` / :meth:`BufferRef.unpack`.
@@ -44,6 +46,7 @@ class BufferFaultReason(enum.StrEnum):
     OUT_OF_RANGE = "range outside the buffer"
     NOT_HELD = "the peer does not hold this buffer"
     DOUBLE_RELEASE = "the peer released this buffer already"
+    ACCESS = "an access the buffer does not allow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,7 @@ class _Entry:
     buffer: SharedBuffer
     holder: str = LOCAL
     last_holder: str = LOCAL  # who released it last: tells a double release from a stray one
+    lender: str | None = None  # the peer that handed it to us for a while (borrow)
 
 
 class BufferTable:
@@ -116,21 +120,25 @@ class BufferTable:
         """Register a buffer (held locally); returns its id, ``id`` if given (1..2**32-1,
         unused). ``MemoryError`` when the table is full."""
         with self._lock:
-            if len(self._entries) >= self.max_entries:
-                raise MemoryError(f"buffer table {self.name!r} is full "
-                                  f"({self.max_entries} entries)")
-            if any(e.buffer is buffer for e in self._entries.values()):
-                raise InvalidArgument(f"buffer {buffer.name!r} is in table {self.name!r} "
-                                      f"already")
-            if id is None:
-                while self._next_id in self._entries:
-                    self._next_id = self._next_id % U32_MAX + 1
-                id = self._next_id
-                self._next_id = id % U32_MAX + 1
-            elif int_arg(id, "id", minimum=1, maximum=U32_MAX) in self._entries:
-                raise InvalidArgument(f"id {id} is in use in table {self.name!r}")
-            self._entries[id] = _Entry(buffer)
-            return id
+            return self._add(buffer, id)
+
+    def _add(self, buffer: SharedBuffer, id: int | None) -> int:
+        """:meth:`add` (the caller holds the lock)."""
+        if len(self._entries) >= self.max_entries:
+            raise MemoryError(f"buffer table {self.name!r} is full "
+                              f"({self.max_entries} entries)")
+        if any(e.buffer is buffer for e in self._entries.values()):
+            raise InvalidArgument(f"buffer {buffer.name!r} is in table {self.name!r} "
+                                  f"already")
+        if id is None:
+            while self._next_id in self._entries:
+                self._next_id = self._next_id % U32_MAX + 1
+            id = self._next_id
+            self._next_id = id % U32_MAX + 1
+        elif int_arg(id, "id", minimum=1, maximum=U32_MAX) in self._entries:
+            raise InvalidArgument(f"id {id} is in use in table {self.name!r}")
+        self._entries[id] = _Entry(buffer)
+        return id
 
     def get(self, id: int) -> SharedBuffer:
         """The buffer with ``id`` (``KeyError`` if there is none)."""
@@ -153,12 +161,14 @@ class BufferTable:
             return list(self._entries)
 
     def remove(self, id: int) -> SharedBuffer:
-        """Take buffer ``id`` out of the table (it must be held locally); returns it."""
+        """Take buffer ``id`` out of the table (it must be held locally, not borrowed);
+        returns it."""
         with self._lock:
             entry = self._entry(id)
-            if entry.holder != LOCAL:
+            if entry.holder != LOCAL or entry.lender is not None:
+                holder = entry.holder if entry.lender is None else entry.lender
                 raise OwnershipError(f"buffer {entry.buffer.name!r} (id {id}) is held by "
-                                     f"peer {entry.holder!r}")
+                                     f"peer {holder!r}")
             del self._entries[id]
             return entry.buffer
 
@@ -169,12 +179,43 @@ class BufferTable:
         _check_peer(peer)
         with self._lock:
             entry = self._entry(id)
-            if entry.holder != LOCAL:
-                raise OwnershipError(f"buffer {entry.buffer.name!r} (id {id}) is held by "
-                                     f"peer {entry.holder!r} already")
-            entry.buffer.to_device(peer)
-            entry.holder = peer
+            self._lend(entry, id, peer)
             return BufferRef(id, 0, entry.buffer.size)
+
+    def lend_as(self, id: int, buffer: SharedBuffer, peer: str) -> None:
+        """Hand ``buffer`` to ``peer`` as entry ``id``, adding it under that id first if
+        the table has no entry ``id`` (the hot path of a hand-over: one lock)."""
+        _check_peer(peer)
+        with self._lock:
+            entry = self._entries.get(id)
+            if entry is None:
+                self._add(buffer, id)
+                entry = self._entries[id]
+            elif entry.buffer is not buffer:
+                raise InvalidArgument(f"id {id} of table {self.name!r} is buffer "
+                                      f"{entry.buffer.name!r}, not {buffer.name!r}")
+            self._lend(entry, id, peer)
+
+    def _lend(self, entry: _Entry, id: int, peer: str) -> None:
+        if entry.holder != LOCAL or entry.lender is not None:
+            holder = entry.holder if entry.lender is None else entry.lender
+            raise OwnershipError(f"buffer {entry.buffer.name!r} (id {id}) is held by "
+                                 f"peer {holder!r} already")
+        entry.buffer.to_device(peer)
+        entry.holder = peer
+
+    def give_back(self, id: int) -> str:
+        """Return a borrowed buffer to the peer that handed it over (:meth:`borrow`): the
+        device's again. Returns that peer's name."""
+        with self._lock:
+            entry = self._entry(id)
+            peer = entry.lender
+            if peer is None:
+                raise OwnershipError(f"buffer {entry.buffer.name!r} (id {id}) is not "
+                                     f"borrowed from a peer")
+            entry.buffer.to_device(peer)
+            entry.holder, entry.lender = peer, None
+            return peer
 
     def close(self) -> None:
         """Close every buffer and empty the table; refused while peers hold buffers
@@ -193,9 +234,10 @@ class BufferTable:
         """The slice a peer's reference names: the id must be known and held by ``peer``,
         and ``[offset, offset + length)`` inside the buffer (values of any size or sign
         are checked, so nothing wraps). Else a counted :class:`PeerBufferError`."""
+        _check_peer(peer)
         with self._lock:
             entry = self._peer_entry(peer, ref.id, releasing=False)
-            self._check_range(entry, peer, ref)
+            self._check_range(entry, peer, ref.id, ref.offset, ref.length)
             return BufferSlice(entry.buffer, ref.offset, ref.length)
 
     def release(self, peer: str, id: int, offset: int = 0, length: int = 0) -> SharedBuffer:
@@ -203,16 +245,44 @@ class BufferTable:
         ``length`` (a result range the peer names) must lie inside the buffer. Refused, as
         a counted :class:`PeerBufferError`, for an unknown id, a buffer the peer does not
         hold, one it released already, or a range outside it; the table is unchanged."""
+        _check_peer(peer)
         with self._lock:
             entry = self._peer_entry(peer, id, releasing=True)
-            self._check_range(entry, peer, BufferRef(id, offset, length))
+            self._check_range(entry, peer, id, offset, length)
             entry.buffer.to_cpu()
             entry.holder = LOCAL
             entry.last_holder = peer
             return entry.buffer
 
+    def recall(self, peer: str, id: int) -> bool:
+        """Take back buffer ``id`` lent to ``peer`` that never reached it (sending its
+        reference failed): the CPU's again. False if ``peer`` does not hold it (the peer
+        went away meanwhile and it was reclaimed)."""
+        _check_peer(peer)
+        with self._lock:
+            entry = self._entries.get(id)
+            if entry is None or entry.holder != peer:
+                return False
+            entry.buffer.to_cpu()
+            entry.holder = LOCAL
+            entry.last_holder = LOCAL  # a DONE for it now is a stray one
+            return True
+
+    def borrow(self, peer: str, id: int, offset: int, length: int) -> BufferSlice:
+        """``peer`` hands buffer ``id``, which it holds, back for a while (e.g. with data
+        in ``[offset, offset + length)``): the CPU's until :meth:`give_back`. Checked as
+        :meth:`release` (a counted :class:`PeerBufferError`, the table unchanged)."""
+        _check_peer(peer)
+        with self._lock:
+            entry = self._peer_entry(peer, id, releasing=False)
+            self._check_range(entry, peer, id, offset, length)
+            entry.buffer.to_cpu()
+            entry.holder, entry.lender = LOCAL, peer
+            return BufferSlice(entry.buffer, offset, length)
+
     def reclaim(self, peer: str) -> list[int]:
-        """Take back every buffer ``peer`` holds (it died or went away); returns their ids."""
+        """Take back every buffer ``peer`` holds (it died or went away); returns their ids.
+        Buffers borrowed from it stay the CPU's."""
         _check_peer(peer)
         with self._lock:
             ids = [id for id, e in self._entries.items() if e.holder == peer]
@@ -221,6 +291,10 @@ class BufferTable:
                 entry.buffer.to_cpu()
                 entry.holder = LOCAL
                 entry.last_holder = LOCAL  # a late release from the dead peer is a stray one
+            for entry in self._entries.values():
+                if entry.lender == peer:
+                    entry.lender = None
+                    entry.last_holder = LOCAL
             self._reclaimed += len(ids)
         if ids:
             log.info("buffer table %r: reclaimed %d buffer(s) from peer %r", self.name,
@@ -247,7 +321,6 @@ class BufferTable:
             raise KeyError(f"no buffer with id {id!r} in table {self.name!r}") from None
 
     def _peer_entry(self, peer: str, id: object, *, releasing: bool) -> _Entry:
-        _check_peer(peer)
         if type(id) is not int:
             raise self._fault(BufferFaultReason.MALFORMED, peer, f"buffer id {id!r}")
         entry = self._entries.get(id)
@@ -260,13 +333,13 @@ class BufferTable:
             raise self._fault(reason, peer, f"buffer {id} ({entry.buffer.name!r})")
         return entry
 
-    def _check_range(self, entry: _Entry, peer: str, ref: BufferRef) -> None:
+    def _check_range(self, entry: _Entry, peer: str, id: int, offset: int,
+                     length: int) -> None:
         size = entry.buffer.size
-        if (type(ref.offset) is not int or type(ref.length) is not int or ref.offset < 0
-                or ref.length < 0 or ref.offset > size or ref.length > size - ref.offset):
+        if (type(offset) is not int or type(length) is not int or offset < 0
+                or length < 0 or offset > size or length > size - offset):
             raise self._fault(BufferFaultReason.OUT_OF_RANGE, peer,
-                              f"{ref.offset!r}+{ref.length!r} in buffer {ref.id} of "
-                              f"0x{size:x} bytes")
+                              f"{offset!r}+{length!r} in buffer {id} of 0x{size:x} bytes")
 
     def _fault(self, reason: BufferFaultReason, peer: str, what: str) -> PeerBufferError:
         self._faults[reason.name] += 1
@@ -276,6 +349,8 @@ class BufferTable:
 
 
 def _check_peer(peer: str) -> None:
+    if type(peer) is str and peer and peer != LOCAL:
+        return
     if not str_arg(peer, "peer") or peer == LOCAL:
         raise InvalidArgument(f"peer must be a non-empty name other than {LOCAL!r}, "
                               f"got {peer!r}")

@@ -4,8 +4,8 @@ firmware child gets, and how it reports back.
 A simulated processor is a child process. It inherits, by fd number given in the
 environment variables below, one shared-memory fd (a memfd), eventfd doorbells and a
 lifeline socket. Firmware in any language can follow this convention; Python firmware
-gets it for free from :mod:`amplink.firmware`, and ``amplink/firmware/examples/
-native_echo.c`` is a C example.
+gets it for free from :mod:`amplink.firmware`; C firmware from
+``amplink/firmware/examples/amplink_rpmsg.h`` (``native_echo.c`` is the example).
 
 The memory (``AMPLINK_SHM_FD``, ``AMPLINK_SHM_SIZE`` bytes) is the processor's physical
 memory: its byte at offset ``o`` has device address ``AMPLINK_DA_BASE + o``, and every

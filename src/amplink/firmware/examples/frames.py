@@ -28,16 +28,11 @@ def main(link: Link, args: list[str]) -> None:
         raise ValueError(f"unknown mode {mode!r}: invert or touch")
     channel = BufferChannel(link.create_endpoint(SERVICE, announce=True), buffers=buffers())
     while True:  # until the host goes away (LinkDown)
-        frame = channel.recv()
-        more = True
-        while more:
+        for frame in channel.recv_many():  # every frame that arrived
             view = frame.view
             if mode == "invert":
                 view[:] = view.tobytes().translate(_INVERT)
             elif len(view):
                 view[0]  # noqa: B018 - the one byte touched
-            next_frame = channel.try_recv()
-            frame.done(flush=next_frame is None)  # several DONEs travel in one message
-            more = next_frame is not None
-            if next_frame is not None:
-                frame = next_frame
+            frame.done(flush=False)
+        channel.flush()  # their DONEs, several to a message

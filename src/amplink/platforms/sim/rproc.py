@@ -16,10 +16,12 @@ import socket
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..._args import finite_seconds_arg, int_arg, str_arg
 from ...errors import InvalidArgument, InvalidArgumentType
 from ...handover.port import AttachedBuffer, BufferPort
+from ...link.runtime import Link
 from ...link.waiting import DEFAULT_SPIN
 from ...memory.access import Access
 from ...memory.buffers import BufferSlice, SharedBuffer
@@ -34,7 +36,7 @@ from ...remoteproc.errors import NotBooted
 from ...remoteproc.ops import CrashReport, PlatformOps, StartInfo
 from ...remoteproc.resources import VdevResource
 from ...transports.virtio_link import driver_link
-from ...virtio.vdev import VIRTIO_ID_RPMSG
+from ...virtio.vdev import VIRTIO_ID_RPMSG, VdevControl
 from .images import NativeImage, PythonImage, SimImage, is_native
 from .layout import LinkConfig
 from .monitor import CrashMonitor
@@ -105,12 +107,13 @@ class SimOptions:
 class SimOps(PlatformOps):
     """The simulator's platform operations (see the module docstring)."""
 
-    vdev_drivers = {VIRTIO_ID_RPMSG: driver_link}
     #: doorbell pairs the firmware gets after those of its rpmsg vdevs (a platform that
     #: builds links of its own needs theirs)
     extra_doorbells = 0
 
     def __init__(self, options: SimOptions) -> None:
+        # per instance: the rpmsg driver hands buffers over through this run's port
+        self.vdev_drivers = {VIRTIO_ID_RPMSG: self._rpmsg_link}
         self.options = options
         self.poll_mode = options.poll_mode
         self.spin = options.spin
@@ -170,7 +173,14 @@ class SimOps(PlatformOps):
         finally:
             child_end.close()
         self.last_process = self.process.popen
-        self.port = BufferPort(o.name, host_end, self.iommu, on_fault=self._fault)
+        self.port = BufferPort(o.name, host_end, self.iommu, on_fault=self._fault,
+                               memory=info.resources.carveouts)
+
+    def _rpmsg_link(self, region: SharedRegion, vdev: VdevControl, pool_offset: int,
+                    doorbell: Doorbell, **options: Any) -> Link:
+        """The rpmsg vdev driver: the host's link, which hands buffers over by reference
+        through the run's buffer port (the ``send_by_reference`` capability)."""
+        return driver_link(region, vdev, pool_offset, doorbell, buffers=self.port, **options)
 
     def _fault(self, fault: Fault) -> None:
         if self.on_fault is not None:
