@@ -134,6 +134,37 @@ def measure_all(args: argparse.Namespace, params: P, titles: Mapping[str, str],
         t = time.perf_counter()
         results[name] = measure(name, params, pin)
         progress(f"  done in {time.perf_counter() - t:.1f} s")
+    return _measured(args, params, results, pin, pinned_key, load_before, t0)
+
+
+def measure_interleaved(args: argparse.Namespace, params: P, titles: Mapping[str, str],
+                        measure_run: Callable[[str, P, bool], dict[str, Any]],
+                        combine: Callable[[str, list[dict[str, Any]]], dict[str, Any]], *,
+                        pinned_key: str) -> dict[str, Any]:
+    """Run ``i`` of every peer before run ``i + 1`` of any: ``measure_run(name, params,
+    pin)`` ``params.runs`` times per name, round-robin, then ``combine(name, runs)``.
+
+    A machine whose load changes during the benchmark then weighs on every peer alike
+    (the peers are compared by the medians of their runs). Returns what
+    :func:`measure_all` returns.
+    """
+    pin = can_pin() and not args.no_pin
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in titles}
+    for i in range(params.runs):
+        progress(f"run {i + 1} of {params.runs}:")
+        for name, title in titles.items():
+            t = time.perf_counter()
+            runs[name].append(measure_run(name, params, pin))
+            progress(f"  {title}: {time.perf_counter() - t:.1f} s")
+    results = {name: combine(name, name_runs) for name, name_runs in runs.items()}
+    return _measured(args, params, results, pin, pinned_key, load_before, t0)
+
+
+def _measured(args: argparse.Namespace, params: Params, results: dict[str, Any], pin: bool,
+              pinned_key: str, load_before: tuple[float, float, float],
+              t0: float) -> dict[str, Any]:
     return {
         "meta": {
             "mode": "quick" if args.quick else "full", "params": asdict(params),

@@ -40,6 +40,8 @@ def timeout_arg(value: object, name: str = "timeout") -> float | None:
     """None (forever) or seconds >= 0; :data:`FOREVER` and above (``math.inf``) become None."""
     if value is None:
         return None
+    if type(value) is float and 0.0 <= value < FOREVER:  # the common case, checked fast
+        return value
     seconds = number_arg(value, name)
     return None if seconds >= FOREVER else seconds
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -203,22 +204,25 @@ def test_bench_quick(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(BENCH), "--quick", "--runs", "1", "--json", str(out)],
                        capture_output=True, text=True, timeout=55, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    for needle in ("amplink blocking", "amplink polling", "zero-copy blocking",
-                   "zero-copy polling", "mp.Pipe", "os.pipe", "targets:",
-                   "RTT p50  16 B", "one-way 496 B"):
+    for needle in ("amplink blocking", "amplink no-spin", "amplink polling",
+                   "zero-copy blocking", "zero-copy polling", "mp.Pipe", "os.pipe", "shm-ring",
+                   "targets:", "RTT p50  16 B", "one-way 496 B", "send_many(64)  16 B",
+                   "ratios amplink/baseline"):
         assert needle in r.stdout, needle
     data = json.loads(out.read_text())
-    assert set(data["results"]) == {"amplink-blocking", "amplink-polling",
-                                    "amplink-zc-blocking", "amplink-zc-polling", "mp.Pipe",
-                                    "os.pipe"}
+    iceoryx2 = importlib.util.find_spec("iceoryx2") is not None
+    amplink_peers = {"amplink-blocking", "amplink-nospin", "amplink-polling",
+                     "amplink-zc-blocking", "amplink-zc-polling"}
+    assert set(data["results"]) == amplink_peers | {"mp.Pipe", "os.pipe", "shm-ring"} | (
+        {"iceoryx2-busy", "iceoryx2-event"} if iceoryx2 else set())
     for peer in data["results"].values():
         assert peer["rtt"]["16"]["p50"]["median"] > 0
         assert peer["one_way"]["496"]["msg_per_s"]["median"] > 0
-    for peer in ("amplink-blocking", "amplink-polling", "amplink-zc-blocking",
-                 "amplink-zc-polling"):
+    for peer in amplink_peers:
+        assert data["results"][peer]["one_way_batched"]["16"]["msg_per_s"]["median"] > 0
         for stats in data["results"][peer]["statistics"].values():
             assert stats["protocol_faults"] == 0
-    assert {t["name"] for t in data["targets"]} >= {"RTT p50 16 B, polling <= 4 us"}
+    assert {t["name"] for t in data["targets"]} >= {"RTT p50 16 B, polling <= 3 us"}
 
 
 def test_frames_demo_checks_every_frame() -> None:

@@ -4,6 +4,8 @@ The reordering the fence forbids (a store still in the store buffer while a late
 runs) cannot be provoked reliably from Python, so these tests check the mechanism: the
 fence is a locked round trip, and each ring operation that publishes a store and then
 reads the peer's state fences between the two (a peer acting at the fence is seen).
+The C rings (``amplink._speedups``) fence with a real barrier and call a test hook
+there; the same tests run against whichever rings are in use.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 
 import pytest
 
+from amplink._accel import speedups
 from amplink.memory import SharedRegion, fence
 from amplink.memory.fence import full_fence
 from amplink.virtio import DeviceQueue, DriverQueue, VringLayout
@@ -52,15 +55,26 @@ def rings():
         yield region, layout, drv, dev
 
 
+@pytest.fixture(autouse=True)
+def _no_fence_hook():
+    yield
+    if speedups is not None:
+        speedups.set_fence_hook(None)
+
+
 def _at_fence(monkeypatch: pytest.MonkeyPatch, module: object, action) -> list[bool]:
-    """Run ``action`` (the peer acting) when ``module`` fences; return when it ran."""
+    """Run ``action`` (the peer acting) when ``module`` fences (the C rings: when they
+    fence); return when it ran."""
     ran: list[bool] = []
 
     def spy() -> None:
         action()
         ran.append(True)
 
-    monkeypatch.setattr(module, "full_fence", spy)
+    if speedups is None:
+        monkeypatch.setattr(module, "full_fence", spy)
+    else:
+        speedups.set_fence_hook(spy)
     return ran
 
 

@@ -19,8 +19,9 @@ in place (:meth:`Backend.loan`, then :meth:`Backend.send_loan` or
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -152,6 +153,18 @@ class Backend(ABC):
         not keep goes back to the peer (by the end of this call).
         """
 
+    def receive_copies(self, budget: int) -> tuple[int, list[tuple[int, int, bytes]]]:
+        """:meth:`receive` with every payload copied out and every buffer given back:
+        ``(buffers taken, [(src, dst, payload), ...])``. Backends override it when they
+        can do it without a call per message."""
+        got: list[tuple[int, int, bytes]] = []
+
+        def deliver(src: int, dst: int, payload: memoryview | bytes, handle: Any) -> bool:
+            got.append((src, dst, bytes(payload)))
+            return False
+
+        return self.receive(deliver, budget), got
+
     def release(self, handle: Any) -> None:
         """Give back a buffer that ``deliver`` kept (its view must not be used after)."""
         raise NotSupported(f"{type(self).__name__} cannot hold received buffers")
@@ -165,6 +178,18 @@ class Backend(ABC):
     def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
         """Send one message (``len(payload)`` <= max_payload) if a buffer is free now;
         False if none is."""
+
+    def send_many(self, src: int, dst: int, payloads: Sequence[bytes | bytearray | memoryview],
+                  start: int) -> int:
+        """Send ``payloads[start:]`` in order (each <= max_payload) while buffers are free
+        now; return how many were sent. Backends that can notify the peer once for the
+        batch override it (one publication, at most one kick)."""
+        sent = 0
+        for i in range(start, len(payloads)):
+            if not self.try_send(src, dst, payloads[i]):
+                break
+            sent += 1
+        return sent
 
     def loan(self) -> tuple[Any, memoryview] | None:
         """A free transmit buffer, ``(handle, writable view of max_payload bytes)``, or
@@ -183,6 +208,19 @@ class Backend(ABC):
     @abstractmethod
     def tx_available(self) -> bool:
         """Cheap check: may a transmit buffer be free?"""
+
+    def wait_pending(self, tx: bool, timeout: float) -> bool:
+        """Spin up to ``timeout`` seconds until :meth:`tx_available` (``tx``) or
+        :meth:`rx_pending`; True if so. Called without the runtime's lock; a backend that
+        can spin without holding the GIL overrides it."""
+        pending = self.tx_available if tx else self.rx_pending
+        end = time.monotonic() + timeout
+        while True:
+            for _ in range(64):
+                if pending():
+                    return True
+            if time.monotonic() >= end:
+                return False
 
     # -- queued sends (optional) ---------------------------------------------------------------
     def enqueue(self, src: int, dst: int, payload: Any) -> Any | None:

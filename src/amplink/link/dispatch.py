@@ -82,14 +82,14 @@ class Dispatcher:
         return bool(self.ready) or (bool(self.events) and not self._event_busy)
 
     def _take(self, me: int) -> _Job | None:
-        job = self._next()
+        job = self._next(me)
         if job is not None and me in self._threads:
             self._free -= 1
             if not self._free:  # keep one of ours free to watch the link meanwhile
                 self._start_thread()
         return job
 
-    def _next(self) -> _Job | None:
+    def _next(self, me: int) -> _Job | None:
         if self.events and not self._event_busy:
             self._event_busy = True
             return self.events.popleft()
@@ -100,7 +100,7 @@ class Dispatcher:
             if not items:  # emptied by a close meanwhile
                 ep._scheduled = False
                 continue
-            ep._dispatcher = threading.get_ident()
+            ep._dispatcher = me
             return ep, items
         return None
 
@@ -147,7 +147,7 @@ class Dispatcher:
                     self.ready.append(ep)  # more arrived meanwhile
                 else:
                     ep._scheduled = False
-                if not ep.closed:
+                if ep._closed_reason is None:  # open: nobody waits for this callback
                     return
         with link._wait.cond:  # a close() may wait for this callback to end
             link._wait.cond.notify_all()
@@ -155,6 +155,7 @@ class Dispatcher:
     def _run_callbacks(self, ep: Endpoint, items: list[tuple[Any, int]]) -> None:
         callback = ep.callback
         assert callback is not None
+        hold = ep.hold  # only then may items be held messages
         for i, (item, src) in enumerate(items):
             if ep._discarded:  # its user closed it (perhaps its own callback): drop the rest
                 ep.dropped_at_close += len(items) - i
@@ -169,7 +170,7 @@ class Dispatcher:
                     log.exception("%s: callback of endpoint 0x%x raised (further ones are "
                                   "counted)", self.link.name, ep.addr)
             finally:
-                if isinstance(item, HeldMessage) and not item._kept:
+                if hold and isinstance(item, HeldMessage) and not item._kept:
                     item.release()
 
     def _run_event(self, event: Event) -> None:

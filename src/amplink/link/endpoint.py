@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
-from .._args import timeout_arg
+from .._args import int_arg, timeout_arg
 from ..errors import AddressError, AmplinkError, EndpointClosed, LinkDown
 from ..rpmsg.wire import RPMSG_ADDR_ANY
 from .stats import EndpointStatistics
@@ -138,6 +138,27 @@ class Endpoint:
         self._check_open()
         self._link.send_message(self, src, dst, data, timeout)
 
+    def send_many(self, payloads: Iterable[bytes | bytearray | memoryview],
+                  timeout: float | None = DEFAULT_SEND_TIMEOUT) -> int:
+        """Send each of ``payloads``, in order, to the endpoint's destination.
+
+        Every payload is checked before the first is sent. Each batch of free transmit
+        buffers goes to the peer with one notification (one publication and at most one
+        kick for virtio); for the rest it waits up to ``timeout`` s in all. Returns how
+        many were sent: all of them, or fewer when the timeout expired (``timeout=0``:
+        as many as there are free buffers now).
+        """
+        if self._closed_reason is not None or self.dst == RPMSG_ADDR_ANY:
+            self._check_open()
+            self._dst()
+        return self._link.send_many(self, self.addr, self.dst, payloads, timeout)
+
+    def sendto_many(self, payloads: Iterable[bytes | bytearray | memoryview], dst: int,
+                    timeout: float | None = DEFAULT_SEND_TIMEOUT) -> int:
+        """:meth:`send_many` to address ``dst``."""
+        self._check_open()
+        return self._link.send_many(self, self.addr, dst, payloads, timeout)
+
     def try_send(self, data: bytes | bytearray | memoryview) -> None:
         """Like :meth:`send` but raise NoBufferAvailable at once if no buffer is free."""
         self._check_open()
@@ -194,17 +215,32 @@ class Endpoint:
         seeing the same message as theirs. A held message is copied out and released
         there too unless ``held``.
         """
+        if held or self.hold:
+            return self._taker_many(1, held=held)
+        got: list[tuple[Any, int]] = []
+        queue = self._queue
+
+        def ready() -> bool:  # the common case: the queue holds copies
+            if queue:
+                got.append(queue.popleft())
+                return True
+            return self._closed_reason is not None
+
+        return ready, got
+
+    def _taker_many(self, n: int, *, held: bool
+                    ) -> tuple[Callable[[], bool], list[tuple[Any, int]]]:
+        """:meth:`_taker` for up to ``n`` messages (ready once at least one is taken)."""
         got: list[tuple[Any, int]] = []
         queue = self._queue
 
         def ready() -> bool:
-            if queue:
+            while queue and len(got) < n:
                 item, src = queue.popleft()
                 if isinstance(item, HeldMessage) and not held:
                     item = self._link._copy_out(item)
                 got.append((item, src))
-                return True
-            return self._closed_reason is not None
+            return bool(got) or self._closed_reason is not None
 
         return ready, got
 
@@ -224,7 +260,8 @@ class Endpoint:
         Raises ReceiveTimeout, EndpointClosed (after queued messages are consumed), or
         LinkDown.
         """
-        self._check_queue_reader()
+        if self.callback is not None:
+            self._check_queue_reader()
         if timeout is not None:
             timeout = timeout_arg(timeout)
         if not self.hold and self._queue:
@@ -241,6 +278,39 @@ class Endpoint:
     def recv(self, timeout: float | None = None) -> bytes:
         """Return the payload of the next message (see :meth:`recvfrom`)."""
         return self.recvfrom(timeout)[0]
+
+    def recvfrom_many(self, n: int, timeout: float | None = None) -> list[tuple[bytes, int]]:
+        """Up to ``n`` messages as ``(payload, src)``: waits up to ``timeout`` s for the
+        first, then takes those that have arrived too, without waiting for more.
+
+        Raises as :meth:`recvfrom` does when none arrives.
+        """
+        self._check_queue_reader()
+        n = int_arg(n, "n", minimum=1)
+        if timeout is not None:
+            timeout = timeout_arg(timeout)
+        queue = self._queue
+        if not self.hold:
+            if len(queue) < n:
+                self._link._try_drain()
+            if queue:
+                got: list[tuple[bytes, int]] = []
+                try:
+                    while queue and len(got) < n:
+                        got.append(queue.popleft())
+                except IndexError:  # another reader was quicker
+                    pass
+                if got:
+                    return got
+        ready, got = self._taker_many(n, held=False)
+        self._link.wait_until(ready, timeout, tx=False)
+        if got:
+            return got
+        raise self._no_message(timeout)
+
+    def recv_many(self, n: int, timeout: float | None = None) -> list[bytes]:
+        """The payloads of up to ``n`` messages (see :meth:`recvfrom_many`)."""
+        return [payload for payload, _src in self.recvfrom_many(n, timeout)]
 
     def recv_held(self, timeout: float | None = None) -> HeldMessage:
         """The next message as a :class:`HeldMessage` (zero copy when the endpoint was
@@ -286,6 +356,23 @@ class Endpoint:
 
     async def arecv(self, timeout: float | None = None) -> bytes:
         return (await self.arecvfrom(timeout))[0]
+
+    async def arecvfrom_many(self, n: int,
+                             timeout: float | None = None) -> list[tuple[bytes, int]]:
+        """:meth:`recvfrom_many`, awaited: up to ``n`` messages once one is there."""
+        self._check_queue_reader()
+        n = int_arg(n, "n", minimum=1)
+        if timeout is not None:
+            timeout = timeout_arg(timeout)
+        ready, got = self._taker_many(n, held=False)
+        await self._link.async_wait_until(ready, timeout, tx=False)
+        if got:
+            return got
+        raise self._no_message(timeout)
+
+    async def arecv_many(self, n: int, timeout: float | None = None) -> list[bytes]:
+        """:meth:`recv_many`, awaited."""
+        return [payload for payload, _src in await self.arecvfrom_many(n, timeout)]
 
     async def arecv_held(self, timeout: float | None = None) -> HeldMessage:
         """:meth:`recv_held`, awaited."""

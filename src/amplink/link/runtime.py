@@ -43,7 +43,7 @@ from .core import Event, LinkCore, NameServiceRules, Unbind
 from .dispatch import Dispatcher, DispatchMode
 from .endpoint import DEFAULT_SEND_TIMEOUT, Callback, Endpoint
 from .stats import LinkStatistics
-from .waiting import DEFAULT_SAFETY_TIMEOUT, WaitEngine
+from .waiting import DEFAULT_SAFETY_TIMEOUT, DEFAULT_SPIN, WaitEngine
 from .zerocopy import HeldMessage, TxLoan
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class Link:
     """One link to a peer over a backend (see the module docstring).
 
     ``poll_mode`` makes waiting spin on the rings instead of sleeping on the doorbell;
-    ``spin`` is how long (seconds) to spin before each sleep in blocking mode.
+    ``spin`` is how long (seconds) to spin before each sleep in blocking mode (default:
+    :data:`~.waiting.DEFAULT_SPIN`, 50 us when the process may use more than one core).
     ``dispatch`` says who runs callbacks (see :mod:`.dispatch`); ``max_held`` is how
     many received buffers zero-copy endpoints may hold before the link stops taking
     more (default: half the backend's receive buffers). ``buffers`` is what hands shared
@@ -78,7 +79,7 @@ class Link:
         *,
         name: str = "link",
         poll_mode: bool = False,
-        spin: float = 0.0,
+        spin: float = DEFAULT_SPIN,
         safety_timeout: float = DEFAULT_SAFETY_TIMEOUT,
         dispatch: DispatchMode = "thread",
         max_held: int | None = None,
@@ -478,22 +479,41 @@ class Link:
 
     def _drain(self) -> int:
         """Take what the backend has (lock held). Bounded, so that waiters re-check their
-        condition and timeout even while a peer floods; the rest comes on the next pass."""
+        condition and timeout even while a peer floods; the rest comes on the next pass.
+
+        Without zero-copy endpoints every payload is copied out in one backend call per
+        batch and the common case is routed inline; with them each message goes through
+        :meth:`_deliver` as a view."""
         if self._returns:
             self._process_returns()
-        if self.backend.endpoints_lost:
+        backend = self.backend
+        if backend.endpoints_lost:
             self._close_lost()
-        receive = self.backend.receive
-        deliver = self._deliver
         before = self.messages_received
         for _ in range(_DRAIN_BATCHES):
-            budget = _DRAIN_BATCH
             if self._hold_endpoints:
-                budget = min(budget, self.max_held - self._held)
+                budget = min(_DRAIN_BATCH, self.max_held - self._held)
                 if budget <= 0:
                     self.rx_backpressure += 1
                     break
-            if receive(deliver, budget) < budget or self._closed:
+                taken = backend.receive(self._deliver, budget)
+            else:
+                budget = _DRAIN_BATCH
+                taken, messages = backend.receive_copies(budget)
+                if messages:
+                    table = self._table
+                    for src, dst, payload in messages:
+                        ep = table.get(dst)
+                        if (ep is None or ep.dst == RPMSG_ADDR_ANY or ep is self._ns_ep
+                                or (ep.callback is None and len(ep._queue) >= ep.max_queued)):
+                            self._deliver(src, dst, payload, None)  # not the common case
+                            continue
+                        self.messages_received += 1
+                        ep.messages_received += 1
+                        ep._queue.append((payload, src))
+                        if ep.callback is not None:
+                            self._dispatch.schedule(ep)
+            if taken < budget or self._closed:
                 break
         if self.backend.endpoints_lost:  # found while receiving: close them now, not at
             self._close_lost()           # the next drain (nothing may wake one soon)
@@ -511,6 +531,16 @@ class Link:
                 self._forget(ep, error.strerror or str(error), lost=True, err=error.errno)
         self._wait.tell()
 
+    def _try_drain(self) -> None:
+        """Take in what has arrived if nobody holds the lock now (never waits for it)."""
+        lock = self._lock
+        if lock.acquire(False):
+            try:
+                if not self._closed:
+                    self._drain()
+            finally:
+                lock.release()
+
     def _settle(self, ready: Callable[[], bool], tx: bool) -> bool:
         """One look (lock held): drain, then True if ``ready()``; raise if it cannot be.
 
@@ -523,7 +553,8 @@ class Link:
             return True
         if self._closed:
             raise self._closed_error()
-        broken = self.backend.broken(tx=tx)
+        backend = self.backend  # backend.broken(tx=tx), inline
+        broken = backend.down or (backend.tx_broken if tx else backend.rx_broken)
         if broken is not None:
             raise broken.again()
         return False
@@ -574,9 +605,13 @@ class Link:
         timeout = timeout_arg(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = self._wait
+        dispatch = self._dispatch.dispatch
         has_work = self._dispatch.has_work
         while True:
-            self._dispatch.dispatch()
+            dispatch()
+            if until is None and deadline is None:  # the firmware's main loop: work only
+                wait.wait_until(has_work, None, tx=False)
+                continue
             if until is not None and until():
                 return
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -698,6 +733,46 @@ class Link:
             raise
         if not ok and self._withdraw(queued):
             raise self._send_timeout(timeout)
+
+    def send_many(self, ep: Endpoint | None, src: int, dst: int,
+                  payloads: Iterable[bytes | bytearray | memoryview],
+                  timeout: float | None) -> int:
+        """Send ``payloads`` in order, one notification of the peer per batch of free
+        buffers, waiting up to ``timeout`` s in all for buffers; return how many were
+        sent (all, or fewer when the timeout expired; 0: those that fit now)."""
+        batch: list[bytes | bytearray | memoryview] = [
+            p if type(p) is bytes else payload_arg(p, "payloads[]") for p in payloads]
+        self._check_addresses(src, dst)
+        for data in batch:
+            if len(data) > self.mtu:
+                self._check_send(src, dst, data)  # raises MessageTooLarge, nothing sent
+        if timeout != DEFAULT_SEND_TIMEOUT:
+            timeout = timeout_arg(timeout)
+        backend = self.backend
+        total = len(batch)
+        sent = 0
+
+        def ready() -> bool:
+            nonlocal sent
+            if ep is not None and ep._closed_reason is not None:
+                raise ep._closed_error()  # closed while it waited: no use waiting on
+            sent += backend.send_many(src, dst, batch, sent)
+            return sent == total
+
+        try:
+            with self._lock:
+                if self._closed:
+                    raise self._closed_error()
+                if backend.down is not None:
+                    raise backend.down.again()
+                if ready() or timeout == 0:
+                    return sent
+            self.wait_until(ready, timeout, tx=True)
+            return sent
+        finally:
+            self.messages_sent += sent
+            if ep is not None:
+                ep.messages_sent += sent
 
     async def async_send_message(self, ep: Endpoint, src: int, dst: int,
                                  data: bytes | bytearray | memoryview,

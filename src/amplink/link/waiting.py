@@ -8,10 +8,14 @@ epoll fd from the event loop and never block it.
 
 The engine holds no user code: ``settle`` (the link's "drain, then check") and the
 ``ready`` predicates it is given are the link's own, called with the lock held.
+
+Spinning (polling mode, and the spin before each sleep) goes through the backend's
+``wait_pending``: the C backend spins there without holding the GIL.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +28,25 @@ if TYPE_CHECKING:
 
 #: longest sleep before the rings are re-checked even without a kick (the safety net)
 DEFAULT_SAFETY_TIMEOUT = 0.05
+#: a polling waiter looks at the clock, news and the peer's lifeline this often (s)
+SPIN_SLICE = 50e-6
+#: how long a blocking waiter spins before it sleeps, with more than one core to run on
+#: (a peer on another core answering within it costs no wake-up: see bench/README.md)
+MULTICORE_SPIN = 50e-6
+
+
+def default_spin() -> float:
+    """The default spin before each sleep: :data:`MULTICORE_SPIN` when this process may
+    run on more than one core, else 0 (spinning on the only core delays the peer)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return MULTICORE_SPIN if cores > 1 else 0.0
+
+
+#: the spin of links created without one
+DEFAULT_SPIN = default_spin()
 
 #: ``settle(ready, tx) -> bool``: drain, then True if ``ready()``; raises when it cannot be
 Settle = Callable[[Callable[[], bool], bool], bool]
@@ -47,9 +70,11 @@ class WaitEngine:
         self.poll_mode = poll_mode
         self.spin = spin
         self.safety_timeout = safety_timeout
-        self.cond = threading.Condition(threading.Lock())
+        self._cond_lock = threading.Lock()  # entered directly: cheaper than the Condition
+        self.cond = threading.Condition(self._cond_lock)
         self.poller: int | None = None  # the thread watching the rings, if any
         self.followers = 0
+        self._poller_watchers = 0  # threads in wait_poller_gone
         self.generation = 0  # bumped whenever waiters must re-check their condition
         self.sleeps = 0
         self.safety_net_wakeups = 0
@@ -62,6 +87,8 @@ class WaitEngine:
         """Something changed (lock held or not): every waiter must re-check."""
         self.generation += 1
         poller = self.poller
+        if poller is None and not self.followers and not self._async_futures:
+            return  # nobody else waits: the common case
         if poller is not None and poller != threading.get_ident():
             self.backend.waiter.wake()  # the sleeping thread may wait for this
         if self.followers:
@@ -85,9 +112,13 @@ class WaitEngine:
         """Let the thread spinning or sleeping on the rings leave them (up to ``timeout``)."""
         me = threading.get_ident()
         with self.cond:
-            end = time.monotonic() + timeout
-            while self.poller not in (None, me) and time.monotonic() < end:
-                self.cond.wait(0.05)
+            self._poller_watchers += 1
+            try:
+                end = time.monotonic() + timeout
+                while self.poller not in (None, me) and time.monotonic() < end:
+                    self.cond.wait(0.05)
+            finally:
+                self._poller_watchers -= 1
 
     # -- threads ------------------------------------------------------------------------------
     def _acquire(self, deadline: float | None) -> bool:
@@ -101,8 +132,52 @@ class WaitEngine:
         """Drain and wait until ``ready()`` (called with the lock held) or the timeout.
 
         Returns False on timeout; raises what ``settle`` raises (link down, closed).
+
+        The express way first: one look if the lock is free, then (polling, or a spin
+        before sleeping) one spin on the rings as the poller, if no thread is, and a
+        second look; only then the poller and its followers.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        lock = self.lock
+        spin = SPIN_SLICE if self.poll_mode else self.spin
+        if lock.acquire(False):
+            try:
+                if self._settle(ready, tx):
+                    return True
+            finally:
+                lock.release()
+            if timeout == 0:
+                return False
+            if spin and self._express_spin(tx, spin if timeout is None else min(spin, timeout)):
+                if lock.acquire(False):
+                    try:
+                        if self._settle(ready, tx):
+                            return True
+                    finally:
+                        lock.release()
+                spin = 0.0  # spun already: the first sleep comes without
+        return self._wait_until(ready, deadline, tx, spin)
+
+    def _express_spin(self, tx: bool, seconds: float) -> bool:
+        """Spin as the poller, if there is none (close() waits for the poller to leave
+        the rings); True if work may be there."""
+        me = threading.get_ident()
+        with self._cond_lock:
+            outer = self.poller
+            if outer not in (None, me) or self._closed():
+                return False
+            self.poller = me
+        try:
+            return self.backend.wait_pending(tx, seconds)
+        finally:
+            with self._cond_lock:
+                self.poller = outer
+                if self.followers or self._poller_watchers:
+                    self.cond.notify_all()
+
+    def _wait_until(self, ready: Callable[[], bool], deadline: float | None, tx: bool,
+                    spin: float) -> bool:
+        """:meth:`wait_until` the long way: ``spin`` before the first sleep."""
         backend = self.backend
         lock = self.lock
         me = threading.get_ident()
@@ -127,7 +202,7 @@ class WaitEngine:
                 return False
             # One thread (the poller) watches the rings; the others wait for its news, as
             # does a waiter whose direction only a release by another thread can unblock.
-            with self.cond:
+            with self._cond_lock:
                 if blocked or (self.poller is not None and self.poller != me):
                     self.followers += 1
                     try:
@@ -143,22 +218,22 @@ class WaitEngine:
                 if self.poll_mode:
                     self._spin(remaining, tx, generation)
                 else:
-                    self._sleep(remaining, tx, generation)
+                    self._sleep(remaining, tx, generation, spin)
+                    spin = self.spin
             finally:
-                with self.cond:
+                with self._cond_lock:
                     self.poller = outer
-                    self.cond.notify_all()
+                    if self.followers or self._poller_watchers:
+                        self.cond.notify_all()
 
     def _spin(self, remaining: float | None, tx: bool, generation: int) -> None:
         backend = self.backend
-        pending = backend.tx_available if tx else backend.rx_pending
+        wait_pending = backend.wait_pending
         end = None if remaining is None else time.monotonic() + remaining
-        spins = 0
         closed = self._closed
-        while not closed() and not pending():
-            spins += 1
-            if spins & 0x3FF:
-                continue
+        while not closed():
+            if wait_pending(tx, SPIN_SLICE):
+                return
             # Now and then: let other threads run, notice a dead peer, news, the time.
             time.sleep(0)
             backend.waiter.poll_sources()
@@ -169,15 +244,12 @@ class WaitEngine:
             if end is not None and time.monotonic() >= end:
                 return
 
-    def _sleep(self, remaining: float | None, tx: bool, generation: int) -> None:
+    def _sleep(self, remaining: float | None, tx: bool, generation: int, spin: float) -> None:
         backend = self.backend
         closed = self._closed
         pending = backend.tx_available if tx else backend.rx_pending
-        if self.spin:
-            end = time.monotonic() + self.spin
-            while time.monotonic() < end:
-                if closed() or pending():
-                    return
+        if spin and backend.wait_pending(tx, spin) or closed():
+            return
         with self.lock:
             if generation != self.generation or closed():
                 return  # another thread delivered meanwhile: re-check before sleeping

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..link.runtime import Link
+from ..link.waiting import DEFAULT_SPIN
 from ..notify.doorbell import Doorbell
 from .api import CrashReason
 from .devmem import DeviceMemory
@@ -55,7 +56,7 @@ class PlatformOps(ABC):
     #: whether the host's links poll the rings instead of sleeping on the doorbell
     poll_mode: bool = False
     #: how long (s) the host's links spin on the rings before each sleep
-    spin: float = 0.0
+    spin: float = DEFAULT_SPIN
 
     @abstractmethod
     def load_image(self, firmware: str) -> LoadableImage:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..link.runtime import Link
+from ..link.waiting import DEFAULT_SPIN
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell
 from ..virtio.vdev import VdevControl, VdevEntry
@@ -41,7 +42,7 @@ VdevDrivers = Mapping[int, VdevDriver]
 
 def register_vdev(resources: ProcessedResources, vdev: VdevResource, driver: VdevDriver,
                   doorbell: Doorbell, *, name: str, buf_size: int, poll_mode: bool,
-                  spin: float = 0.0) -> Link:
+                  spin: float = DEFAULT_SPIN) -> Link:
     """Build the host's link for ``vdev`` with ``driver`` (which owns ``doorbell`` from
     here on)."""
     assert vdev.buffers is not None, "a vdev with a driver has its buffers placed"

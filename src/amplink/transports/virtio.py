@@ -7,20 +7,26 @@ the second half is its transmit pool, fresh first, then recycled from vring 1.
 Both roles offer everything rpmsg can: the name service (when negotiated), loaned
 transmit buffers and held receive buffers (zero copy). A :class:`VirtioProfile` (Linux
 or OpenAMP) carries every way the two dialects differ, passed once.
+
+The methods below are the pure-Python path. When the rings are the C ones
+(``amplink._speedups``, see :mod:`amplink._accel`), an engine over them replaces the hot
+methods of each backend instance (sending, batches, receiving, waiting for the peer,
+arming), with the same checks and results; an eventfd doorbell is then rung from C.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from .._accel import IMPLEMENTATION, speedups
 from ..errors import FirmwareError, InvalidArgument, LinkDown, PeerTimeout, RemoteProtocolError
 from ..link.backend import Backend, Capabilities, Deliver
 from ..link.core import NameServiceRules
 from ..memory.region import SharedRegion
-from ..notify.doorbell import Doorbell
+from ..notify.doorbell import Doorbell, EventfdDoorbell
 from ..notify.waiter import Waiter
 from ..rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_HDR, RPMSG_HDR_SIZE, RPMSG_RESERVED_ADDRESSES
 from ..virtio.device import DeviceQueue
@@ -67,6 +73,14 @@ SUPPORTED_FEATURES = (1 << VIRTIO_RPMSG_F_NS) | (1 << VIRTIO_RING_F_EVENT_IDX)
 _pack_header = RPMSG_HDR.pack_into
 _unpack_header = RPMSG_HDR.unpack_from
 
+#: the methods of a backend instance that its C engine replaces (backend name: engine name)
+_ENGINE_METHODS = {
+    "try_send": "try_send", "send_many": "send_many", "receive": "receive",
+    "receive_copies": "receive_copies", "release": "release", "rx_pending": "rx_pending",
+    "tx_available": "tx_available", "wait_pending": "wait_pending", "arm": "arm",
+    "disarm": "disarm", "_take_tx": "take_tx", "_post_tx": "post_tx",
+}
+
 
 def ring_layout(region: SharedRegion, vring: VringEntry) -> VringLayout:
     """Where a vring of the vdev entry lies in ``region`` (checked: the peer wrote it)."""
@@ -93,6 +107,9 @@ def _check_two_vrings(vdev: VdevControl, entry: VdevEntry) -> None:
 
 class _VirtioRpmsgBackend(Backend):
     role: ClassVar[str]  # "driver" or "device"
+    #: the ring this side receives on and the one it sends on
+    rx: Any
+    tx: Any
 
     def __init__(self, region: SharedRegion, vdev: VdevControl, doorbell: Doorbell,
                  waiter: Waiter, features: int, buf_size: int, profile: VirtioProfile,
@@ -119,6 +136,8 @@ class _VirtioRpmsgBackend(Backend):
         # views of received payloads and loaned buffers are cut from this one
         self._whole = memoryview(region.mm)
         self.malformed_rx = 0
+        self._views_wanted = False
+        self._engine: Any = None  # the C engine, when the rings are C rings
         self._closed = False
         self._buffer_counts: dict[str, int] = {}
         #: objects (regions, sockets) closed together with the backend
@@ -127,6 +146,35 @@ class _VirtioRpmsgBackend(Backend):
     @property
     def supports_ns(self) -> bool:
         return self.capabilities.name_service
+
+    @property  # type: ignore[override]
+    def views_wanted(self) -> bool:
+        return self._views_wanted
+
+    @views_wanted.setter
+    def views_wanted(self, value: bool) -> None:
+        self._views_wanted = value
+        if self._engine is not None:
+            self._engine.views = value
+
+    def _use_engine(self, engine: Any) -> None:
+        """Let the C ``engine`` carry this instance's hot methods (see the module doc)."""
+        self._engine = engine
+        for name, engine_name in _ENGINE_METHODS.items():
+            setattr(self, name, getattr(engine, engine_name))
+
+    def _engine_options(self, spare: list[Any]) -> dict[str, Any]:
+        doorbell = self.doorbell
+        # a plain eventfd doorbell is rung from C; any other kind through _kick
+        kick_fd = doorbell.tx_fd if type(doorbell) is EventfdDoorbell else -1
+        return dict(rx=self.rx, tx=self.tx, spare=spare, buf_size=self.buf_size,
+                    whole=self._whole, malformed=self._malformed, kick=self._kick,
+                    kick_fd=kick_fd)
+
+    def _malformed(self, queue: Any, reason: str) -> None:
+        """A received message the peer wrote wrongly: counted, its buffer goes back."""
+        self.malformed_rx += 1
+        queue.faults(reason)
 
     def _watch_rings(self, rx_queue: Any, tx_queue: Any) -> None:
         """A ring the peer broke fails its own direction only; the other one goes on."""
@@ -149,7 +197,7 @@ class _VirtioRpmsgBackend(Backend):
             self.mark_down(str(exc))
 
     def _queues(self) -> tuple[Any, Any]:
-        raise NotImplementedError
+        return self.rx, self.tx
 
     def _count_buffers(self) -> dict[str, int]:
         return {}
@@ -159,10 +207,12 @@ class _VirtioRpmsgBackend(Backend):
         for queue in self._queues():
             for reason, count in queue.faults.counts.items():
                 faults[reason] = faults.get(reason, 0) + count
+        engine_kicks = 0 if self._engine is None else self._engine.kicks
         stats = {
             "kind": "virtio", "role": self.role, "profile": self.profile.name,
+            "implementation": "python" if self._engine is None else IMPLEMENTATION,
             "buf_size": self.buf_size, "features": self.features, "event_idx": self.event_idx,
-            "kicks_sent": getattr(self.doorbell, "kicks_sent", 0),
+            "kicks_sent": getattr(self.doorbell, "kicks_sent", 0) + engine_kicks,
             "malformed_rx": self.malformed_rx, "protocol_faults": faults,
             "unconsumed_at_down": self.unconsumed_at_down,
         }
@@ -174,6 +224,8 @@ class _VirtioRpmsgBackend(Backend):
             return
         self._buffer_counts = self._count_buffers()  # the last look: the memory may go next
         self._closed = True
+        if self._engine is not None:
+            self._engine.close()  # before the doorbell's fds go
         self._whole.release()
         self.waiter.close()
         self.doorbell.close()
@@ -213,6 +265,9 @@ class DriverRpmsgBackend(_VirtioRpmsgBackend):
         # popped from the end: lowest addresses first, as OpenAMP hands them out
         self._fresh_tx = [tx_offset + i * buf_size for i in range(tx_layout.num)][::-1]
         self._da_base = region.da_base
+        if speedups is not None and isinstance(self.rx, speedups.DriverRing):
+            self._use_engine(speedups.DriverRpmsg(**self._engine_options(self._fresh_tx),
+                                                  da_base=self._da_base))
         self._handshake(vdev, accepted, profile.handshake)
 
     def _handshake(self, vdev: VdevControl, accepted: int, handshake: Handshake) -> None:
@@ -238,9 +293,6 @@ class DriverRpmsgBackend(_VirtioRpmsgBackend):
             vdev.add_status(VIRTIO_CONFIG_S_DRIVER_OK)
         self._kick()
 
-    def _queues(self) -> tuple[Any, Any]:
-        return self.rx, self.tx
-
     # -- sending -----------------------------------------------------------------------------
     def _take_tx(self) -> int | None:
         if self._fresh_tx:
@@ -255,6 +307,8 @@ class DriverRpmsgBackend(_VirtioRpmsgBackend):
             self._kick()
 
     def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
+        if len(payload) > self.mtu:
+            raise ValueError(f"payload of {len(payload)} bytes exceeds the MTU of {self.mtu}")
         # _take_tx and _post_tx inline: the hot path
         if self._fresh_tx:
             offset = self._fresh_tx.pop()
@@ -273,6 +327,32 @@ class DriverRpmsgBackend(_VirtioRpmsgBackend):
         if tx.publish():
             self._kick()
         return True
+
+    def send_many(self, src: int, dst: int, payloads: Sequence[bytes | bytearray | memoryview],
+                  start: int) -> int:
+        mtu = self.mtu
+        mm = self._mm
+        tx = self.tx
+        da_base = self._da_base
+        sent = 0
+        try:
+            for i in range(start, len(payloads)):
+                payload = payloads[i]
+                n = len(payload)
+                if n > mtu:
+                    raise ValueError(f"payload of {n} bytes exceeds the MTU of {mtu}")
+                offset = self._take_tx()
+                if offset is None:
+                    break
+                begin = offset + RPMSG_HDR_SIZE
+                mm[begin:begin + n] = payload
+                _pack_header(mm, offset, src, dst, 0, n, 0)
+                tx.add(da_base + offset, RPMSG_HDR_SIZE + n, offset)
+                sent += 1
+        finally:  # one publication, one kick at most, for what was posted
+            if sent and tx.publish():
+                self._kick()
+        return sent
 
     def loan(self) -> tuple[Any, memoryview] | None:
         offset = self._take_tx()
@@ -308,8 +388,8 @@ class DriverRpmsgBackend(_VirtioRpmsgBackend):
                     # Linux lets used_len < 16 wrap; len is bounded by both limits.
                     if (used_len < RPMSG_HDR_SIZE
                             or length > min(used_len, buf_size) - RPMSG_HDR_SIZE):
-                        self.malformed_rx += 1
-                        rx.faults("rpmsg header length exceeds the used length or buffer")
+                        self._malformed(rx, "rpmsg header length exceeds the used length or "
+                                            "buffer")
                     else:
                         start = offset + RPMSG_HDR_SIZE
                         end = start + length
@@ -322,6 +402,36 @@ class DriverRpmsgBackend(_VirtioRpmsgBackend):
             if rx.publish():
                 self._kick()
         return taken
+
+    def receive_copies(self, budget: int) -> tuple[int, list[tuple[int, int, bytes]]]:
+        rx = self.rx
+        mm = self._mm
+        buf_size = self.buf_size
+        da_base = self._da_base
+        got: list[tuple[int, int, bytes]] = []
+        taken = 0
+        try:
+            while taken < budget:
+                used = rx.pop_used()
+                if used is None:
+                    break
+                taken += 1
+                offset, used_len = used
+                try:
+                    src, dst, _res, length, _flags = _unpack_header(mm, offset)
+                    if (used_len < RPMSG_HDR_SIZE
+                            or length > min(used_len, buf_size) - RPMSG_HDR_SIZE):
+                        self._malformed(rx, "rpmsg header length exceeds the used length or "
+                                            "buffer")
+                    else:
+                        start = offset + RPMSG_HDR_SIZE
+                        got.append((src, dst, mm[start:start + length]))
+                finally:  # copied: the buffer goes straight back
+                    rx.add(da_base + offset, buf_size, offset, writable=True)
+        finally:
+            if rx.publish():
+                self._kick()
+        return taken, got
 
     def release(self, handle: Any) -> None:
         self.rx.add(self._da_base + handle, self.buf_size, handle, writable=True)
@@ -382,11 +492,10 @@ class DeviceRpmsgBackend(_VirtioRpmsgBackend):
         # driver buffers taken but unused: big enough for a message, just not the one at
         # hand, or a loan given back
         self._spares: list[tuple[int, int, int]] = []
+        if speedups is not None and isinstance(self.rx, speedups.DeviceRing):
+            self._use_engine(speedups.DeviceRpmsg(**self._engine_options(self._spares)))
         self.tx.disable_notify()
         self.rx.disable_notify()
-
-    def _queues(self) -> tuple[Any, Any]:
-        return self.rx, self.tx
 
     # -- sending -----------------------------------------------------------------------------
     def _take_tx(self, need: int) -> tuple[int, int, int] | None:
@@ -408,7 +517,8 @@ class DeviceRpmsgBackend(_VirtioRpmsgBackend):
             tx.push_used(buf[0], 0)
         return None
 
-    def _post_tx(self, head: int, offset: int, src: int, dst: int, n: int) -> None:
+    def _post_tx(self, handle: tuple[int, int, int], src: int, dst: int, n: int) -> None:
+        head, offset, _length = handle
         _pack_header(self._mm, offset, src, dst, 0, n, 0)
         self.tx.push_used(head, RPMSG_HDR_SIZE + n)
         if self.tx.notify_needed():
@@ -416,6 +526,8 @@ class DeviceRpmsgBackend(_VirtioRpmsgBackend):
 
     def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
         n = len(payload)
+        if n > self.mtu:
+            raise ValueError(f"payload of {n} bytes exceeds the MTU of {self.mtu}")
         taken = self._take_tx(RPMSG_HDR_SIZE + n)
         if taken is None:
             return False
@@ -430,6 +542,32 @@ class DeviceRpmsgBackend(_VirtioRpmsgBackend):
             self._kick()
         return True
 
+    def send_many(self, src: int, dst: int, payloads: Sequence[bytes | bytearray | memoryview],
+                  start: int) -> int:
+        mtu = self.mtu
+        mm = self._mm
+        tx = self.tx
+        sent = 0
+        try:
+            for i in range(start, len(payloads)):
+                payload = payloads[i]
+                n = len(payload)
+                if n > mtu:
+                    raise ValueError(f"payload of {n} bytes exceeds the MTU of {mtu}")
+                taken = self._take_tx(RPMSG_HDR_SIZE + n)
+                if taken is None:
+                    break
+                head, offset, _length = taken
+                begin = offset + RPMSG_HDR_SIZE
+                mm[begin:begin + n] = payload
+                _pack_header(mm, offset, src, dst, 0, n, 0)
+                tx.push_used(head, RPMSG_HDR_SIZE + n)
+                sent += 1
+        finally:  # one notification check, one kick at most, for what was sent
+            if sent and tx.notify_needed():
+                self._kick()
+        return sent
+
     def loan(self) -> tuple[Any, memoryview] | None:
         taken = self._take_tx(self.buf_size)
         if taken is None:
@@ -438,8 +576,7 @@ class DeviceRpmsgBackend(_VirtioRpmsgBackend):
         return taken, self._whole[start:start + self.mtu]
 
     def send_loan(self, handle: Any, src: int, dst: int, length: int) -> None:
-        head, offset, _length = handle
-        self._post_tx(head, offset, src, dst, length)
+        self._post_tx(handle, src, dst, length)
 
     def drop_loan(self, handle: Any) -> None:
         self._spares.append(handle)
@@ -461,13 +598,12 @@ class DeviceRpmsgBackend(_VirtioRpmsgBackend):
                 kept = False
                 try:
                     if length < RPMSG_HDR_SIZE:
-                        self.malformed_rx += 1
-                        rx.faults("TX buffer shorter than an rpmsg header")
+                        self._malformed(rx, "TX buffer shorter than an rpmsg header")
                     else:
                         src, dst, _res, plen, _flags = _unpack_header(mm, offset)
                         if plen > min(length - RPMSG_HDR_SIZE, limit):
-                            self.malformed_rx += 1
-                            rx.faults("rpmsg header length exceeds the buffer or the MTU")
+                            self._malformed(rx, "rpmsg header length exceeds the buffer or the "
+                                                "MTU")
                         else:
                             start = offset + RPMSG_HDR_SIZE
                             end = start + plen
@@ -480,6 +616,37 @@ class DeviceRpmsgBackend(_VirtioRpmsgBackend):
             if rx.notify_needed():
                 self._kick()
         return taken
+
+    def receive_copies(self, budget: int) -> tuple[int, list[tuple[int, int, bytes]]]:
+        rx = self.rx
+        mm = self._mm
+        limit = self.buf_size - RPMSG_HDR_SIZE
+        got: list[tuple[int, int, bytes]] = []
+        taken = 0
+        try:
+            while taken < budget:
+                buf = rx.pop_avail()
+                if buf is None:
+                    break
+                taken += 1
+                head, offset, length = buf
+                try:
+                    if length < RPMSG_HDR_SIZE:
+                        self._malformed(rx, "TX buffer shorter than an rpmsg header")
+                    else:
+                        src, dst, _res, plen, _flags = _unpack_header(mm, offset)
+                        if plen > min(length - RPMSG_HDR_SIZE, limit):
+                            self._malformed(rx, "rpmsg header length exceeds the buffer or the "
+                                                "MTU")
+                        else:
+                            start = offset + RPMSG_HDR_SIZE
+                            got.append((src, dst, mm[start:start + plen]))
+                finally:  # copied: the buffer goes straight back
+                    rx.push_used(head, length)
+        finally:
+            if rx.notify_needed():
+                self._kick()
+        return taken, got
 
     def release(self, handle: Any) -> None:
         head, length = handle

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..link.runtime import Link
+from ..link.waiting import DEFAULT_SPIN
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell
 from ..notify.waiter import Waiter
@@ -71,7 +72,7 @@ def driver_link(
     entry: VdevEntry | None = None,
     name: str,
     poll_mode: bool = False,
-    spin: float = 0.0,
+    spin: float = DEFAULT_SPIN,
     buf_size: int = RPMSG_BUF_SIZE,
     features: int = SUPPORTED_FEATURES,
     profile: VirtioProfile = LINUX,
@@ -103,7 +104,7 @@ def device_link(
     entry: VdevEntry | None = None,
     name: str,
     poll_mode: bool = False,
-    spin: float = 0.0,
+    spin: float = DEFAULT_SPIN,
     buf_size: int = RPMSG_BUF_SIZE,
     profile: VirtioProfile = LINUX,
     wait_driver_ok: Callable[[VdevControl, Waiter], None] | None = None,

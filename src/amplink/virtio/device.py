@@ -3,10 +3,14 @@
 Everything the device reads was written by the driver, a peer it does not trust: each
 head index, descriptor address, length and flag is checked before use, and a bad
 buffer is handed straight back (used length 0) so the driver does not lose it.
+
+:class:`PyDeviceQueue` is the pure-Python half; :data:`DeviceQueue` is the one in use:
+the same state machine in C (``amplink._speedups``) when it is built, else that one.
 """
 
 from __future__ import annotations
 
+from .._accel import speedups
 from ..errors import AddressError
 from ..memory.fence import full_fence
 from ..memory.region import SharedRegion
@@ -26,7 +30,7 @@ from .ring import (
 _UNSUPPORTED_FLAGS = VRING_DESC_F_NEXT | VRING_DESC_F_INDIRECT
 
 
-class DeviceQueue(RingHalf):
+class PyDeviceQueue(RingHalf):
     """Device side of one split ring holding single-descriptor buffers (as rpmsg uses)."""
 
     def __init__(
@@ -174,3 +178,22 @@ class DeviceQueue(RingHalf):
             raise ValueError(f"a ring index is 16 bits, got {last_avail}")
         self._last_avail = last_avail
         self._next_used = self._notify_checked_idx = self._u16[self._used_idx]
+
+
+#: the device half in use: C when ``amplink._speedups`` is there (see :mod:`amplink._accel`)
+DeviceQueue: type[PyDeviceQueue] = PyDeviceQueue
+
+if speedups is not None:
+    from .._speedups import DeviceRing
+
+    class CDeviceQueue(DeviceRing, PyDeviceQueue):
+        """:class:`PyDeviceQueue` with its state and every operation in C."""
+
+        def __init__(self, region: SharedRegion, layout: VringLayout, *, device_writes: bool,
+                     event_idx: bool = False, name: str = "vring") -> None:
+            RingHalf.__init__(self, region, layout, f"{name} (device)")
+            DeviceRing.__init__(self, region.mm, layout.desc, layout.avail, layout.used,
+                                layout.num, layout.end, region.da_base, region.size,
+                                device_writes, event_idx)
+
+    DeviceQueue = CDeviceQueue

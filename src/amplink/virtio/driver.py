@@ -3,12 +3,16 @@
 The driver never trusts the shared copies of its own state: descriptor contents,
 ``avail.idx`` and the tokens of outstanding buffers live in private shadows, and every
 ``used`` entry is checked against them.
+
+:class:`PyDriverQueue` is the pure-Python half; :data:`DriverQueue` is the one in use:
+the same state machine in C (``amplink._speedups``) when it is built, else that one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .._accel import speedups
 from ..memory.fence import full_fence
 from ..memory.region import SharedRegion
 from .half import RingHalf
@@ -23,7 +27,7 @@ from .ring import (
 )
 
 
-class DriverQueue(RingHalf):
+class PyDriverQueue(RingHalf):
     """Driver side of one split ring: ``add`` buffers, ``pop_used`` them back."""
 
     def __init__(
@@ -171,3 +175,21 @@ class DriverQueue(RingHalf):
         if self.event_idx:
             # Park the event index half the index space away so the device's test stays false.
             self._u16[self._used_event] = (self._last_used - 0x8000) & 0xFFFF
+
+
+#: the driver half in use: C when ``amplink._speedups`` is there (see :mod:`amplink._accel`)
+DriverQueue: type[PyDriverQueue] = PyDriverQueue
+
+if speedups is not None:
+    from .._speedups import DriverRing
+
+    class CDriverQueue(DriverRing, PyDriverQueue):
+        """:class:`PyDriverQueue` with its state and every operation in C."""
+
+        def __init__(self, region: SharedRegion, layout: VringLayout, *,
+                     event_idx: bool = False, name: str = "vring") -> None:
+            RingHalf.__init__(self, region, layout, f"{name} (driver)")
+            DriverRing.__init__(self, region.mm, layout.desc, layout.avail, layout.used,
+                                layout.num, layout.end, event_idx)
+
+    DriverQueue = CDriverQueue

@@ -18,6 +18,10 @@ class RingHalf:
 
     def __init__(self, region: SharedRegion, layout: VringLayout, where: str) -> None:
         region.check(layout.base, layout.size)
+        if layout.desc % 4 or layout.used % 4:
+            raise ValueError(f"vring at 0x{layout.base:x}: its fields are read as aligned u16 "
+                             "and u32: the descriptor table and the used ring must be 4-byte "
+                             "aligned")
         self.region = region
         self.layout = layout
         self.num = layout.num

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import IO, Self
 
 from ...errors import LinkDown
+from ...link.waiting import DEFAULT_SPIN
 from ...memory.region import SharedRegion
 from ...notify.doorbell import Doorbell, EventfdDoorbell, PollingDoorbell
 from ...notify.waiter import wait_readable
@@ -106,7 +107,7 @@ class FirmwareProcess:
         table_size: int,
         buf_size: int,
         poll_mode: bool = False,
-        spin: float = 0.0,
+        spin: float = DEFAULT_SPIN,
         vdevs: int = 1,
         watchdog: float | None = None,
         buffers: socket.socket | None = None,

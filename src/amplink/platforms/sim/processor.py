@@ -16,6 +16,7 @@ from typing import Self
 
 from ..._args import finite_seconds_arg
 from ...link.runtime import Link
+from ...link.waiting import DEFAULT_SPIN
 from ...memory.region import SharedRegion
 from ...remoteproc.resources import ProcessedResources
 from ...remoteproc.states import RprocState
@@ -45,7 +46,7 @@ class SimProcessor:
         name: str = "sim0",
         config: LinkConfig | None = None,
         poll_mode: bool = False,
-        spin: float = 0.0,
+        spin: float = DEFAULT_SPIN,
         native: bool | None = None,
         args: Sequence[str] = (),
         boot_timeout: float = DEFAULT_BOOT_TIMEOUT,

@@ -22,6 +22,7 @@ from ..._args import finite_seconds_arg, int_arg, str_arg
 from ...errors import InvalidArgument, InvalidArgumentType
 from ...handover.port import AttachedBuffer, BufferPort
 from ...link.runtime import Link
+from ...link.waiting import DEFAULT_SPIN
 from ...memory.access import Access
 from ...memory.buffers import BufferSlice, SharedBuffer
 from ...memory.iommu import Attachment, Fault, Iommu
@@ -64,7 +65,7 @@ class SimOptions:
     args: tuple[str, ...] = ()
     config: LinkConfig = field(default_factory=LinkConfig)
     poll_mode: bool = False
-    spin: float = 0.0
+    spin: float = DEFAULT_SPIN
     memory_size: int = DEFAULT_MEMORY_SIZE
     da_base: int = DEFAULT_DA_BASE
     watchdog: float | None = None
@@ -270,7 +271,7 @@ class SimRemoteProc(RemoteProc):
         args: Sequence[str] = (),
         config: LinkConfig | None = None,
         poll_mode: bool = False,
-        spin: float = 0.0,
+        spin: float = DEFAULT_SPIN,
         memory_size: int = DEFAULT_MEMORY_SIZE,
         da_base: int = DEFAULT_DA_BASE,
         watchdog: float | None = None,
