@@ -40,6 +40,7 @@ missing extra comes with a note that the skip reason quotes.
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import os
 from collections.abc import Callable
@@ -187,12 +188,24 @@ def unmet(case: BackendCase, needs: tuple[str, ...] = (), lacks: tuple[str, ...]
     return None
 
 
+#: comma-separated fnmatch patterns of the backend case ids to run (unset: all); CI's
+#: pure-Python pass runs only the backends whose rings have a C fast path
+SELECT_ENV = "AMPLINK_CONFORMANCE_BACKENDS"
+
+
 def registered() -> list[BackendCase]:
-    """Every registered backend case, in registration order (ids are unique)."""
+    """The registered backend cases that ``$AMPLINK_CONFORMANCE_BACKENDS`` selects (all
+    by default), in registration order (ids are unique)."""
     cases: list[BackendCase] = []
     for name in BACKEND_MODULES:
         cases.extend(importlib.import_module(name).CASES)
     ids = [c.id for c in cases]
     if len(set(ids)) != len(ids):
         raise ValueError(f"backend case ids must be unique: {ids}")
-    return cases
+    patterns = [p.strip() for p in os.environ.get(SELECT_ENV, "").split(",") if p.strip()]
+    if not patterns:
+        return cases
+    chosen = [c for c in cases if any(fnmatch.fnmatchcase(c.id, p) for p in patterns)]
+    if not chosen:  # a typo must not pass as a green run of nothing
+        raise ValueError(f"{SELECT_ENV}={patterns} selects none of {ids}")
+    return chosen

@@ -31,7 +31,9 @@ MAX_TX = 100_000
 #: how long a helper thread may take to reach its blocking wait (s)
 PARK_TIMEOUT = 5.0
 
-#: (backend, side, call, latency in s) of every peer-death measurement of this run
+#: the test-report property of a peer-death measurement: (backend, side, call, latency s)
+DEATH_LATENCY = "death_latency"
+#: every peer-death measurement of this run, gathered from the test reports
 DEATH_LATENCIES: list[tuple[str, str, str, float]] = []
 
 

@@ -35,7 +35,7 @@ from backends import (
     unmet,
 )
 from common_kit import leaks, snapshot
-from conformance_kit import DEATH_LATENCIES
+from conformance_kit import DEATH_LATENCIES, DEATH_LATENCY
 
 CASES = registered()
 
@@ -156,6 +156,13 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None
     left = leaks(before, RUN_PREFIX, settle=5.0)
     assert not left, f"the conformance cases left behind: {left}"
     return None
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Gathers the peer-death measurements (in the controller under pytest-xdist)."""
+    for name, value in report.user_properties if report.when == "call" else ():
+        if name == DEATH_LATENCY:
+            DEATH_LATENCIES.append(value)  # type: ignore[arg-type]
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
