@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .._args import int_arg
+from .._subscribers import Subscribers
 from ..errors import AddressError, InvalidArgument
 from .access import Access, checked_access
 from .allocator import RegionAllocator, align_up
@@ -121,7 +122,7 @@ class Iommu:
         self._attachments: list[Attachment] = []  # in the same order
         self._faults: Counter[str] = Counter()
         self._last_fault: Fault | None = None
-        self._subscribers: list[Callable[[Fault], object]] = []
+        self._subscribers: Subscribers[Fault] = Subscribers(f"IOMMU {name} faults", log)
         self._lock = threading.Lock()
 
     # -- host side ------------------------------------------------------------------------
@@ -198,15 +199,7 @@ class Iommu:
     def subscribe(self, callback: Callable[[Fault], object]) -> Callable[[], None]:
         """Call ``callback(fault)`` on every fault (in the faulting thread, no lock held;
         an exception it raises is logged). Returns a function that unsubscribes."""
-        with self._lock:
-            self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.subscribe(callback)
 
     def statistics(self) -> IommuStatistics:
         """A snapshot of the attachments and the faults so far."""
@@ -249,12 +242,7 @@ class Iommu:
             self._faults[reason.name] += 1
             fault = Fault(self.name, da, length, access, reason, sum(self._faults.values()))
             self._last_fault = fault
-            subscribers = list(self._subscribers)
         if log.isEnabledFor(logging.WARNING):
             log.warning("%s", fault)
-        for callback in subscribers:
-            try:
-                callback(fault)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not break the device path
-                log.exception("IOMMU %s: fault subscriber %r raised", self.name, callback)
+        self._subscribers.emit(fault)
         return fault

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._args import finite_seconds_arg, int_arg, str_arg
+from .._subscribers import Subscribers
 from ..errors import EndpointClosed, InvalidArgument, InvalidArgumentType, LinkDown
 from ..link.channel import RpmsgDriver
 from ..link.runtime import Link
@@ -156,7 +157,7 @@ class RemoteProc(RemoteProcessor):
         self._resources: ProcessedResources | None = None
         self._links: list[Link] = []
         self._drivers: list[RpmsgDriver] = []
-        self._subscribers: list[Callable[[RprocEvent], object]] = []
+        self._subscribers: Subscribers[RprocEvent] = Subscribers(f"{self.name} events", log)
         self._crash_count = 0
         self._recoveries = 0
         self._last_crash = ""
@@ -304,21 +305,10 @@ class RemoteProc(RemoteProcessor):
 
     # -- events ------------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[RprocEvent], object]) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.subscribe(callback)
 
     def _emit(self, kind: str, detail: str = "") -> None:
-        event = RprocEvent(kind, self._state, detail)
-        for callback in list(self._subscribers):
-            try:
-                callback(event)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop a recovery
-                log.exception("%s: event subscriber %r failed", self.name, callback)
+        self._subscribers.emit(RprocEvent(kind, self._state, detail))
 
     def _set_state(self, new: RprocState) -> None:
         with self._state_changed:

@@ -21,6 +21,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from ..._subscribers import Subscribers
 from ...errors import InvalidArgument
 from ...link.runtime import Link
 from ...remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
@@ -70,7 +71,7 @@ class OpenAmpRemoteProc(RemoteProcessor):
         self._coredump = CoredumpMode.DISABLED
         self._users = 0
         self._lock = threading.RLock()
-        self._subscribers: list[Callable[[RprocEvent], object]] = []
+        self._subscribers: Subscribers[RprocEvent] = Subscribers(f"{self.name} events", log)
 
     @property
     def state(self) -> RprocState:
@@ -165,18 +166,7 @@ class OpenAmpRemoteProc(RemoteProcessor):
         return ""
 
     def subscribe(self, callback: Callable[[RprocEvent], object]) -> Callable[[], None]:
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.subscribe(callback)
 
     def _emit(self, kind: str, detail: str = "") -> None:
-        event = RprocEvent(kind, self.state, detail)
-        for callback in list(self._subscribers):
-            try:
-                callback(event)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop a boot
-                log.exception("%s: event subscriber %r failed", self.name, callback)
+        self._subscribers.emit(RprocEvent(kind, self.state, detail))
