@@ -50,7 +50,7 @@ from ...notify.doorbell import Doorbell
 from ...notify.waiter import Waiter
 from ...rpmsg.wire import RPMSG_ADDR_ANY
 from ...rtkit import messages as m
-from ...rtkit.errors import DropReason
+from ...rtkit.errors import DropReason, RtkitCrashed
 from ...transports.mailbox import MailboxBroken, MailboxSendTimeout
 from .runtime import RtkitHost
 
@@ -138,8 +138,10 @@ class RtkitBackend(Backend):
     """The application endpoints of one run of an RTKit co-processor (see the module
     docstring); ``inbox_limit`` bounds the messages kept for the link."""
 
-    #: a send timeout is the mailbox's (ETIMEDOUT), as a blocking mailbox send raises it
-    errors = ErrorTypes(send_timeout=MailboxSendTimeout)
+    #: a send timeout is the mailbox's (ETIMEDOUT), as a blocking mailbox send raises it;
+    #: the co-processor going away is its crash (RtkitCrashed, EINVAL), whether the call
+    #: meets it in the runtime or finds the link already marked down by the crash handler
+    errors = ErrorTypes(down=RtkitCrashed, send_timeout=MailboxSendTimeout)
 
     def __init__(self, host: RtkitHost, *, inbox_limit: int = INBOX_LIMIT) -> None:
         self.capabilities = Capabilities(
