@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
 import pytest
 from common_kit import Outcome, wait_for
 
-from amplink import EndpointClosed, LinkConfig, NoBufferAvailable, RpmsgDriver
+from amplink import EndpointClosed, LinkConfig, LinkDown, NoBufferAvailable, RpmsgDriver
 from amplink.platforms.inprocess import LinkPair
 
 
@@ -255,3 +256,28 @@ def test_closing_an_endpoint_ends_its_blocked_wait_writable_at_once(form):
         assert isinstance(waiting.error, EndpointClosed), (waiting.result, waiting.error)
     finally:
         p.close()
+
+
+def test_a_reply_that_finds_the_peer_gone_is_counted_without_an_error_log(pair, caplog):
+    """A callback whose reply meets LinkDown (the host stopped mid-conversation) is the end of
+    the conversation, not a bug to report with a traceback; other exceptions still are."""
+    raised = threading.Event()
+
+    def callback(ep, payload, src):
+        try:
+            if payload == b"gone":
+                raise LinkDown("the host is gone")
+            raise RuntimeError("callback bug")
+        finally:
+            raised.set()
+
+    h = pair.host.create_endpoint(callback=callback)
+    d = pair.device.create_endpoint(dst=h.addr)
+    with caplog.at_level(logging.DEBUG, logger="amplink.link.dispatch"):
+        d.send(b"gone", timeout=1)
+        assert wait_for(lambda: h.statistics().callback_errors == 1, 5)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        d.send(b"bug", timeout=1)
+        assert wait_for(lambda: h.statistics().callback_errors == 2, 5)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import AmplinkError
+from ..errors import AmplinkError, EndpointClosed, LinkDown
 from .core import Event, Probe, Unbind
 from .zerocopy import HeldMessage
 
@@ -163,6 +163,11 @@ class Dispatcher:
                 return
             try:
                 callback(ep, item, src)
+            except (LinkDown, EndpointClosed) as exc:
+                # A reply that finds the peer gone or an endpoint closed is how a conversation
+                # ends (e.g. the host stopped), not a bug of the callback: counted, quietly.
+                ep.callback_errors += 1
+                log.debug("%s: callback of endpoint 0x%x ended: %s", self.link.name, ep.addr, exc)
             except Exception:  # noqa: BLE001 - neither a callback's bug nor its failed
                 # reply may escape into the dispatcher, or lose the ring buffer
                 ep.callback_errors += 1
