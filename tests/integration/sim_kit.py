@@ -44,9 +44,9 @@ def snapshot() -> dict[str, object]:
     return common_kit.snapshot(SHM_PREFIX)
 
 
-def assert_no_leaks(before: dict[str, object], what: str) -> None:
-    """Compare with an earlier :func:`snapshot` (threads may take a moment to end)."""
-    found = common_kit.leaks(before, SHM_PREFIX, settle=5.0)
+def assert_no_leaks(before: dict[str, object], what: str, settle: float = 5.0) -> None:
+    """Compare with an earlier :func:`snapshot` (threads may take ``settle`` s to end)."""
+    found = common_kit.leaks(before, SHM_PREFIX, settle=settle)
     assert not found, f"{what}: {'; '.join(found)}"
 
 
