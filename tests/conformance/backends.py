@@ -188,8 +188,7 @@ def unmet(case: BackendCase, needs: tuple[str, ...] = (), lacks: tuple[str, ...]
     return None
 
 
-#: comma-separated fnmatch patterns of the backend case ids to run (unset: all); CI's
-#: pure-Python pass runs only the backends whose rings have a C fast path
+#: comma-separated fnmatch patterns of the backend case ids to run (unset: all)
 SELECT_ENV = "AMPLINK_CONFORMANCE_BACKENDS"
 
 
