@@ -261,10 +261,14 @@ class ServedLink:
                 session.post_announcement(channel.name, channel.dst, create=create)
 
     def find(self, name: str | None, dst: int | None) -> ChannelState | None:
-        """The channel called ``name`` and/or at remote address ``dst``."""
+        """The channel at remote address ``dst``, else the one called ``name``.
+
+        With both, the address decides and the name only labels the endpoint, as the name
+        of an endpoint created on /dev/rpmsg_ctrlN does: rights are the channel's anyway.
+        """
         with self.lock:
             for state in self.channels.values():
-                if (name is None or state.name == name) and (dst is None or state.dst == dst):
+                if state.dst == dst if dst is not None else state.name == name:
                     return state
         return None
 
@@ -354,6 +358,8 @@ class ServedLink:
         except NoBufferAvailable:
             return False
         except (LinkDown, EndpointClosed, MessageTooLarge) as exc:
+            if isinstance(exc, LinkDown):
+                self.fail(str(exc))  # before the refusal returns the client's credit
             err = errno.EMSGSIZE if isinstance(exc, MessageTooLarge) else errno.ENOTCONN
             self.refuse(ce.session, ce.channel, err, f"{self.processor}: {exc}", ce.addr)
             return True
@@ -392,6 +398,9 @@ class ServedLink:
             try:
                 self.link.wait_writable(FLUSH_WAIT)
             except AmplinkError as exc:  # the link is gone: what waits will never go
+                # The clients hear of it before their credits come back: a send blocked on
+                # credits must fail with LinkDown, not take a credit for a dead link.
+                self.fail(str(exc))
                 with self.tx_lock:
                     for session in self.sessions:
                         for ce, _ in session.pending:
@@ -408,12 +417,14 @@ class ServedLink:
         with self.lock:
             if self.down is not None:
                 return
-            self.down = reason
             sessions = self.sessions
+            for session in sessions:
+                session.post_event("link_down", reason=f"{self.processor}: {reason}")
+            # set once every client was told: a refusal (and the credit it returns) made
+            # because it is set reaches the client after the link_down event
+            self.down = reason
         log.info("%s: link %d is down (%s): %d client(s) told", self.processor, self.index,
                  reason, len(sessions))
-        for session in sessions:
-            session.post_event("link_down", reason=f"{self.processor}: {reason}")
 
     def status(self) -> LinkStatus:
         stats = self.link.statistics()

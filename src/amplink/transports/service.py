@@ -11,8 +11,9 @@ gets a whole :class:`~amplink.link.Link` over it::
 
 Channels are announced by the service as the processor announces them (only those the
 client may see); each endpoint the client opens is a real endpoint of the processor's
-link with an address of its own, bound to one channel: it sends to that channel's
-remote address only, and only with the "send" right; what the processor sends to it
+link with an address of its own, bound to one channel (named, or given by its remote
+address): it sends to that channel's remote address only (another one is NotSupported,
+as on ``/dev/rpmsgN``), and only with the "send" right; what the processor sends to it
 comes back only with the "receive" right (see :mod:`amplink.service.policy`). Refusals
 are :class:`~amplink.errors.AccessDenied` (EACCES), raised at once where the client
 already knows its rights.
@@ -442,8 +443,8 @@ class ServiceBackend(Backend):
         if "send" not in opened.rights:
             raise AccessDenied(f"{self.processor}: channel {opened.name!r}: this client may "
                                "not send (no 'send' right in the service's policy)")
-        if dst != opened.dst:
-            raise AccessDenied(f"{self.processor}: endpoint 0x{src:x} of channel "
+        if dst != opened.dst:  # "pair" addressing, as /dev/rpmsgN: not a matter of rights
+            raise NotSupported(f"{self.processor}: endpoint 0x{src:x} of channel "
                                f"{opened.name!r} may only send to 0x{opened.dst:x}")
 
     def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
