@@ -71,6 +71,7 @@ BACKEND_MODULES: tuple[str, ...] = (
     "backend_rpmsg_char",  # /dev/rpmsg* over the fake kernel ("pair" addressing)
     "backend_keembay",  # Keem Bay IPC: header pools and FIFOs ("channel" addressing)
     "backend_rtkit",    # RTKit application endpoints: 8-byte messages ("endpoint" addressing)
+    "backend_service",  # a client of the amplink service ("pair" addressing)
 )
 
 

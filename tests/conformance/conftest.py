@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import conformance_kit
 import pytest
 from backends import (
     DISPATCH_MODES,
@@ -111,6 +112,7 @@ def harness(request: pytest.FixtureRequest, backend_case: BackendCase, side: str
     bug = backend_case.known_failures.get(request.node.originalname)
     if bug is not None:
         request.node.add_marker(pytest.mark.xfail(strict=True, reason=f"known bug: {bug}"))
+    conformance_kit.tx_settle = backend_case.extra.get("tx_settle", 0.0)
     pooled = backend_case.cleanup is not None
     before = None if pooled else snapshot(RUN_PREFIX)
     with backend_case.factory(side, dispatch) as h:  # type: ignore[arg-type]
