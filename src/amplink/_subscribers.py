@@ -34,6 +34,10 @@ class Subscribers(Generic[Event]):
 
         return unsubscribe
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._callbacks)
+
     def emit(self, event: Event) -> None:
         """Call every callback subscribed now with ``event``."""
         with self._lock:

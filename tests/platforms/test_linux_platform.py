@@ -4,6 +4,7 @@ live supervisor tree (the same tests, parametrised by the ``rig`` fixture)."""
 from __future__ import annotations
 
 import errno
+import threading
 
 import pytest
 from rig_kit import Rig, wait_for
@@ -249,3 +250,36 @@ def test_subscribers_see_crash_and_recovery(rproc: LinuxRemoteProc) -> None:
         rproc.close()
     states = [e.state for e in events if e.kind == "state"]
     assert states[:3] == [RprocState.RUNNING, RprocState.CRASHED, RprocState.RUNNING]
+
+
+def test_the_state_watch_runs_while_anyone_is_subscribed(rproc: LinuxRemoteProc) -> None:
+    """One watcher thread for all subscribers: it ends with the last one, and the next
+    subscriber starts a new one; a subscriber that raises does not stop the others."""
+    rproc.poll_interval = 0.02
+
+    def watchers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == f"amplink-{rproc.dev}-events"]
+
+    def broken(event: RprocEvent) -> None:
+        raise RuntimeError("a subscriber's bug")
+
+    events: list[RprocEvent] = []
+    first, second = rproc.subscribe(broken), rproc.subscribe(events.append)
+    try:
+        assert len(watchers()) == 1
+        rproc.boot()
+        assert wait_for(lambda: any(e.state is RprocState.RUNNING for e in events), TIMEOUT)
+        first()
+        assert len(watchers()) == 1  # the other one still listens
+    finally:
+        first()
+        second()
+    assert wait_for(lambda: not watchers(), TIMEOUT)
+    third = rproc.subscribe(events.append)
+    try:
+        assert len(watchers()) == 1
+        rproc.shutdown()
+        assert wait_for(lambda: events[-1].state is RprocState.OFFLINE, TIMEOUT)
+    finally:
+        third()
+        rproc.close()

@@ -33,6 +33,7 @@ import os
 import threading
 from collections.abc import Callable
 
+from ..._subscribers import Subscribers
 from ...errors import LinkDown
 from ...link.runtime import Link
 from ...remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
@@ -122,7 +123,7 @@ class LinuxRemoteProc(RemoteProcessor):
         self._lock = threading.Lock()
         self._users = 0
         self._device: RprocDevice | None = None
-        self._subscribers: list[Callable[[RprocEvent], object]] = []
+        self._subscribers: Subscribers[RprocEvent] = Subscribers(self.label, log)
         self._poll_stop: threading.Event | None = None
         self._poller: threading.Thread | None = None
         self._link: Link | None = None
@@ -452,8 +453,17 @@ class LinuxRemoteProc(RemoteProcessor):
 
     # -- events -------------------------------------------------------------------------
     def subscribe(self, callback: Callable[[RprocEvent], object]) -> Callable[[], None]:
+        unsubscribe = self._subscribers.subscribe(callback)
+        self._start_polling()
+
+        def unsubscribe_and_stop() -> None:
+            unsubscribe()
+            self._stop_polling()
+
+        return unsubscribe_and_stop
+
+    def _start_polling(self) -> None:
         with self._lock:
-            self._subscribers.append(callback)
             if self._poller is None:
                 self._poll_stop = threading.Event()
                 # the first state is read here: a change right after subscribe() counts
@@ -462,18 +472,12 @@ class LinuxRemoteProc(RemoteProcessor):
                     name=f"amplink-{self.dev}-events", daemon=True)
                 self._poller.start()
 
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
-                last = not self._subscribers
-            if last:
-                self._stop_polling()
-
-        return unsubscribe
-
     def _stop_polling(self) -> None:
+        """Stop watching once nobody is subscribed (a subscriber added meanwhile starts
+        a new watch: both are decided under the lock)."""
         with self._lock:
+            if self._subscribers:
+                return
             stop, poller = self._poll_stop, self._poller
             self._poll_stop = self._poller = None
         if stop is not None and poller is not None:
@@ -493,7 +497,7 @@ class LinuxRemoteProc(RemoteProcessor):
                 events.append(RprocEvent("recovered", state))
             last = state
             for event in events:
-                self._emit(event)
+                self._subscribers.emit(event)
             if state is RprocState.DELETED:
                 return
 
@@ -506,11 +510,3 @@ class LinuxRemoteProc(RemoteProcessor):
             log.debug("%s: cannot read the state: %s", self.label, exc)
             return None
 
-    def _emit(self, event: RprocEvent) -> None:
-        with self._lock:
-            subscribers = list(self._subscribers)
-        for callback in subscribers:
-            try:
-                callback(event)
-            except Exception:  # a subscriber's bug must not end the watch for the others
-                log.exception("%s: event callback %r raised", self.label, callback)
