@@ -7,6 +7,12 @@ commands; :mod:`.rpmsg`: send and listen on a processor's channels, whose link
 :mod:`.top`: the service's rates and drops); each has a
 ``register(sub)`` that adds its commands. What they share (errors, output, option
 types) is in :mod:`.common`.
+
+Building the parser imports only these modules, the standard library and amplink's small
+constant modules (:mod:`amplink.platforms.sim_abi`, ``openamp_abi``, ``linux_abi``, ...):
+each command imports the machinery it runs on (the simulator, the supervisor, the
+platforms, the transports) in its own functions, when it runs, so that ``amplink
+--help`` and every command's start stay fast (tests/cli/test_cli_startup.py checks it).
 """
 
 from __future__ import annotations

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..handover import BufferChannel
-from ..memory import Access, allocate_buffer
-from ..platforms.sim import SimRemoteProc
 from .common import CommandError, add_command, out, step
 from .rproc import _size
+
+# The simulator and the hand-over are imported when the command runs, in the function
+# that uses them: `amplink --help` (building the parser) stays fast.
+if TYPE_CHECKING:
+    from ..handover import BufferChannel
 
 FRAMES_FIRMWARE = "amplink.firmware.examples.frames"
 
 
 def cmd_frames(args: argparse.Namespace) -> int:
     """amplink frames [--size SIZE] [--count N] [--depth D] [--touch]."""
+    from ..handover import BufferChannel
+    from ..memory import Access, allocate_buffer
+    from ..platforms.sim import SimRemoteProc
+
     mode = "touch" if args.touch else "invert"
     rproc = SimRemoteProc(FRAMES_FIRMWARE, name="sim0", args=[mode])
     frames = [allocate_buffer(args.size, name=f"frame{i}") for i in range(args.depth)]

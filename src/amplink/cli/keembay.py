@@ -6,23 +6,18 @@ from __future__ import annotations
 import argparse
 import time
 import zlib
+from typing import TYPE_CHECKING
 
-from ..firmware.examples.vpu_service import (
-    CONTROL,
-    FRAMES,
-    RESULT,
-    RESULTS,
-    THUMBNAILS,
-    bright_table,
-    thumbnail,
-)
-from ..link.runtime import Link
-from ..memory import SharedBuffer
-from ..perf import PayloadMismatch, format_percentiles, make_payloads, time_round_trips
-from ..platforms.sim.keembay import KeemBayProcessor
-from ..transports.keembay import KeemBayBackend, KmbReference, heap, wait_peer_channel
 from ..transports.keembay.wire import KMB_IPC_MAX_CHANNELS, is_hs
 from .common import CommandError, out, step
+
+# The simulator, the transport and the example firmware's protocol are imported when a
+# command runs, in the functions that use them: `amplink --help` (building the parser)
+# stays fast.
+if TYPE_CHECKING:
+    from ..link.runtime import Link
+    from ..memory import SharedBuffer
+    from ..transports.keembay import KmbReference
 
 VPU_FIRMWARE = "amplink.firmware.examples.vpu_service"
 #: frames in flight at once (each a buffer of the host's heap)
@@ -33,6 +28,8 @@ WAIT = 5.0
 
 def vpu_channels(link: Link) -> list[int]:
     """The channels the VPU has open now (its bitmap in the IPC area)."""
+    from ..transports.keembay import KeemBayBackend
+
     backend = link.backend
     assert isinstance(backend, KeemBayBackend)
     return [c for c in range(KMB_IPC_MAX_CHANNELS) if backend.peer_open(c)]
@@ -51,6 +48,17 @@ def _frame(i: int) -> bytes:
 def _frames(link: Link, count: int) -> tuple[float, int]:
     """Send ``count`` frames by reference and check every result and thumbnail; returns
     (seconds, bytes)."""
+    from ..firmware.examples.vpu_service import (
+        FRAMES,
+        RESULT,
+        RESULTS,
+        THUMBNAILS,
+        bright_table,
+        thumbnail,
+    )
+    from ..perf import PayloadMismatch
+    from ..transports.keembay import heap
+
     frames = link.create_endpoint(addr=FRAMES)
     results = link.create_endpoint(addr=RESULTS)
     thumbs = link.create_endpoint(addr=THUMBNAILS, hold=True)
@@ -112,6 +120,11 @@ def _statistics(link: Link) -> list[str]:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``amplink demo --keembay``."""
+    from ..firmware.examples.vpu_service import CONTROL, FRAMES, RESULTS, THUMBNAILS
+    from ..perf import format_percentiles, make_payloads, time_round_trips
+    from ..platforms.sim.keembay import KeemBayProcessor
+    from ..transports.keembay import wait_peer_channel
+
     t0 = time.perf_counter()
     with KeemBayProcessor(VPU_FIRMWARE, name="vpu0", poll_mode=args.poll) as proc:
         link = proc.link

@@ -16,12 +16,16 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..link.runtime import Link
 from ..paths import ENV_RUNTIME_DIR
-from ..platforms.linux import is_simulator_tree
-from ..transports.service import DEFAULT_TIMEOUT, connect_link
+from ..transports.service_wire import DEFAULT_TIMEOUT
 from .rproc import _processor, _sysfs_root
+
+# The platform and the service's client are imported when a command runs, in the
+# functions that use them: `amplink --help` (building the parser) stays fast.
+if TYPE_CHECKING:
+    from ..link.runtime import Link
 
 
 @dataclass
@@ -47,6 +51,8 @@ def service_options() -> argparse.ArgumentParser:
 
 def kernel_target(args: argparse.Namespace) -> bool:
     """Whether the target is a real kernel's rpmsg devices (not a service)."""
+    from ..platforms.linux import is_simulator_tree
+
     root = _sysfs_root(args)
     return root is not None and not is_simulator_tree(root)
 
@@ -58,6 +64,8 @@ def open_link(args: argparse.Namespace, *, watch: bool = False,
     ``watch`` (the service only): also receive copies of the channel's other traffic
     (the "watch" right of the service's policy).
     """
+    from ..transports.service import connect_link
+
     if kernel_target(args):
         rproc, _ = _processor(args)
         try:

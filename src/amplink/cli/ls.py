@@ -13,26 +13,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AmplinkError
-from ..platforms.linux import (
-    CLASS_ROOT,
-    LinuxRemoteProc,
-    ProcessorNotFound,
-    RprocControlError,
-    list_processors,
-)
+from ..platforms.linux_abi import CLASS_ROOT
 from ..rpmsg.wire import RPMSG_ADDR_ANY
-from ..service.supervisor import SupervisorClient
-from ..transports.service import service_status
-from ..transports.service_status import ProcessorStatus, to_json
 from .common import add_command, out, table
 from .rproc import _field, _Target, _target, _target_options
+
+# The platform and the service's client are imported when the command runs, in the
+# functions that use them: `amplink --help` (building the parser) stays fast.
+if TYPE_CHECKING:
+    from ..platforms.linux import LinuxRemoteProc
+    from ..service.supervisor import SupervisorClient
+    from ..transports.service_status import ProcessorStatus
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """amplink ls [--json]."""
+    from ..platforms.linux import LinuxRemoteProc, ProcessorNotFound, list_processors
+
     target = _target(args)
     if target.tree is None:
         if args.json:
@@ -71,6 +71,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 # -- what is listed ---------------------------------------------------------------------
 def _served(target: _Target) -> dict[str, ProcessorStatus]:
     """What the target's endpoint service serves, by processor name ({} if none answers)."""
+    from ..transports.service import service_status
+
     if target.root is None:
         return {}
     try:
@@ -82,6 +84,9 @@ def _served(target: _Target) -> dict[str, ProcessorStatus]:
 def _supervised(supervisor: SupervisorClient, dev: str,
                 served: ProcessorStatus | None) -> dict[str, Any]:
     """A supervised processor's crashes, channels (served, with endpoints), buffers."""
+    from ..platforms.linux import RprocControlError
+    from ..transports.service_status import to_json
+
     details: dict[str, Any] = {}
     try:
         details["crashes"] = supervisor.crashes(dev)._asdict()

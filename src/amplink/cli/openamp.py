@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AmplinkError, LinkDown
-from ..perf import format_percentiles
-from ..platforms.openamp import (
+from ..platforms.openamp_abi import (
     DEFAULT_PEER_TIMEOUT,
+    DEMO_MAX_SIZE,
     DEMO_SERVICE,
     OPENAMP_SHM_NAME,
     OPENAMP_SOCKET_PATH,
-    EchoRun,
-    OpenAmpConfig,
-    OpenAmpLink,
-    Role,
-    serve_echo,
 )
-from ..platforms.openamp.echo import DEMO_FILL, DEMO_HEADER, DEMO_MAX_SIZE
 from .common import CommandError, add_command, counter, out, seconds, step
+
+# The platform is imported when a command runs, in the functions that use it:
+# `amplink --help` (building the parser) stays fast.
+if TYPE_CHECKING:
+    from ..platforms.openamp import OpenAmpLink, Role
 
 
 def mode_name(poll: bool) -> str:
@@ -27,6 +26,8 @@ def mode_name(poll: bool) -> str:
 
 
 def _openamp_link(args: argparse.Namespace, role: Role) -> OpenAmpLink:
+    from ..platforms.openamp import OpenAmpConfig, OpenAmpLink
+
     try:
         config = OpenAmpConfig(shm_name=args.shm, socket_path=args.socket)
     except ValueError as exc:
@@ -42,6 +43,10 @@ def _openamp_link(args: argparse.Namespace, role: Role) -> OpenAmpLink:
 
 
 def cmd_openamp_host(args: argparse.Namespace) -> int:
+    from ..perf import format_percentiles
+    from ..platforms.openamp import EchoRun
+    from ..platforms.openamp.echo import DEMO_FILL, DEMO_HEADER
+
     link = _openamp_link(args, "host")
     try:
         ep = link.create_service(args.service)
@@ -74,6 +79,8 @@ def cmd_openamp_host(args: argparse.Namespace) -> int:
 
 
 def cmd_openamp_remote(args: argparse.Namespace) -> int:
+    from ..platforms.openamp import serve_echo
+
     link = _openamp_link(args, "remote")
     try:
         ep = link.create_service(args.service)

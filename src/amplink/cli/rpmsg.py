@@ -15,13 +15,15 @@ import json
 import string
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ServiceUnavailable
-from ..link.endpoint import Endpoint
 from .common import EXIT_INTERRUPTED, CommandError, add_command, counter, out, positive_seconds
 from .links import LinkTarget, kernel_target, open_link, service_options
 from .rproc import _target_options
+
+if TYPE_CHECKING:
+    from ..link.endpoint import Endpoint
 
 _PRINTABLE = set(string.printable) - set("\x0b\x0c")
 

@@ -20,32 +20,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AmplinkError
-from ..platforms.linux import (
-    CLASS_ROOT,
-    DEBUG_ROOT,
-    DEV_ROOT,
-    ControlTree,
-    LinuxRemoteProc,
-    ProcessorNotFound,
-    RprocControlError,
-    SupervisorUnavailable,
-    is_simulator_tree,
-    list_processors,
-    open_tree,
-)
-from ..platforms.linux.errors import MalformedAttribute
+from ..platforms.linux_abi import CLASS_ROOT, DEBUG_ROOT, DEV_ROOT
 from ..remoteproc.api import CrashReason
 from ..remoteproc.coredump import CoredumpMode
-from ..service.supervisor import (
-    SupervisorClient,
-    connect_supervisor,
-    ensure_supervisor,
-    runtime_dir,
-)
 from .common import EXIT_INTERRUPTED, CommandError, add_command, out, positive_seconds
+
+# The platform and the supervisor are imported when a command runs, in the functions that
+# use them: `amplink --help` (building the parser) stays fast.
+if TYPE_CHECKING:
+    from ..platforms.linux import ControlTree, LinuxRemoteProc
+    from ..service.supervisor import SupervisorClient
 
 ENV_SYSFS = "AMPLINK_SYSFS"
 ENV_DEBUGFS = "AMPLINK_DEBUGFS"
@@ -75,7 +62,23 @@ def _sysfs_root(args: argparse.Namespace) -> Path | None:
     return Path(root) if root else None
 
 
+def open_tree(root: Path, *, debug_root: str | None, dev_root: str) -> ControlTree:
+    """The remoteproc tree at ``root`` (:func:`amplink.platforms.linux.open_tree`; tests
+    hand the commands a fake kernel's tree here)."""
+    from ..platforms.linux import open_tree as open_linux_tree
+
+    return open_linux_tree(root, debug_root=debug_root, dev_root=dev_root)
+
+
 def _target(args: argparse.Namespace, *, start: bool = False) -> _Target:
+    from ..platforms.linux import is_simulator_tree
+    from ..service.supervisor import (
+        SupervisorClient,
+        connect_supervisor,
+        ensure_supervisor,
+        runtime_dir,
+    )
+
     root = _sysfs_root(args)
     if root is not None:
         debug = args.debugfs or os.environ.get(ENV_DEBUGFS)
@@ -92,6 +95,8 @@ def _target(args: argparse.Namespace, *, start: bool = False) -> _Target:
 
 
 def _processor(args: argparse.Namespace) -> tuple[LinuxRemoteProc, _Target]:
+    from ..platforms.linux import LinuxRemoteProc
+
     target = _target(args)
     if target.tree is None:
         raise CommandError(f"no processor called {args.name!r}: no simulated processor is "
@@ -101,6 +106,8 @@ def _processor(args: argparse.Namespace) -> tuple[LinuxRemoteProc, _Target]:
 
 def _field(read: Any) -> str:
     """A value for a listing: '?' when it cannot be read (the reason is not a listing's)."""
+    from ..platforms.linux import MalformedAttribute, RprocControlError
+
     try:
         return str(read())
     except (RprocControlError, MalformedAttribute):
@@ -158,6 +165,8 @@ def _firmware_spec(firmware: str) -> str:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     """amplink boot FIRMWARE [--name NAME]."""
+    from ..platforms.linux import LinuxRemoteProc, SupervisorUnavailable, is_simulator_tree
+
     root = _sysfs_root(args)
     if root is not None and not is_simulator_tree(root):
         if args.rtkit:
@@ -191,6 +200,8 @@ def _add_processor(args: argparse.Namespace, firmware: str) -> tuple[SupervisorC
 
 
 def _boot_tree(args: argparse.Namespace) -> int:
+    from ..platforms.linux import LinuxRemoteProc, list_processors
+
     target = _target(args)
     assert target.tree is not None
     if args.name is None:
@@ -275,6 +286,8 @@ def cmd_crashlog(args: argparse.Namespace) -> int:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     """amplink trace NAME [-f]."""
+    from ..platforms.linux import ProcessorNotFound, SupervisorUnavailable
+
     rproc, _ = _processor(args)
     seen = rproc.trace()
     sys.stdout.write(seen)

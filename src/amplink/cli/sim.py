@@ -8,22 +8,10 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import EndpointClosed, LinkDown, ReceiveTimeout
-from ..link.endpoint import Endpoint
-from ..link.runtime import Link
-from ..perf import (
-    PayloadMismatch,
-    format_percentiles,
-    make_payloads,
-    measure_one_way,
-    measure_round_trip,
-    percentiles,
-)
-from ..platforms.sim import SimProcessor
-from ..platforms.sim.keembay import KeemBayProcessor
-from ..platforms.sim.rproc import DEFAULT_BOOT_TIMEOUT
+from ..platforms.sim_abi import DEFAULT_BOOT_TIMEOUT
 from . import keembay
 from .common import (
     EXIT_INTERRUPTED,
@@ -35,6 +23,13 @@ from .common import (
     seconds,
     step,
 )
+
+# The simulator and the measurements are imported when a command runs, in the functions
+# that use them: `amplink --help` (building the parser) stays fast.
+if TYPE_CHECKING:
+    from ..link.endpoint import Endpoint
+    from ..link.runtime import Link
+    from ..platforms.sim import SimProcessor
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +56,9 @@ def _channel_lines(link: Link) -> list[str]:
 
 def _processor(args: argparse.Namespace) -> SimProcessor:
     """The processor ``run`` and ``ping`` start, from their common options."""
+    from ..platforms.sim import SimProcessor
+    from ..platforms.sim.keembay import KeemBayProcessor
+
     kind = KeemBayProcessor if getattr(args, "keembay", False) else SimProcessor
     return kind(args.firmware, name=args.name, poll_mode=args.poll,
                 native=True if args.native else None, args=args.args,
@@ -116,6 +114,14 @@ def _print_statistics(proc: SimProcessor) -> list[str]:
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.keembay:
         return keembay.cmd_demo(args)
+    from ..perf import (
+        PayloadMismatch,
+        format_percentiles,
+        measure_one_way,
+        measure_round_trip,
+    )
+    from ..platforms.sim import SimProcessor
+
     count = args.count
     problems: list[str] = []
     with _booted(SimProcessor(DEMO_FIRMWARE, name="sim0", poll_mode=args.poll)) as proc:
@@ -259,6 +265,8 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def _ping_loop(args: argparse.Namespace, ep: Endpoint, proc_name: str) -> int:
+    from ..perf import make_payloads, percentiles
+
     service = f"{args.service} (0x{ep.dst:x})"
     out(f"PING {service} on {proc_name}: {args.size} data bytes")
     base = make_payloads(args.size, 1)[0]

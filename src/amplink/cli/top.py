@@ -8,15 +8,21 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..transports.service import DEFAULT_TIMEOUT, service_status
-from ..transports.service_status import ProcessorStatus, to_json
+from ..transports.service_wire import DEFAULT_TIMEOUT
 from .common import EXIT_INTERRUPTED, add_command, counter, out, positive_seconds, table
 from .links import service_options
 
+# The service's client is imported when the command runs, in the functions that use it:
+# `amplink --help` (building the parser) stays fast.
+if TYPE_CHECKING:
+    from ..transports.service_status import ProcessorStatus
+
 
 def _snapshot(args: argparse.Namespace) -> list[ProcessorStatus]:
+    from ..transports.service import service_status
+
     status = service_status(args.service, timeout=DEFAULT_TIMEOUT)
     return [p for p in status if args.name is None or args.name in (p.name, p.dev)]
 
@@ -64,6 +70,8 @@ def _print_top(rows: list[dict[str, Any]]) -> None:
 
 def cmd_top(args: argparse.Namespace) -> int:
     """amplink top [NAME] [--interval S] [--count N] [--json]."""
+    from ..transports.service_status import to_json
+
     try:
         before, t0 = _snapshot(args), time.monotonic()
         samples = 0

@@ -10,13 +10,15 @@ import argparse
 import logging
 from typing import Any
 
-from ..platforms.vhost_user import VhostUserServer
 from .common import EXIT_INTERRUPTED, add_command, out
 
 log = logging.getLogger(__name__)
 
 
 def cmd_vhost_user(args: argparse.Namespace) -> int:
+    # imported when the command runs: `amplink --help` stays fast
+    from ..platforms.vhost_user import VhostUserServer
+
     server = VhostUserServer(args.socket, args.firmware, name=args.name, args=args.args)
     out(f"{args.name}: serving {args.firmware} as a vhost-user rpmsg device (virtio id 7) on "
         f"{server.path}; Ctrl-C stops")

@@ -128,6 +128,9 @@ LIFELINE_HEARTBEAT = b"H"
 LIFELINE_FATAL = b"F"
 LIFELINE_FATAL_END = b"\n"
 FATAL_REASON_MAX = 200
+#: how long the host waits by default for a started firmware's ``R`` (the processor's
+#: ``boot_timeout``; ``amplink run --boot-timeout``)
+DEFAULT_BOOT_TIMEOUT = 20.0
 
 #: exit status of ``python -m amplink.firmware --resource-table SPEC`` (how the host reads
 #: a Python firmware's table) when the module does not exist

@@ -70,11 +70,10 @@ from ..paths import runtime_dir
 from ..rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_NS_ADDR
 from . import service_wire as W
 from .service_status import ProcessorStatus, from_json
+from .service_wire import DEFAULT_TIMEOUT
 
 log = logging.getLogger(__name__)
 
-#: how long a request to the service (attach, open) may take
-DEFAULT_TIMEOUT = 5.0
 #: frames set aside while a request waits for its answer; beyond, messages are dropped
 MAX_INBOX = 4096
 #: a larger socket send buffer than the default, so that a window of messages fits

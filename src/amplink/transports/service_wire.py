@@ -75,6 +75,8 @@ from ..errors import (
 #: the socket's name in the service's runtime directory
 ENDPOINT_SOCKET = ".endpoints"
 PROTOCOL_VERSION = 1
+#: how long a request to the service (attach, open) may take, by default
+DEFAULT_TIMEOUT = 5.0
 
 HEADER = struct.Struct("<BBHIIII")
 HEADER_SIZE = HEADER.size

@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..linux_abi import CLASS_ROOT, DEBUG_ROOT, DEV_ROOT, FIRMWARE_DIR
 from . import protocol
 from .errors import (
     MalformedAttribute,
@@ -36,11 +37,6 @@ from .errors import (
     SupervisorError,
     error_from_oserror,
 )
-
-CLASS_ROOT = Path("/sys/class/remoteproc")
-DEBUG_ROOT = Path("/sys/kernel/debug/remoteproc")
-DEV_ROOT = Path("/dev")
-FIRMWARE_DIR = Path("/lib/firmware")
 
 DEVICE_NAME = re.compile(r"remoteproc[0-9]{1,9}")
 _FILE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")

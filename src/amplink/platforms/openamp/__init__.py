@@ -15,10 +15,17 @@ socket, against OpenAMP's programs or against itself::
 ``amplink openamp host|remote`` runs OpenAMP's echo demo (:mod:`.echo`).
 """
 
-from .echo import DEMO_SERVICE, EchoRun, EchoServed, serve_echo
+from ..openamp_abi import (
+    DEFAULT_PEER_TIMEOUT,
+    DEMO_SERVICE,
+    OPENAMP_SHM_NAME,
+    OPENAMP_SHM_SIZE,
+    OPENAMP_SOCKET_PATH,
+)
+from .echo import EchoRun, EchoServed, serve_echo
 from .errors import PeerTimeout, StaleSharedMemory
-from .link import DEFAULT_PEER_TIMEOUT, OpenAmpLink, Role
-from .profile import OPENAMP_SHM_NAME, OPENAMP_SHM_SIZE, OPENAMP_SOCKET_PATH, OpenAmpConfig
+from .link import OpenAmpLink, Role
+from .profile import OpenAmpConfig
 
 __all__ = [
     "DEFAULT_PEER_TIMEOUT", "DEMO_SERVICE", "OPENAMP_SHM_NAME", "OPENAMP_SHM_SIZE",

@@ -16,12 +16,11 @@ from typing import Literal
 
 from ...errors import EndpointClosed
 from ...link.endpoint import Endpoint
+from ..openamp_abi import DEMO_MAX_SIZE
 
-DEMO_SERVICE = "rpmsg-openamp-demo-channel"
 #: the payload's header: num, size (OpenAMP's two ``unsigned long``, 64-bit on Linux)
 DEMO_HEADER = struct.Struct("<QQ")
 DEMO_FILL = 0xA5
-DEMO_MAX_SIZE = 480
 #: a payload starting with this u32 stops the echo remote
 SHUTDOWN_MSG = 0xEF56A55A
 SHUTDOWN = struct.Struct("<I")

@@ -37,6 +37,7 @@ from ...rpmsg.wire import RPMSG_ADDR_ANY
 from ...transports.virtio import OPENAMP, wait_for_driver_ok
 from ...transports.virtio_link import device_link, driver_link
 from ...virtio.vdev import VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_RPMSG_F_NS, VdevControl
+from ..openamp_abi import DEFAULT_PEER_TIMEOUT
 from .errors import PeerTimeout, StaleSharedMemory
 from .profile import RSC_TABLE_OFFSET, OpenAmpConfig, peek_vdev_status, read_resource_table
 
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 
 Role = Literal["host", "remote"]
 
-#: how long to wait for the other side by default: OpenAMP's client retries ~50 s
-DEFAULT_PEER_TIMEOUT = 50.0
 #: the features an OpenAMP host accepts: the name service only
 OPENAMP_FEATURES = 1 << VIRTIO_RPMSG_F_NS
 _CONNECT_RETRY_MAX = 0.1  # seconds between connection attempts, at most

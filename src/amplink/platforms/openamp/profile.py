@@ -26,10 +26,8 @@ from ...remoteproc.rsc_table import ResourceTable
 from ...rpmsg.wire import RPMSG_HDR_SIZE
 from ...virtio.ring import check_ring_params, vring_size
 from ...virtio.vdev import VIRTIO_ID_RPMSG, VIRTIO_RPMSG_F_NS, VdevEntry, VringEntry
+from ..openamp_abi import OPENAMP_SHM_NAME, OPENAMP_SHM_SIZE, OPENAMP_SOCKET_PATH
 
-OPENAMP_SHM_NAME = "openamp.shm"
-OPENAMP_SHM_SIZE = 0x80000
-OPENAMP_SOCKET_PATH = "/tmp/openamp.event.0"
 #: where the resource table lies in the shared memory
 RSC_TABLE_OFFSET = 0
 #: the most bytes a client parses as the table (OpenAMP's is 88)

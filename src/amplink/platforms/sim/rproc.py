@@ -37,6 +37,7 @@ from ...remoteproc.ops import CrashReport, PlatformOps, StartInfo
 from ...remoteproc.resources import VdevResource
 from ...transports.virtio_link import driver_link
 from ...virtio.vdev import VIRTIO_ID_RPMSG, VdevControl
+from ..sim_abi import DEFAULT_BOOT_TIMEOUT
 from .images import NativeImage, PythonImage, SimImage, is_native
 from .layout import LinkConfig
 from .monitor import CrashMonitor
@@ -52,7 +53,6 @@ DEFAULT_IOMMU_SIZE = 1 << 40
 #: what a firmware access outside its attached buffers does: "report" (an event, counted)
 #: or "crash" (also a crash, reason MMUFAULT)
 MMU_FAULT_POLICIES = ("report", "crash")
-DEFAULT_BOOT_TIMEOUT = 20.0
 DEFAULT_STOP_TIMEOUT = 5.0
 
 
