@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
 from common_kit import Outcome
 from rig_kit import ECHO, children_of, process_alive, wait_for
+from served_kit import serve
 
 from amplink.paths import ENV_RUNTIME_DIR, runtime_dir
 from amplink.platforms.linux import LinuxRemoteProc, SupervisorError
@@ -37,6 +39,30 @@ def test_concurrent_starts_make_one_supervisor(runtime: Path) -> None:
     dev, _ = client.add(ECHO)
     client.remove(dev)  # the last processor: it exits
     assert wait_for(lambda: not process_alive(pids[0]), TIMEOUT)
+
+
+def test_the_control_socket_appears_once_it_is_listened_on(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """A client that finds the control socket is served: one refused there (bound, not yet
+    listened on) would start a second supervisor, which waited for the first one's lock
+    and took over when it stopped."""
+    seen: list[bool] = []
+    control = tmp_path / "rt" / CONTROL_SOCKET
+
+    class Watched(socket.socket):
+        def listen(self, *args: int) -> None:
+            if self.family == socket.AF_UNIX and self.type == socket.SOCK_STREAM:
+                seen.append(control.exists())
+            super().listen(*args)
+
+    monkeypatch.setattr(socket, "socket", Watched)
+    served = serve(tmp_path)
+    try:
+        assert seen == [False]
+        assert control.exists() and served.client.hello() == os.getpid()
+    finally:
+        served.stop()
 
 
 def test_sigterm_stops_every_processor(runtime: Path) -> None:

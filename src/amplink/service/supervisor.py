@@ -90,6 +90,8 @@ log = logging.getLogger(__name__)
 PID_FILE = "supervisor.pid"
 LOCK_FILE = "supervisor.lock"
 SPAWN_LOCK = "spawn.lock"
+#: the control socket's name until the supervisor answers on it
+CONTROL_PENDING = ".control.starting"
 LOG_FILE = "supervisor.log"
 DEBUG_DIR = "debug"
 STDERR_FD = 2  # the fd itself: sys.stderr may be replaced (and have no fd) in-process
@@ -175,7 +177,7 @@ def prepare_runtime_dir(path: Path | str) -> Path:
         path = private_dir(path)
     except PrivateDirError as exc:
         raise SupervisorError(str(exc)) from None
-    if len(os.fsencode(path / protocol.CONTROL_SOCKET)) > MAX_SOCKET_PATH:
+    if len(os.fsencode(path / CONTROL_PENDING)) > MAX_SOCKET_PATH:  # the longest name
         raise SupervisorError(f"{path} is too long for a Unix socket path: set "
                               f"{ENV_RUNTIME_DIR} to a shorter directory")
     return path
@@ -293,16 +295,21 @@ class Supervisor:
         with _flock(self.root / LOCK_FILE, timeout=5.0):
             self._clean_stale_files()
             sock_path = self.root / protocol.CONTROL_SOCKET
+            # Bound under another name and renamed once everything answers: a client that
+            # finds the control socket is served (one that found it before listen() was
+            # refused and started a second supervisor, which took over later)
+            pending = self.root / CONTROL_PENDING
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sel = selectors.DefaultSelector()
             try:
-                listener.bind(str(sock_path))
-                self._open_up(sock_path)
+                listener.bind(str(pending))
+                self._open_up(pending)
                 listener.listen(16)
                 listener.setblocking(False)
                 self.model = RemoteprocModel(self.root, self.root / DEBUG_DIR)
                 self.endpoints = EndpointService(self.root, self.policy, self)
                 self.endpoints.start()
+                os.rename(pending, sock_path)
                 _write_file(self.root / PID_FILE, f"{os.getpid()}\n")
                 log.info("serving %s (pid %d; policy: %s)", self.root, os.getpid(),
                          self.policy.source)
@@ -311,6 +318,7 @@ class Supervisor:
                 self._loop(sel, listener)
             finally:
                 sock_path.unlink(missing_ok=True)  # first: no new client from now on
+                pending.unlink(missing_ok=True)
                 listener.close()
                 if self.endpoints is not None:
                     self.endpoints.stop()  # its clients see the connection end: LinkDown
@@ -336,6 +344,7 @@ class Supervisor:
     def _clean_stale_files(self) -> None:
         """Remove what a killed supervisor left (the caller holds the lock)."""
         (self.root / protocol.CONTROL_SOCKET).unlink(missing_ok=True)
+        (self.root / CONTROL_PENDING).unlink(missing_ok=True)
         (self.root / ENDPOINT_SOCKET).unlink(missing_ok=True)
         shutil.rmtree(self.root / DEBUG_DIR, ignore_errors=True)
         for entry in os.listdir(self.root):
