@@ -268,7 +268,7 @@ class ServedLink:
         """
         with self.lock:
             for state in self.channels.values():
-                if state.dst == dst if dst is not None else state.name == name:
+                if (state.dst == dst) if dst is not None else (state.name == name):
                     return state
         return None
 
