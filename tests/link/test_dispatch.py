@@ -10,7 +10,14 @@ import time
 import pytest
 from common_kit import Outcome, wait_for
 
-from amplink import EndpointClosed, LinkConfig, LinkDown, NoBufferAvailable, RpmsgDriver
+from amplink import (
+    EndpointClosed,
+    InvalidArgument,
+    LinkConfig,
+    LinkDown,
+    NoBufferAvailable,
+    RpmsgDriver,
+)
 from amplink.platforms.inprocess import LinkPair
 
 
@@ -281,3 +288,18 @@ def test_a_reply_that_finds_the_peer_gone_is_counted_without_an_error_log(pair, 
         assert wait_for(lambda: h.statistics().callback_errors == 2, 5)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is not None
+
+
+def test_spin_is_settable_and_checked(pair):
+    """Whoever becomes a link's waiting thread may choose how long it spins (the service's
+    relay does); a negative or infinite spin is refused."""
+    pair.host.spin = 2e-4
+    assert pair.host.spin == 2e-4
+    for bad in (-1.0, float("inf"), "1"):
+        with pytest.raises((InvalidArgument, TypeError)):
+            pair.host.spin = bad
+    assert pair.host.spin == 2e-4
+    d = pair.device.create_endpoint("spun", addr=1030, announce=False)
+    h = pair.host.create_endpoint(dst=1030)
+    h.send(b"still works")
+    assert d.recv(timeout=5) == b"still works"

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._args import callable_arg, int_arg, payload_arg, timeout_arg
+from .._args import callable_arg, finite_seconds_arg, int_arg, payload_arg, timeout_arg
 from ..errors import (
     AmplinkError,
     EndpointClosed,
@@ -145,8 +145,13 @@ class Link:
 
     @property
     def spin(self) -> float:
-        """How long a waiter spins on the rings before each sleep (s)."""
+        """How long a waiter spins on the rings before each sleep (s); settable (a finite
+        number of seconds >= 0), e.g. by whoever becomes the link's waiting thread."""
         return self._wait.spin
+
+    @spin.setter
+    def spin(self, seconds: float) -> None:
+        self._wait.spin = finite_seconds_arg(seconds, "spin")
 
     @property
     def closed(self) -> bool:

@@ -145,9 +145,10 @@ class Crashes(NamedTuple):
 def make_sim_processor(name: str, firmware: str, *, coredump_dir: Path) -> SimRemoteProc:
     """The supervisor's processors: simulated, with the remoteproc lifecycle (a missing
     firmware fails the boot with ENOENT). Crash dumps go to ``coredump_dir``; the
-    firmware's stdout and stderr to the supervisor's stderr (its log). Neither the relay
-    nor the firmware spins before sleeping: with the clients they are three processes
-    taking turns on the cores, and a spinning one holds the core the next hop needs."""
+    firmware's stdout and stderr to the supervisor's stderr (its log). The firmware does
+    not spin before sleeping: with the clients and the service it is one of three
+    processes taking turns on the cores, and a spinning one holds the core the next hop
+    needs (the service's relay thread alone spins: see :mod:`.relay`)."""
     return SimRemoteProc(firmware, name=name, coredump_dir=coredump_dir, stdout=STDERR_FD,
                          spin=0.0)
 
