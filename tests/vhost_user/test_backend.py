@@ -139,6 +139,32 @@ def test_only_the_queue_with_news_is_signalled(tmp_path: Path) -> None:
                 os.close(fd)
 
 
+@pytest.mark.parametrize("event_idx", [True, False], ids=["event-idx", "flags"])
+def test_a_driver_that_never_waits_for_tx_buffers_gets_no_tx_interrupt(
+        tmp_path: Path, event_idx: bool) -> None:
+    """The driver's transmit interrupts stay off unless a send waits for a buffer: the
+    device returns every used TX buffer without signalling vring 1, whether it suppresses
+    by the used-event index or by the avail flags."""
+    calls = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(2)]
+    with serving(tmp_path / "s", ECHO) as server:
+        fe = FakeFrontEnd(server.path)
+        try:
+            fe.negotiate(event_idx=event_idx)
+            fe.setup_queues(calls=calls)
+            link = fe.start_driver()
+            link.spin = 0.0  # each recv sleeps: the echo comes with an RX interrupt
+            ep = link.open_channel("rpmsg-echo", timeout=5)
+            for i in range(20):
+                ep.send(b"%d" % i)
+                assert ep.recv(timeout=2) == b"%d" % i
+            # the device consumed all 20 (their echoes came back): no signal on vring 1
+            assert _count(calls[1]) == 0
+        finally:
+            fe.close()
+            for fd in calls:
+                os.close(fd)
+
+
 def _count(efd: int) -> int:
     try:
         return os.eventfd_read(efd)

@@ -3,10 +3,12 @@
 amplink's transports ring one doorbell with no queue index, and sleep on one fd. Here
 :meth:`fileno` is an epoll set over both queues' kick fds (an epoll fd is itself
 pollable, so the link's waiter sleeps on both at once), and :meth:`kick` signals the
-call fd of each queue whose used index moved since its last signal: the guest gets an
-interrupt only for the queue that has news, never a spurious one for the other (each
-costs a guest work item under UML). A queue whose index did not move is skipped, so a
-kick can never go unsignalled: the transport kicks only after it returned buffers.
+call fd of each queue whose used index moved since its last check and whose driver asked
+to hear of it (its used-event index, or its avail flags without EVENT_IDX: the rule the
+transport applied to the queue it kicks for, applied to each queue as vhost does): the
+guest gets an interrupt only for a queue that has news it wants, never one for the other
+queue (each costs a guest work item under UML). The queue the transport kicked for
+passes this check too, so a wanted interrupt is never lost.
 
 The doorbell owns duplicates of the fds, so the back end may replace a queue's call or
 kick fd (SET_VRING_CALL/KICK while running) without racing a kick in another thread.
@@ -17,12 +19,23 @@ from __future__ import annotations
 import os
 import select
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from ...errors import LinkDown
 from ...notify.doorbell import Doorbell
 
 _SIGNAL = (1).to_bytes(8, "little")
+
+
+class QueueInterrupts(Protocol):
+    """What the guest's driver asked of one queue's interrupts (see :mod:`.run`)."""
+
+    def used(self) -> int:
+        """The queue's used index now."""
+
+    def wanted(self, old: int, new: int) -> bool:
+        """Whether the driver wants an interrupt for the used index moving ``old`` -> ``new``."""
 
 
 class VhostUserDoorbell(Doorbell):
@@ -36,8 +49,8 @@ class VhostUserDoorbell(Doorbell):
         self._epoll = select.epoll()
         self._kicks: list[int] = []
         self._calls: list[int | None] = []
-        self._used: Sequence[Callable[[], int]] | None = None
-        self._signalled = [-1] * len(call_fds)
+        self._queues: Sequence[QueueInterrupts] | None = None
+        self._checked = [-1] * len(call_fds)  # each queue's used index at the last kick
         self.kicks_sent = 0
         self.calls_dropped = 0
         try:
@@ -56,11 +69,11 @@ class VhostUserDoorbell(Doorbell):
         os.set_blocking(dup, False)  # a full call pipe drops the signal, never blocks
         return dup
 
-    def track_used(self, readers: Sequence[Callable[[], int]]) -> None:
-        """Give each queue's used index (a reader per queue); until then kicks signal all."""
+    def track_used(self, queues: Sequence[QueueInterrupts]) -> None:
+        """Signal each queue as its driver asks (until then kicks signal both)."""
         with self._lock:
-            self._used = readers
-            self._signalled = [read() for read in readers]
+            self._queues = queues
+            self._checked = [queue.used() for queue in queues]
 
     def replace_call(self, queue: int, fd: int | None) -> None:
         """SET_VRING_CALL while running: signal ``fd`` (None: no interrupts) from now on."""
@@ -69,7 +82,7 @@ class VhostUserDoorbell(Doorbell):
                 return
             old = self._calls[queue]
             self._calls[queue] = None if fd is None else self._own(fd)
-            self._signalled[queue] = -1
+            self._checked[queue] = -1  # a new call fd gets the next kick
         if old is not None:
             os.close(old)
 
@@ -90,11 +103,14 @@ class VhostUserDoorbell(Doorbell):
             for queue, fd in enumerate(self._calls):
                 if fd is None:
                     continue
-                if self._used is not None:
-                    idx = self._used[queue]()
-                    if idx == self._signalled[queue]:
+                if self._queues is not None:
+                    interrupts = self._queues[queue]
+                    new, old = interrupts.used(), self._checked[queue]
+                    if new == old:
                         continue
-                    self._signalled[queue] = idx
+                    self._checked[queue] = new
+                    if old >= 0 and not interrupts.wanted(old, new):
+                        continue
                 self.kicks_sent += 1
                 try:
                     os.write(fd, _SIGNAL)

@@ -22,7 +22,7 @@ from ...memory.region import SharedRegion
 from ...rpmsg.wire import RPMSG_BUF_SIZE
 from ...transports.virtio import DeviceRpmsgBackend
 from ...transports.virtio_link import device_link
-from ...virtio.ring import VringLayout
+from ...virtio.ring import VRING_AVAIL_F_NO_INTERRUPT, VringLayout, need_event
 from ...virtio.vdev import (
     VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_ID_RPMSG,
@@ -65,9 +65,25 @@ def _negotiation_record(features: int) -> tuple[SharedRegion, VdevControl, VdevE
     return record, VdevControl(record, 0), entry
 
 
-def _used_index_reader(region: SharedRegion, layout: VringLayout) -> Callable[[], int]:
-    u16, at = region.u16, (layout.used + 2) >> 1
-    return lambda: u16[at]
+class _QueueInterrupts:
+    """One queue's used index and the driver's interrupt request, read from the guest's
+    ring (virtio 1.x 2.7.7.2 and 2.7.10): its used-event index with EVENT_IDX, else the
+    NO_INTERRUPT bit of its avail flags."""
+
+    def __init__(self, region: SharedRegion, layout: VringLayout, event_idx: bool) -> None:
+        self._u16 = region.u16
+        self._used_idx = (layout.used + 2) >> 1
+        self._used_event = layout.used_event >> 1
+        self._avail_flags = layout.avail >> 1
+        self._event_idx = event_idx
+
+    def used(self) -> int:
+        return self._u16[self._used_idx]
+
+    def wanted(self, old: int, new: int) -> bool:
+        if self._event_idx:
+            return need_event(self._u16[self._used_event], new, old)
+        return not self._u16[self._avail_flags] & VRING_AVAIL_F_NO_INTERRUPT
 
 
 class DeviceRun:
@@ -103,7 +119,8 @@ class DeviceRun:
         for queue, base in zip(self.queues, config.bases, strict=True):
             if base:
                 queue.start_at(base)
-        doorbell.track_used([_used_index_reader(region, q.layout) for q in self.queues])
+        doorbell.track_used([_QueueInterrupts(region, q.layout, backend.event_idx)
+                             for q in self.queues])
         self.doorbell = doorbell
         self._thread = threading.Thread(target=self._main, name=f"firmware {name}",
                                         daemon=True)
