@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from common_kit import wait_for
+from fake_rproc import FakeProcessor
 
 from amplink.link import Endpoint, Link
 from amplink.platforms.linux import LinuxRemoteProc
-from amplink.remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
-from amplink.remoteproc.coredump import CoredumpMode
+from amplink.remoteproc.api import CrashReason
 from amplink.remoteproc.states import RprocState
 from amplink.service.policy import Policy
 from amplink.service.supervisor import PID_FILE, Supervisor, SupervisorClient, prepare_runtime_dir
@@ -33,49 +33,18 @@ from amplink.transports.service import connect_link, service_status
 TIMEOUT = 5.0
 
 
-class LoopProcessor(RemoteProcessor):
-    """A processor whose firmware is the test (see the module docstring).
+class LoopProcessor(FakeProcessor):
+    """A processor whose firmware is the test (see the module docstring); it recovers
+    only when told to (``recover``), whatever its recovery setting says.
 
     ``boot_delay`` makes every boot take that long (a slow processor).
     """
 
     def __init__(self, name: str, firmware: str, boot_delay: float = 0.0) -> None:
-        self.name = name
-        self._firmware = firmware
+        super().__init__(name, firmware)
         self.boot_delay = boot_delay
-        self._state = RprocState.OFFLINE
         self._links: list[Link] = []
         self.device: Link | None = None
-        self.users = 0
-        self._subscribers: list[Callable[[RprocEvent], object]] = []
-
-    @property
-    def state(self) -> RprocState:
-        return self._state
-
-    @property
-    def firmware(self) -> str:
-        return self._firmware
-
-    @firmware.setter
-    def firmware(self, value: str) -> None:
-        self._firmware = value
-
-    @property
-    def recovery(self) -> bool:
-        return False
-
-    @recovery.setter
-    def recovery(self, enabled: bool) -> None:
-        pass
-
-    @property
-    def coredump(self) -> CoredumpMode:
-        return CoredumpMode.DISABLED
-
-    @coredump.setter
-    def coredump(self, mode: CoredumpMode) -> None:
-        pass
 
     @property
     def links(self) -> list[Link]:
@@ -117,15 +86,6 @@ class LoopProcessor(RemoteProcessor):
 
     def trace(self) -> str:
         return ""
-
-    def subscribe(self, callback: Callable[[RprocEvent], object]) -> Callable[[], None]:
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
-
-    def _set(self, state: RprocState) -> None:
-        self._state = state
-        for callback in list(self._subscribers):
-            callback(RprocEvent("state", state))
 
     # -- the firmware's side ------------------------------------------------------------------
     def serve_echo(self, name: str = "rpmsg-echo", *,

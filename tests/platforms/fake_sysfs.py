@@ -15,58 +15,25 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from fake_rproc import FakeProcessor
+
 from amplink.platforms.linux import RprocControlError, SysfsAttributes
 from amplink.platforms.linux.attributes import RprocDevice
-from amplink.remoteproc.api import CrashReason, RemoteProcessor, RprocEvent
-from amplink.remoteproc.coredump import CoredumpMode
+from amplink.remoteproc.api import CrashReason
 from amplink.remoteproc.states import RprocState
 from amplink.service.model import RemoteprocModel
 
 
-class FakeHardware(RemoteProcessor):
+class FakeHardware(FakeProcessor):
     """A processor that only changes state; it boots if its firmware file exists."""
 
     def __init__(self, name: str, firmware: str, firmware_dir: Path,
                  trace_text: str = "fake firmware: up\n") -> None:
-        self.name = name
-        self._firmware = firmware
+        super().__init__(name, firmware, recovery=True)
         self.firmware_dir = firmware_dir
         self.trace_text = trace_text
-        self._state = RprocState.OFFLINE
-        self._recovery = True
-        self._coredump = CoredumpMode.DISABLED
-        self.users = 0
         self.boots = 0
         self.crashes: list[CrashReason] = []
-        self._subscribers: list[Callable[[RprocEvent], None]] = []
-
-    @property
-    def state(self) -> RprocState:
-        return self._state
-
-    @property
-    def firmware(self) -> str:
-        return self._firmware
-
-    @firmware.setter
-    def firmware(self, value: str) -> None:
-        self._firmware = value
-
-    @property
-    def recovery(self) -> bool:
-        return self._recovery
-
-    @recovery.setter
-    def recovery(self, enabled: bool) -> None:
-        self._recovery = enabled
-
-    @property
-    def coredump(self) -> CoredumpMode:
-        return self._coredump
-
-    @coredump.setter
-    def coredump(self, mode: CoredumpMode) -> None:
-        self._coredump = mode
 
     def boot(self) -> None:
         if self.users == 0:
@@ -93,15 +60,6 @@ class FakeHardware(RemoteProcessor):
 
     def trace(self) -> str:
         return self.trace_text
-
-    def subscribe(self, callback: Callable[[RprocEvent], None]) -> Callable[[], None]:
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback)
-
-    def _set(self, state: RprocState, kind: str = "state") -> None:
-        self._state = state
-        for callback in list(self._subscribers):
-            callback(RprocEvent(kind, state))
 
 
 class FakeCharDevice(RprocDevice):
