@@ -373,7 +373,10 @@ def test_the_device_going_away_is_link_down_for_every_waiter(kernel, link):
     t.join(5)
     assert not t.is_alive()
     assert isinstance(errors[0], LinkDown) and errors[0].errno == errno.EPIPE
-    assert "went away" in str(errors[0])
+    # The kernel removes the endpoint devices before the control device: a waiter woken
+    # while rpmsg_ctrl0 is still there is told its endpoint went, one woken after that
+    # the whole device did (up to timing; the link is down either way, below).
+    assert "went away" in str(errors[0]) or "removed this endpoint" in str(errors[0])
     with pytest.raises(LinkDown) as info:
         ep.send(b"x")
     assert info.value.errno == errno.EPIPE
