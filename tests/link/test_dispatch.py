@@ -111,6 +111,8 @@ def test_close_returns_once_the_callback_that_runs_has_finished(pair):
     dev.send(b"first", timeout=1)
     dev.send(b"second", timeout=1)
     assert inside.wait(5)
+    # the device's send returns once the message is in the ring, not once the host took it
+    assert wait_for(lambda: ep.statistics().messages_received == 2, 5), "second not taken"
     ep.close()
     assert finished == [b"first"]  # finished before close returned; the rest dropped
     time.sleep(0.1)
