@@ -193,13 +193,6 @@ CASES = [
         sides=("host",), sides_note="the remote side is the fake kernel's model of firmware",
         can_kill_peer=True, hostile=False,
         hostile_note="the kernel owns the rings: user space sees whole messages only",
-        known_failures={
-            "test_every_later_call_fails_with_link_down":
-                "the kernel destroys the endpoint devices before the control device; a "
-                "reader woken by its endpoint's removal still finds rpmsg_ctrl0 in sysfs, "
-                "so only that endpoint is lost: the link stays 'up' (is_up, statistics, "
-                "poll()) although the device is gone",
-        },
         extra={"echo_channel": "rpmsg-raw"},
     ),
 ]

@@ -18,7 +18,10 @@ source: the kernel does not pass it on). So this backend's addressing is "pair".
   ``tx_poll_interval``; where the kernel reports it, the send sleeps on EPOLLOUT.
 * A device the kernel removed answers EPIPE (POLLERR for poll): its endpoint is lost
   (closed with LinkDown, errno kept) and, if the control device went too (the remote
-  processor stopped or crashed), the whole link is down.
+  processor stopped or crashed), the whole link is down. The kernel removes a device's
+  endpoint devices before its control device, and says nothing when the control device
+  goes: after losing an endpoint while the control device is still there, a thread
+  looks for its removal for a while (:data:`DEVICE_WATCH_TIME`).
 
 Every system call goes through a :class:`~.device.DeviceOps`, so the whole backend
 runs against a fake kernel in tests.
@@ -32,7 +35,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,10 @@ WRITABLE_POLL_SINCE = (7, 0)
 #: reads take the largest rpmsg payload: a message is never cut (the kernel would drop
 #: the rest), even from a transport whose MTU exceeds the one configured here
 READ_SIZE = MAX_RPMSG_PAYLOAD
+#: after an endpoint device went while the control device is still there, how long (s)
+#: and how often the backend looks whether the control device goes too
+DEVICE_WATCH_TIME = 1.0
+DEVICE_WATCH_PERIOD = 0.002
 _OPEN_FLAGS = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC
 _IN = select.EPOLLIN
 _IN_OUT = select.EPOLLIN | select.EPOLLOUT
@@ -157,6 +164,11 @@ class RpmsgCharBackend(Backend):
         self.devices_created = 0
         self.devices_destroyed = 0
         self.endpoints_lost_total = 0
+        #: the link's ``mark_down`` (set by :func:`~.link.rpmsg_char_link`): a thread that
+        #: sees the device go wakes the link's waiters through it
+        self.on_device_gone: Callable[[str], object] | None = None
+        self._device_watch: threading.Thread | None = None
+        self._stop_watch = threading.Event()
 
     def __repr__(self) -> str:
         return f"<RpmsgCharBackend {self.ctrl.node} {len(self._endpoints)} endpoints>"
@@ -389,6 +401,27 @@ class RpmsgCharBackend(Backend):
         self.endpoints_lost_total += 1
         self._lost.append((endpoint.addr, error))
         self.endpoints_lost = True
+        self._watch_device(error)
+
+    def _watch_device(self, cause: LinkDown) -> None:
+        """Look for the control device's removal for a while, in a thread (one at a time):
+        the kernel removes it just after the endpoint devices when the remote goes."""
+        watch = self._device_watch
+        if self._closed or (watch is not None and watch.is_alive()):
+            return
+        watch = threading.Thread(target=self._look_for_removal, args=(cause,), daemon=True,
+                                 name=f"amplink-{self.ctrl.node}-watch")
+        self._device_watch = watch
+        watch.start()
+
+    def _look_for_removal(self, cause: LinkDown) -> None:
+        deadline = time.monotonic() + DEVICE_WATCH_TIME
+        while self.down is None and time.monotonic() < deadline:
+            if self._stop_watch.wait(DEVICE_WATCH_PERIOD):
+                return  # closed
+            if not self.sysfs.exists(self.ctrl):
+                self._device_gone(cause)
+                return
 
     def _device_gone(self, cause: LinkDown) -> None:
         if self.down is None:
@@ -396,7 +429,7 @@ class RpmsgCharBackend(Backend):
                                  f"the rpmsg device {self.ctrl.node} went away (the remote "
                                  f"processor stopped or crashed, or its device was removed): "
                                  f"{cause.strerror or cause}")
-        self.mark_down(str(self.down))
+        (self.on_device_gone or self.mark_down)(str(self.down))
 
     def _check_up(self) -> None:
         if self.down is not None:
@@ -459,5 +492,9 @@ class RpmsgCharBackend(Backend):
                 self._release(endpoint)
             self._endpoints.clear()
             self._by_fd.clear()
+        self._stop_watch.set()
+        watch = self._device_watch
+        if watch is not None and watch is not threading.current_thread():
+            watch.join()
         self.waiter.close()
         self._epoll.close()

@@ -53,7 +53,9 @@ def rpmsg_char_link(
                                max_payload=max_payload, writable_poll=writable_poll,
                                open_timeout=open_timeout)
     try:
-        return Link(backend, name=name or control.node, **link_options)
+        link = Link(backend, name=name or control.node, **link_options)
     except BaseException:
         backend.close()
         raise
+    backend.on_device_gone = link.mark_down
+    return link
