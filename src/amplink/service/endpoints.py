@@ -37,6 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from .._unix import listen_unix
 from ..errors import AmplinkError, LinkDown
 from ..link.runtime import Link
 from ..remoteproc.api import RemoteProcessor
@@ -136,15 +137,9 @@ class EndpointService:
     def start(self) -> None:
         """Listen on the socket and start the I/O thread."""
         self.path.unlink(missing_ok=True)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            listener.bind(str(self.path))
-            os.chmod(self.path, 0o666 if self.policy.grants_others else 0o600)
-            listener.listen(64)
-            listener.setblocking(False)
-        except BaseException:
-            listener.close()
-            raise
+        listener = listen_unix(self.path, 64, kind=socket.SOCK_SEQPACKET,
+                               mode=0o666 if self.policy.grants_others else 0o600)
+        listener.setblocking(False)
         self._listener = listener
         self._epoll.register(listener.fileno(), select.EPOLLIN)
         self._epoll.register(self._wake_r, select.EPOLLIN)

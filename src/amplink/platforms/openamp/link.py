@@ -26,6 +26,7 @@ import time
 from contextlib import ExitStack
 from typing import Any, Literal, Self
 
+from ..._unix import listen_unix
 from ...errors import EndpointClosed, LinkDown, RemoteProtocolError
 from ...link.endpoint import Callback, Endpoint
 from ...link.runtime import Link
@@ -200,13 +201,11 @@ def _accept_one(config: OpenAmpConfig, timeout: float) -> socket.socket:
             raise FileExistsError(f"{path} exists and is not a socket: remove it or choose "
                                   "another socket path (--socket)")
         os.unlink(path)  # left by an earlier server (OpenAMP removes it too)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = listen_unix(path, 1)
     identity: tuple[int, int] | None = None
     try:
-        listener.bind(path)
         st = os.stat(path)
         identity = (st.st_dev, st.st_ino)
-        listener.listen(1)
         if not wait_readable(listener, timeout):
             raise PeerTimeout(
                 f"no client connected to {path} within {timeout} s: start the other side as "

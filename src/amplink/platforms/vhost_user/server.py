@@ -17,6 +17,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..._unix import listen_unix
 from ...errors import AmplinkError
 from .backend import VhostUserBackend
 from .connection import MESSAGE_TIMEOUT, Connection
@@ -69,13 +70,7 @@ class VhostUserServer:
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         try:
             self._remove_stale_socket()
-            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.listener.bind(self.path)
-                self.listener.listen(1)
-            except BaseException:
-                self.listener.close()
-                raise
+            self.listener = listen_unix(self.path, 1)
         except BaseException:
             os.close(self._wake)
             raise
