@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from amplink.errors import LinkDown, RemoteProtocolError, SendTimeout
 from amplink.memory.region import SharedRegion
 from amplink.notify.doorbell import EventfdDoorbell
+from amplink.notify.waiter import wait_readable
 from amplink.transports.mailbox import (
     SEND_TIMEOUT,
     Mailbox,
@@ -244,3 +245,49 @@ def test_the_fifo_behaves_like_a_bounded_queue(ops):
     finally:
         ap.close()
         iop.close()
+
+
+def test_a_producer_that_filled_the_fifo_during_a_pop_is_rung(pair, monkeypatch):
+    """The consumer reads its count (not full), the producer fills the FIFO and sees it
+    full (the old head), then the pop publishes its head: that pop must ring "not full",
+    or the producer sleeps while the consumer empties the FIFO without ringing again."""
+    from amplink.transports import mailbox as mb
+
+    ap, iop = pair
+    for i in range(3):
+        assert iop.try_send(0x20, i)  # depth 4: one free slot
+    real = mb.SLOT
+    seen_full = []
+
+    class Interleaved:
+        size = real.size
+        pack_into = real.pack_into
+
+        @staticmethod
+        def unpack_from(buf, offset):
+            if not seen_full:  # inside ap's pop, after it read the count (3 of 4)
+                assert iop.try_send(0x20, 3)
+                seen_full.append(not iop.try_send(0x20, 4))
+            return real.unpack_from(buf, offset)
+
+    monkeypatch.setattr(mb, "SLOT", Interleaved)
+    iop._space.clear()
+    assert ap.try_recv() == (0x20, 0)
+    assert seen_full == [True]
+    assert wait_readable(iop.space_fileno(), 0), "the pop did not ring 'not full'"
+
+
+def test_a_waiting_sender_looks_again_without_a_ring(pair):
+    """A "not full" ring lost to memory ordering costs a sender SPACE_RECHECK, not its
+    whole timeout: room made without a ring is found."""
+    ap, iop = pair
+    for i in range(4):
+        assert iop.try_send(0x20, i)
+    sending = Outcome(lambda: iop.send(0x20, 4, timeout=5))
+    time.sleep(0.05)
+    assert sending.ended is None
+    # the consumer's pop without its ring: move the AP's published head by hand
+    ap._rx_head = (ap._rx_head + 1) & 0xFFFFFFFF
+    ap._u32[ap._rx_head_at] = ap._rx_head
+    assert sending.join(1), "the sender slept on although room was made"
+    assert sending.error is None

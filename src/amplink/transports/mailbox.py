@@ -20,10 +20,11 @@ depth breaks that direction for good (:class:`MailboxBroken`, a ``LinkDown``, fr
 on) instead of reading a slot twice or outside the FIFO; the other direction goes on.
 
 Interrupts are eventfds (:class:`~amplink.notify.doorbell.EventfdDoorbell` pairs): the
-producer rings the consumer's "not empty" doorbell with every message; a consumer that
-pops from a full FIFO rings the producer's "not full" doorbell, on which a blocked
-:meth:`Mailbox.send` sleeps. The role (``"ap"`` or ``"iop"``) only says which FIFO is
-whose: the same code runs both ends. One thread at a time receives; any number send.
+producer rings the consumer's "not empty" doorbell with every message; a consumer whose
+pop may have ended a full FIFO rings the producer's "not full" doorbell, on which a
+blocked :meth:`Mailbox.send` sleeps (looking again every :data:`SPACE_RECHECK`). The
+role (``"ap"`` or ``"iop"``) only says which FIFO is whose: the same code runs both
+ends. One thread at a time receives; any number send.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ DEFAULT_DEPTH = 32
 MAX_DEPTH = 4096
 #: how long a blocking send waits for room (Apple's mailbox driver: 500 ms)
 SEND_TIMEOUT = 0.5
+#: a sender waiting for room looks again this often (s) without a "not full" ring: the
+#: consumer rings when its pop may have ended a full FIFO, but Python issues no memory
+#: fence between its store of the head and its load of the tail, so the two sides can
+#: (rarely) each read the other's index from before its store
+SPACE_RECHECK = 0.005
 SLOT = struct.Struct("<QII")
 _HEADER = struct.Struct("<IIII")
 _INDEX_MASK = 0xFFFFFFFF
@@ -204,7 +210,7 @@ class Mailbox:
                 remaining = FOREVER if deadline is None else deadline - time.monotonic()
                 if remaining <= 0:
                     raise self._timed_out(timeout)
-                wait_readable(self._space.fileno(), remaining)
+                wait_readable(self._space.fileno(), min(remaining, SPACE_RECHECK))
                 self._space.clear()
         finally:
             self._space_waiter.release()
@@ -216,8 +222,8 @@ class Mailbox:
         return used != self.depth or bool(self._tx_broken)
 
     def space_fileno(self) -> int:
-        """Readable when the peer rang "not full" (it popped from a full FIFO). :meth:`send`
-        consumes these rings: another watcher must watch edges, not levels."""
+        """Readable when the peer rang "not full" (its pop may have ended a full FIFO).
+        :meth:`send` consumes these rings: another watcher must watch edges, not levels."""
         return self._space.fileno()
 
     def _timed_out(self, timeout: float | None) -> MailboxSendTimeout:
@@ -239,11 +245,16 @@ class Mailbox:
         if not count:
             return None
         msg0, msg1, _ = SLOT.unpack_from(self._mm, self._rx_slots + (head % self.depth) * SLOT.size)
+        old_head = head
         head = (head + 1) & _INDEX_MASK
         self._rx_head = head
         self._u32[self._rx_head_at] = head
         self._received += 1
-        if count == self.depth:  # it was full: the peer may be waiting for room
+        # "Not full" for a producer that may be waiting for room: it was full when this pop
+        # began, or the producer filled it meanwhile (then it saw the old head, and no
+        # later pop would find it full again to ring)
+        if count == self.depth or (self._u32[self._rx_tail_at] - old_head) & _INDEX_MASK \
+                == self.depth:
             self._space.kick()
         return msg1 & 0xFF, msg0
 
