@@ -13,6 +13,7 @@ from served_kit import Cli
 
 from amplink.platforms.linux import RprocControlError
 from amplink.service.supervisor import ensure_supervisor, read_pid_file
+from amplink.transports.service import connect_link
 
 ECHO = "amplink.firmware.examples.rtkit_echo"
 SIM_ECHO = "amplink.firmware.examples.echo"
@@ -76,3 +77,37 @@ def test_rtkit_needs_the_simulator(tmp_path: Path, cli: Cli) -> None:
     tree.mkdir()
     status, _, err = cli("boot", "--rtkit", ECHO, "--sysfs", str(tree))
     assert status == 1 and "--rtkit boots a simulated co-processor" in err
+
+
+def test_send_and_listen_on_an_rtkit_channel_through_the_service(runtime: Path,
+                                                                 cli: Cli) -> None:
+    """An RTKit endpoint through the service: 8-byte messages, one client at a time holds
+    an endpoint number, a message of another length is refused without costing the
+    service (it serves on)."""
+    cli.ok("boot", "--rtkit", ECHO)
+    reply = cli.ok("send", "--hex", "--reply", "rtkit0", "rtkit-0x20", "0102030405060708")
+    assert "[reply] 8 B:\n  0000  01 02 03 04 05 06 07 08 " in reply
+    status, _, err = cli("send", "rtkit0", "rtkit-0x20", "abc")
+    assert status == 1 and "shorter than the 8 bytes" in err
+    status, _, err = cli("send", "rtkit0", "rtkit-0x20", "abcdefghi")
+    assert status == 1 and "exceeds the MTU of 8" in err
+
+    link = connect_link("rtkit0", root=runtime)
+    try:
+        ep = link.open_channel("rtkit-0x20", timeout=TIMEOUT)
+        status, _, err = cli("send", "rtkit0", "rtkit-0x20", "abcdefgh")
+        assert status == 1 and "endpoint 0x20 is held by another client" in err
+        assert err.count("[Errno") <= 1  # the service's answer does not repeat its errno
+        ep.send(b"12345678", timeout=TIMEOUT)
+        assert ep.recv(timeout=TIMEOUT) == b"12345678"
+        # a client that skips its own check: the service refuses the message, and serves on
+        link.min_payload = 0
+        ep.send(b"abc", timeout=TIMEOUT)
+        assert wait_for(lambda: link.poll() >= 0 and link.backend.refused == 1, TIMEOUT)
+        assert "shorter than the 8 bytes" in link.backend.last_refusal
+        ep.send(b"ABCDEFGH", timeout=TIMEOUT)
+        assert ep.recv(timeout=TIMEOUT) == b"ABCDEFGH"
+    finally:
+        link.close()
+    assert cli.ok("send", "--reply", "rtkit0", "rtkit-0x20", "abcdefgh").endswith(
+        "abcdefgh\n")

@@ -469,7 +469,7 @@ class EndpointService:
                 self._deny(session, f"{op}: {exc}")
             answer = {"ok": False, "errno": exc.errno, "error": str(exc)}
         except AmplinkError as exc:  # the link's refusals: AddressError, LinkDown, ...
-            answer = {"ok": False, "errno": W.errno_of(exc), "error": str(exc)}
+            answer = {"ok": False, "errno": W.errno_of(exc), "error": W.describe(exc)}
         except (W.FrameError, ValueError, TypeError) as exc:
             answer = {"ok": False, "errno": errno.EINVAL, "error": f"bad {op} request: {exc}"}
         except Exception as exc:  # noqa: BLE001 - a bug costs one request, not the service
@@ -530,7 +530,8 @@ class EndpointService:
         session.processor, session.link_index, session.watch = rproc.name, index, watch
         served.attach(session)
         first, last = served.link.capabilities.address_range
-        return {"mtu": served.link.mtu, "window": self.window, "link": served.link.name,
+        return {"mtu": served.link.mtu, "min_payload": served.link.min_payload,
+                "window": self.window, "link": served.link.name,
                 "address_range": [first, last],
                 "buffers": hasattr(rproc, "attach") and hasattr(rproc, "buffers")}
 
@@ -598,7 +599,7 @@ class EndpointService:
             except BufferRefusal as exc:
                 answer = {"ok": False, "errno": exc.errno, "error": str(exc)}
             except (AmplinkError, OSError) as exc:
-                answer = {"ok": False, "errno": W.errno_of(exc), "error": str(exc)}
+                answer = {"ok": False, "errno": W.errno_of(exc), "error": W.describe(exc)}
             except Exception:  # noqa: BLE001 - a bug costs one request
                 log.exception("%s request failed", op)
                 answer = {"ok": False, "errno": errno.EIO, "error": f"{op}: internal error"}

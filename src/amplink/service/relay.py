@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import (
+    AddressError,
     AmplinkError,
     EndpointClosed,
     LinkDown,
-    MessageTooLarge,
     NoBufferAvailable,
 )
 from ..link.channel import RpmsgChannel
@@ -50,6 +50,7 @@ from ..link.endpoint import Endpoint
 from ..link.runtime import Link
 from ..remoteproc.api import RemoteProcessor
 from ..rpmsg.wire import RPMSG_ADDR_ANY
+from ..transports import service_wire as W
 from ..transports.service_status import ChannelStatus, EndpointStatus, LinkStatus
 
 if TYPE_CHECKING:
@@ -296,9 +297,17 @@ class ServedLink:
              addr: int | None) -> ClientEndpoint:
         """A new endpoint of ``session`` on ``state``'s channel (LinkDown, AddressError,
         EndpointClosed as the link raises them; LookupError if the channel went)."""
-        ep = self.link.create_endpoint(
-            state.name, addr=RPMSG_ADDR_ANY if addr is None else addr, dst=state.dst,
-            priv=state.channel)  # priv: the link closes it when the channel goes
+        numbered = self.link.capabilities.addressing == "endpoint"
+        if addr is None:  # "endpoint" addressing (RTKit): a channel's one number is both ends
+            addr = state.dst if numbered else RPMSG_ADDR_ANY
+        try:
+            ep = self.link.create_endpoint(state.name, addr=addr, dst=state.dst,
+                                           priv=state.channel)  # closed when the channel goes
+        except AddressError:
+            if not numbered or addr != state.dst:
+                raise
+            raise AddressError(f"{self.processor}: endpoint 0x{addr:x} is held by another "
+                               "client: one at a time") from None
         ce = ClientEndpoint(session, state, rights, ep)
         with self.lock:
             if not (state.removed or state.channel.removed):
@@ -365,11 +374,13 @@ class ServedLink:
             ce.ep.send(payload, 0)
         except NoBufferAvailable:
             return False
-        except (LinkDown, EndpointClosed, MessageTooLarge) as exc:
+        except AmplinkError as exc:  # a link gone, or a message it refuses (its size)
             if isinstance(exc, LinkDown):
                 self.fail(str(exc))  # before the refusal returns the client's credit
-            err = errno.EMSGSIZE if isinstance(exc, MessageTooLarge) else errno.ENOTCONN
-            self.refuse(ce.session, ce.channel, err, f"{self.processor}: {exc}", ce.addr)
+            err = (errno.ENOTCONN if isinstance(exc, (LinkDown, EndpointClosed))
+                   else W.errno_of(exc))
+            self.refuse(ce.session, ce.channel, err, f"{self.processor}: {W.describe(exc)}",
+                        ce.addr)
             return True
         ce.sent += 1
         channel = ce.channel

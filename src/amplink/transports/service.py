@@ -67,7 +67,7 @@ from ..link.runtime import Link
 from ..notify.doorbell import Doorbell
 from ..notify.waiter import Waiter
 from ..paths import runtime_dir
-from ..rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_NS_ADDR
+from ..rpmsg.wire import RPMSG_ADDR_ANY, RPMSG_NS_ADDR, RPMSG_NS_SIZE
 from . import service_wire as W
 from .service_status import ProcessorStatus, from_json
 from .service_wire import DEFAULT_TIMEOUT
@@ -265,16 +265,19 @@ class ServiceBackend(Backend):
                  inbox: deque[W.Frame]) -> None:
         try:
             mtu = W.field(attach, "mtu", int)
+            min_payload = W.field(attach, "min_payload", int, optional=True) or 0
             window = W.field(attach, "window", int)
             first, last = W.field(attach, "address_range", list)
-            if not (0 < mtu <= W.MAX_PAYLOAD and 0 < window <= 1 << 16
+            if not (0 < mtu <= W.MAX_PAYLOAD and 0 <= min_payload <= mtu
+                    and 0 < window <= 1 << 16
                     and isinstance(first, int) and isinstance(last, int)
                     and 0 <= first <= last < RPMSG_ADDR_ANY):
-                raise W.FrameError(f"mtu {mtu}, window {window}, range {first}..{last}")
+                raise W.FrameError(f"mtu {mtu}, min_payload {min_payload}, window {window}, "
+                                   f"range {first}..{last}")
         except (W.FrameError, ValueError, TypeError) as exc:
             raise _protocol(requests.where, f"attach answer: {exc}") from None
         self.capabilities = Capabilities(
-            max_payload=mtu, name_service=True, addressing="pair",
+            max_payload=mtu, min_payload=min_payload, name_service=True, addressing="pair",
             address_range=(first, last), dynamic_base=None, rx_buffers=0, tx_ready=True,
             send_by_reference=attach.get("buffers") is True)
         self.processor = processor
@@ -367,7 +370,8 @@ class ServiceBackend(Backend):
                 _, _, _, src, dst, credits, dropped = W.HEADER.unpack_from(frame)
                 if credits or dropped != self.service_dropped:
                     self._credit(credits, dropped)
-                if len(frame) - W.HEADER_SIZE > mtu:
+                if len(frame) - W.HEADER_SIZE > mtu and not (
+                        dst == RPMSG_NS_ADDR and len(frame) - W.HEADER_SIZE == RPMSG_NS_SIZE):
                     self._fault(f"a message of {len(frame) - W.HEADER_SIZE} bytes exceeds "
                                 "the MTU")
                     continue
@@ -379,7 +383,8 @@ class ServiceBackend(Backend):
                 self._credit(frame.c, frame.d)
                 if frame.flags & W.FLAG_WATCHED:
                     self.watched += 1
-                if len(frame.body) > self.capabilities.max_payload:
+                if len(frame.body) > mtu and not (frame.b == RPMSG_NS_ADDR
+                                                  and len(frame.body) == RPMSG_NS_SIZE):
                     self._fault(f"a message of {len(frame.body)} bytes exceeds the MTU")
                     continue
                 deliver(frame.a, frame.b, frame.body, None)  # the runtime copies it out

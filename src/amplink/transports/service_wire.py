@@ -177,6 +177,14 @@ def address(message: Mapping[str, Any], key: str, *, optional: bool = False) -> 
 
 
 # -- errors: one errno on the wire, one typed error at each end --------------------------------
+def describe(exc: BaseException) -> str:
+    """The text the service answers for ``exc``: without the "[Errno N]" of an OSError,
+    which the answer carries apart (the client's error adds it again)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return str(exc.strerror)
+    return str(exc)
+
+
 def errno_of(exc: BaseException) -> int:
     """The errno the service answers for ``exc``."""
     if isinstance(exc, LinkDown):
