@@ -280,3 +280,33 @@ def test_a_slow_boot_delays_no_other_client(tmp_path: Path) -> None:
         assert [p.name for p in service_status(service.root)] == ["slow", "other"]
         assert time.monotonic() - t0 < 0.7  # served one at a time, they would wait ~1.4 s
         assert booting.join(TIMEOUT) and booting.error is None
+
+
+def test_a_fault_serving_one_client_costs_only_that_client(
+        service: LoopService, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug met while serving one client's message disconnects that client (LinkDown for
+    it, logged), and the service serves the others on."""
+    from amplink.service import relay
+
+    service.boot()
+    victim, other = service.link(), service.link()
+    bad = victim.open_channel("rpmsg-echo", timeout=TIMEOUT)
+    good = other.open_channel("rpmsg-echo", timeout=TIMEOUT)
+    real_send = relay.ServedLink.send
+
+    def faulty_send(self: relay.ServedLink, ce: relay.ClientEndpoint, payload: bytes) -> None:
+        if payload == b"poison":
+            raise RuntimeError("a bug in the relay")
+        real_send(self, ce, payload)
+
+    monkeypatch.setattr(relay.ServedLink, "send", faulty_send)
+    bad.send(b"poison")
+    with pytest.raises(LinkDown):
+        bad.recv(timeout=TIMEOUT)
+    assert "a bug in the relay" in caplog.text
+    good.send(b"still served")
+    assert good.recv(timeout=TIMEOUT) == b"still served"
+    fresh = service.link().open_channel("rpmsg-echo", timeout=TIMEOUT)
+    fresh.send(b"and new clients too")
+    assert fresh.recv(timeout=TIMEOUT) == b"and new clients too"

@@ -239,10 +239,7 @@ class EndpointService:
                 for fd, mask in self._epoll.poll(TICK):
                     session = sessions.get(fd)
                     if session is not None:
-                        if mask & _EPOLLOUT and session.flush():
-                            self._interest(session, write=False)
-                        if mask & _READABLE and not session.closed:
-                            self._read(session)
+                        self._serve_session(session, mask)
                     elif fd == listener:
                         self._accept()
                     elif fd == wake:
@@ -261,6 +258,20 @@ class EndpointService:
             log.exception("the endpoint service failed")
         finally:
             self._shutdown()
+
+    def _serve_session(self, session: Session, mask: int) -> None:
+        """Write what waits for ``session`` and read what it sent. A fault of ours met
+        while serving one client costs that client its connection, not every client
+        theirs."""
+        try:
+            if mask & _EPOLLOUT and session.flush():
+                self._interest(session, write=False)
+            if mask & _READABLE and not session.closed:
+                self._read(session)
+        except Exception:  # noqa: BLE001 - logged; the service goes on for the others
+            log.exception("serving %s failed: disconnecting it", session.describe())
+            self._protocol_error(session, errno.EIO, "the service failed to serve it "
+                                                     "(its log says why)")
 
     def _shutdown(self) -> None:
         if self._listener is not None:
