@@ -310,3 +310,26 @@ def test_a_fault_serving_one_client_costs_only_that_client(
     fresh = service.link().open_channel("rpmsg-echo", timeout=TIMEOUT)
     fresh.send(b"and new clients too")
     assert fresh.recv(timeout=TIMEOUT) == b"and new clients too"
+
+
+def test_a_processor_whose_links_fail_costs_only_its_own_clients(
+        service: LoopService, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from amplink.service import endpoints
+
+    real_links_of = endpoints.links_of
+
+    def links_of(rproc):  # type: ignore[no-untyped-def]
+        if rproc.name == "broken":
+            raise RuntimeError("its links cannot be read")
+        return real_links_of(rproc)
+
+    monkeypatch.setattr(endpoints, "links_of", links_of)
+    client = service.control
+    dev, _ = client.add("loop-firmware", "broken")
+    LinuxRemoteProc(dev, client.tree).boot()
+    assert wait_for(lambda: "broken: serving its links failed" in caplog.text, TIMEOUT)
+    service.boot()  # loop0, served as ever
+    ep = service.link().open_channel("rpmsg-echo", timeout=TIMEOUT)
+    ep.send(b"served")
+    assert ep.recv(timeout=TIMEOUT) == b"served"

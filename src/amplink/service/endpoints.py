@@ -223,11 +223,13 @@ class EndpointService:
         if everyone:
             served = {id(rproc) for rproc, _ in self._served}
             dirty |= {rproc for _, rproc in entries if id(rproc) not in served}
-        for rproc in dirty:
-            self._reconcile(rproc, devs.get(id(rproc)))
-        for (rproc, _), link in list(self._served.items()):
-            if link.down is not None or not link.link.is_up:
+        stale = {rproc for (rproc, _), link in self._served.items()
+                 if link.down is not None or not link.link.is_up}
+        for rproc in dirty | stale:
+            try:
                 self._reconcile(rproc, devs.get(id(rproc)))
+            except Exception:  # noqa: BLE001 - logged: one processor's fault, not the service's
+                log.exception("%s: serving its links failed", rproc.name)
 
     # -- the I/O thread -----------------------------------------------------------------------
     def _run(self) -> None:
