@@ -94,8 +94,13 @@ class WaitEngine:
         if self.followers:
             with self.cond:
                 self.cond.notify_all()
+        if self._async_futures:
+            self._wake_async()
+
+    def _wake_async(self) -> None:
+        """Have the coroutines waiting on the link look again (from any thread)."""
         loop = self._async_loop
-        if self._async_futures and loop is not None:
+        if loop is not None:
             try:
                 loop.call_soon_threadsafe(self._async_readable)
             except RuntimeError:  # that loop is closed: its waiters are gone
@@ -225,6 +230,8 @@ class WaitEngine:
                     self.poller = outer
                     if self.followers or self._poller_watchers:
                         self.cond.notify_all()
+                if self._async_futures:  # they left the arming to us: they arm again
+                    self._wake_async()
 
     def _spin(self, remaining: float | None, tx: bool, generation: int) -> None:
         backend = self.backend
@@ -300,7 +307,8 @@ class WaitEngine:
                     return True
                 blocked = self._blocked(tx)
                 if not blocked and backend.arm(rx=not tx, tx=tx):
-                    backend.disarm()
+                    if self.poller is None:  # a thread sleeping on the rings needs them armed
+                        backend.disarm()
                     continue
             finally:
                 lock.release()
@@ -322,9 +330,12 @@ class WaitEngine:
             if self._closed() or not lock.acquire(False):
                 continue
             try:
-                backend.waiter.poll_sources()
-                backend.waiter.reset_wake()
-                backend.disarm()
+                # A thread asleep on the rings owns the waiter and the arming: consuming
+                # its kicks or its wake-up, or disarming, here could leave it asleep
+                if self.poller is None:
+                    backend.waiter.poll_sources()
+                    backend.waiter.reset_wake()
+                    backend.disarm()
             finally:
                 lock.release()
 
