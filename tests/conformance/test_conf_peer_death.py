@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import Callable
 
 import pytest
@@ -32,6 +33,11 @@ from amplink.errors import LinkDown
 from amplink.link import Endpoint
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.needs("can_kill_peer")]
+
+
+def _trace(error: BaseException | None) -> str:
+    """Where an unexpected error came from (it was raised in another thread)."""
+    return "" if error is None else "\n" + "".join(traceback.format_exception(error))
 
 
 def _recv(ep: Endpoint) -> Blocked:
@@ -97,7 +103,8 @@ def test_blocked_call_gets_link_down_at_once(harness: Harness, call: str,
     blocked = BLOCKING[call](ep)
     died = harness.peer.die()
     result, error, ended = blocked.outcome()
-    assert isinstance(error, LinkDown), f"{call} after the peer died: {result!r}, {error!r}"
+    assert isinstance(error, LinkDown), (f"{call} after the peer died: {result!r}, {error!r}"
+                                         f"{_trace(error)}")
     latency = ended - died
     assert harness.case is not None
     # reported through the test report, which reaches the summary from xdist workers too
