@@ -484,3 +484,28 @@ def test_endpoint_addresses_are_parsed_as_rpmsg_char_prints_them(kernel):
     path.write_bytes(b"x" * 5000)
     with pytest.raises(MalformedSysfs):
         read_attribute(path)
+
+
+def test_a_device_link_removed_while_it_is_resolved_is_a_device_gone(kernel, link,
+                                                                      monkeypatch):
+    """realpath raises FileNotFoundError when a link on the way goes while it is resolved
+    (the kernel removing a device): a gone device, never a raw error out of a wait."""
+    from amplink.transports.rpmsg_char import sysfs as sysfs_module
+
+    kernel.announce(RAW, 0x400)
+    ep = link.open_channel(RAW, timeout=2)
+    backend = link.backend
+
+    def vanishing(path: object, **_: object) -> str:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+
+    monkeypatch.setattr(sysfs_module.os.path, "realpath", vanishing)
+    assert not backend.sysfs.exists(backend.ctrl)
+    assert backend.sysfs.channels() == []
+    assert backend.sysfs.endpoints() == []
+    with pytest.raises(DeviceNotFound):
+        backend.sysfs.control(backend.ctrl.node)
+    kernel.remove_device()
+    with pytest.raises(LinkDown):
+        ep.recv(timeout=2)
+    assert not link.is_up

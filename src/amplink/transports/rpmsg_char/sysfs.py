@@ -45,6 +45,16 @@ ENDPOINT_NODE = re.compile(r"rpmsg[0-9]{1,9}")
 _BUS_DEVICE = re.compile(r"[^/\x00]{1,255}")
 
 
+def _real_path(entry: Path) -> str:
+    """Where a device's link leads; DeviceNotFound if the link went meanwhile (realpath
+    raises when a link on the way is removed while it is resolved, as the kernel removes
+    a device's links)."""
+    try:
+        return os.path.realpath(entry)
+    except OSError as exc:
+        raise DeviceNotFound(errno.ENOENT, f"{entry} went away: {exc.strerror}") from None
+
+
 def check_component(name: str, what: str) -> str:
     """``name`` if it is a single path component (no '/', NUL, '.' or '..')."""
     if not isinstance(name, str) or not _BUS_DEVICE.fullmatch(name) or name in (".", ".."):
@@ -171,8 +181,8 @@ class RpmsgSysfs:
         if not isinstance(node, str) or not CTRL_NODE.fullmatch(node):
             raise DeviceNotFound(errno.ENOENT, f"{node!r} is not an rpmsg_ctrlN device name")
         entry = self.class_dir / node
-        path = os.path.realpath(entry)
-        parent = os.path.realpath(entry / "device")
+        path = _real_path(entry)
+        parent = _real_path(entry / "device")
         if not os.path.isdir(path) or not os.path.isdir(parent):
             raise DeviceNotFound(errno.ENOENT, f"no rpmsg control device {node} in "
                                  f"{self.class_dir}")
@@ -190,15 +200,18 @@ class RpmsgSysfs:
 
     def exists(self, ctrl: ControlDevice) -> bool:
         """Whether ``ctrl`` is still there (the same device, not a new one of that name)."""
-        return os.path.realpath(self.class_dir / ctrl.node) == ctrl.path and \
-            os.path.isdir(ctrl.path)
+        try:
+            return _real_path(self.class_dir / ctrl.node) == ctrl.path and \
+                os.path.isdir(ctrl.path)
+        except DeviceNotFound:
+            return False
 
     # -- channels ---------------------------------------------------------------------------
     def channel(self, device: str) -> ChannelDevice:
         """The bus device ``device`` (untrusted name and content: checked)."""
         check_component(device, str(self.bus_dir))
         entry = self.bus_dir / device
-        path = os.path.realpath(entry)
+        path = _real_path(entry)
         values = [read_attribute(entry / attr) for attr in ("name", "src", "dst")]
         name = parse_name(values[0], entry / "name")
         src = parse_hex_address(values[1], entry / "src")
@@ -234,7 +247,7 @@ class RpmsgSysfs:
         return EndpointDevice(node, parse_name(values[0], entry / "name"),
                               parse_signed_address(values[1], entry / "src"),
                               parse_signed_address(values[2], entry / "dst"),
-                              os.path.realpath(entry))
+                              _real_path(entry))
 
     def endpoints(self, under: str | None = None) -> list[EndpointDevice]:
         """The endpoint devices (those below the real directory ``under``, if given)."""
