@@ -278,8 +278,8 @@ def test_a_producer_that_filled_the_fifo_during_a_pop_is_rung(pair, monkeypatch)
 
 
 def test_a_waiting_sender_looks_again_without_a_ring(pair):
-    """A "not full" ring lost to memory ordering costs a sender SPACE_RECHECK, not its
-    whole timeout: room made without a ring is found."""
+    """The safety net: a "not full" ring lost after all costs a sender SPACE_RECHECK, not
+    its whole timeout: room made without a ring is found."""
     ap, iop = pair
     for i in range(4):
         assert iop.try_send(0x20, i)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from .._args import FOREVER, int_arg, timeout_arg
 from ..errors import LinkDown, RemoteProtocolError, SendTimeout
+from ..memory.fence import full_fence
 from ..memory.region import SharedRegion
 from ..notify.doorbell import Doorbell, EventfdDoorbell
 from ..notify.waiter import wait_readable
@@ -49,10 +50,9 @@ DEFAULT_DEPTH = 32
 MAX_DEPTH = 4096
 #: how long a blocking send waits for room (Apple's mailbox driver: 500 ms)
 SEND_TIMEOUT = 0.5
-#: a sender waiting for room looks again this often (s) without a "not full" ring: the
-#: consumer rings when its pop may have ended a full FIFO, but Python issues no memory
-#: fence between its store of the head and its load of the tail, so the two sides can
-#: (rarely) each read the other's index from before its store
+#: a sender waiting for room looks again this often (s) without a "not full" ring: a
+#: safety net, as the link's, should a ring be lost after all (a peer's doorbell that is
+#: no system call does not order its stores before its loads)
 SPACE_RECHECK = 0.005
 SLOT = struct.Struct("<QII")
 _HEADER = struct.Struct("<IIII")
@@ -252,7 +252,11 @@ class Mailbox:
         self._received += 1
         # "Not full" for a producer that may be waiting for room: it was full when this pop
         # began, or the producer filled it meanwhile (then it saw the old head, and no
-        # later pop would find it full again to ring)
+        # later pop would find it full again to ring). The fence orders our head store
+        # before that load of its tail; the producer's kick (a system call) orders its
+        # tail store before its load of our head.
+        if count != self.depth:
+            full_fence()
         if count == self.depth or (self._u32[self._rx_tail_at] - old_head) & _INDEX_MASK \
                 == self.depth:
             self._space.kick()
