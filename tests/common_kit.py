@@ -113,12 +113,16 @@ def shm_entries(prefix: str) -> set[str]:
 def shared_mappings(prefix: str) -> set[str]:
     """This process's mappings of amplink's memfds and of /dev/shm objects of ``prefix``."""
     found = set()
+    shm = "/dev/shm/" + prefix
     with open("/proc/self/maps") as f:
-        for line in f:
-            fields = line.split(maxsplit=5)
-            path = fields[5].strip() if len(fields) == 6 else ""  # anonymous: no path
-            if path.startswith("/memfd:amplink") or path.startswith("/dev/shm/" + prefix):
-                found.add(fields[0] + " " + path)
+        maps = f.read()
+    for line in maps.splitlines():
+        if "/memfd:amplink" not in line and shm not in line:
+            continue  # most mappings: libraries, heaps, stacks (cheap to skip whole)
+        fields = line.split(maxsplit=5)
+        path = fields[5].strip() if len(fields) == 6 else ""  # anonymous: no path
+        if path.startswith("/memfd:amplink") or path.startswith(shm):
+            found.add(fields[0] + " " + path)
     return found
 
 
