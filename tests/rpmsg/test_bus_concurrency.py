@@ -160,16 +160,31 @@ def test_try_recv_does_not_wait_for_a_callback_blocked_in_send(pair):
     assert d_ep.statistics().messages_received == 1
 
 
-def test_an_awaiting_coroutine_hears_what_another_thread_delivered(pair):
+async def _a_coroutine_and_a_thread_waiting(pair) -> tuple[asyncio.Future[bytes], Outcome]:
+    """A coroutine awaiting a message for 1024, then a thread asleep on the rings waiting
+    for one for 1025."""
     h_a = pair.host.create_endpoint("a", addr=1024)
     h_b = pair.host.create_endpoint("b", addr=1025)
+    task = asyncio.ensure_future(h_a.arecv(timeout=5.0))
+    await asyncio.sleep(0.05)
+    other = Outcome(lambda: h_b.recv(5.0))
+    await asyncio.sleep(0.1)  # the thread now sleeps on the doorbell
+    return task, other
+
+
+async def _the_thread_hears(other: Outcome, d) -> None:
+    t1 = time.monotonic()
+    d.sendto(b"for b", 1025)
+    assert await asyncio.get_running_loop().run_in_executor(None, other.join, 6)
+    assert other.result == b"for b", other.error
+    assert other.ended - t1 < 1.0, "the sleeping thread missed its kick"
+
+
+def test_an_awaiting_coroutine_hears_what_another_thread_delivered(pair):
     d = pair.device.create_endpoint(None, addr=1024)
 
     async def main() -> float:
-        task = asyncio.ensure_future(h_a.arecv(timeout=5.0))
-        await asyncio.sleep(0.05)
-        other = Outcome(lambda: h_b.recv(5.0))
-        await asyncio.sleep(0.1)  # the thread now sleeps on the doorbell
+        task, other = await _a_coroutine_and_a_thread_waiting(pair)
         t0 = time.monotonic()
         d.sendto(b"for a", 1024)
         # the loop is held up: the thread wakes, delivers, arms the rings again and goes
@@ -179,11 +194,7 @@ def test_an_awaiting_coroutine_hears_what_another_thread_delivered(pair):
         elapsed = time.monotonic() - t0
         assert other.ended is None, other.error  # it sleeps on: nothing came for b
         # and the coroutine's wake-up left the rings armed for the thread still asleep
-        t1 = time.monotonic()
-        d.sendto(b"for b", 1025)
-        assert await asyncio.get_running_loop().run_in_executor(None, other.join, 6)
-        assert other.result == b"for b", other.error
-        assert other.ended - t1 < 1.0, "the sleeping thread missed its kick"
+        await _the_thread_hears(other, d)
         return elapsed
 
     t_start = time.monotonic()
@@ -194,20 +205,11 @@ def test_an_awaiting_coroutine_hears_what_another_thread_delivered(pair):
 def test_a_thread_that_stops_waiting_leaves_a_coroutine_able_to_hear(pair):
     """The thread asleep on the rings wakes for its message and leaves: a coroutine still
     waiting is made to arm the rings again, or the next kick would not come."""
-    h_a = pair.host.create_endpoint("a", addr=1024)
-    h_b = pair.host.create_endpoint("b", addr=1025)
     d = pair.device.create_endpoint(None, addr=1024)
 
     async def main() -> float:
-        task = asyncio.ensure_future(h_a.arecv(timeout=5.0))
-        await asyncio.sleep(0.05)
-        other = Outcome(lambda: h_b.recv(5.0))
-        await asyncio.sleep(0.1)  # the thread now sleeps on the doorbell
-        t1 = time.monotonic()
-        d.sendto(b"for b", 1025)
-        assert await asyncio.get_running_loop().run_in_executor(None, other.join, 6)
-        assert other.result == b"for b", other.error
-        assert other.ended - t1 < 1.0, "the sleeping thread missed its kick"
+        task, other = await _a_coroutine_and_a_thread_waiting(pair)
+        await _the_thread_hears(other, d)
         await asyncio.sleep(0.1)
         t0 = time.monotonic()
         d.sendto(b"for a", 1024)
