@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import array
 import errno
+import logging
 import os
 import socket
 from pathlib import Path
 
 import pytest
 from common_kit import wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from loop_kit import TIMEOUT, LoopService, loop_service
 from raw_kit import RawClient
 
@@ -197,4 +200,62 @@ def test_a_storm_of_connections_leaves_nothing_behind(service: LoopService) -> N
     host = service.made["loop0"].links[0]
     assert wait_for(lambda: not host.endpoints(), TIMEOUT)
     assert not service_status(service.root)[0].links[0].channels[0].watchers
+    still_serves(service)
+
+
+# -- a fuzzing client ---------------------------------------------------------------------------
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-2, max_value=3),
+    st.integers(min_value=-(1 << 64), max_value=1 << 64), st.text(max_size=40),
+    st.sampled_from(["loop0", "rpmsg-echo", "", "x" * 300]),
+    st.lists(st.integers(min_value=-1, max_value=1 << 33), max_size=3))
+_FIELDS = st.sampled_from(["op", "version", "processor", "link", "watch", "name", "addr",
+                           "dst", "size", "access", "id", "ids", "timeout", "zzz"])
+_OPS = st.sampled_from(["status", "attach", "open", "close", "attach_buffer",
+                        "detach_buffer", "nonsense"])
+_REQUEST = st.builds(lambda op, extra: {"op": op, **extra}, _OPS,
+                     st.dictionaries(_FIELDS, _VALUES, max_size=5))
+_U32 = st.one_of(st.integers(min_value=0, max_value=3),
+                 st.integers(min_value=1020, max_value=1030),
+                 st.integers(min_value=0, max_value=0xFFFFFFFF))
+_STEP = st.one_of(
+    st.tuples(st.just("request"), _REQUEST),
+    st.tuples(st.just("data"), st.tuples(_U32, _U32, st.binary(max_size=600))),
+    st.tuples(st.just("frame"), st.tuples(st.integers(min_value=0, max_value=6), _U32,
+                                          st.binary(max_size=64))))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(_STEP, min_size=1, max_size=12))
+def test_whatever_a_client_sends_costs_the_service_nothing(
+        service: LoopService, caplog: pytest.LogCaptureFixture, steps: list) -> None:
+    """Random requests (known and unknown operations, fields of every type), messages of
+    any size and address, frames of any kind, after a valid attach and open: the client
+    gets answers, refusals or its connection cut; the service meets no fault of its own
+    (no internal error, nothing logged as failed) and serves its other clients on."""
+    caplog.clear()
+    with RawClient(service.root) as raw:
+        answer = raw.request("attach", version=W.PROTOCOL_VERSION, processor="loop0", link=0,
+                             watch=True)
+        assert answer["ok"], answer
+        opened = raw.request("open", name="rpmsg-echo")
+        assert opened["ok"], opened
+        try:
+            for kind, value in steps:
+                if kind == "request":
+                    raw.send_json(value)
+                elif kind == "data":
+                    raw.send_data(*value)
+                else:
+                    frame_kind, a, body = value
+                    raw.sock.send(W.header(frame_kind, a) + body)
+            raw.request("status")  # answered once the service has read all of it
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            pass  # cut off: fine
+    faults = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.ERROR or "internal error" in r.getMessage()]
+    assert not faults, faults
+    assert not any(
+        f.kind == W.KIND_RESPONSE and b"internal error" in f.body for f in raw.other)
     still_serves(service)
