@@ -95,7 +95,8 @@ def test_mtu_exceeded_is_refused_whole(harness: Harness) -> None:
     calls = [lambda: ep.send(too_big, timeout=1), lambda: ep.try_send(too_big),
              lambda: ep.sendto(too_big, p, timeout=1), lambda: ep.try_sendto(too_big, p),
              lambda: ep.send_offchannel(ep.addr, p, too_big, timeout=1),
-             lambda: ep.try_send_offchannel(ep.addr, p, too_big)]
+             lambda: ep.try_send_offchannel(ep.addr, p, too_big),
+             lambda: ep.send_many([fit(harness, b"first"), too_big], timeout=1)]
     for call in calls:
         with pytest.raises(MessageTooLarge) as info:
             call()
@@ -119,7 +120,10 @@ def test_below_the_smallest_payload_is_refused_whole(harness: Harness) -> None:
     too_short = bytes(range(minimum - 1))
     calls = [lambda: ep.send(too_short, timeout=1), lambda: ep.try_send(too_short),
              lambda: ep.sendto(too_short, p, timeout=1), lambda: ep.try_sendto(too_short, p),
-             lambda: ep.send(b"", timeout=1), lambda: asyncio.run(ep.asend(too_short, 1))]
+             lambda: ep.send(b"", timeout=1), lambda: asyncio.run(ep.asend(too_short, 1)),
+             # every payload of a batch is checked before the first is sent
+             lambda: ep.send_many([fit(harness, b"first"), too_short], timeout=1),
+             lambda: ep.sendto_many([too_short], p, timeout=1)]
     for call in calls:
         with pytest.raises(InvalidArgument):  # refused, not padded
             call()

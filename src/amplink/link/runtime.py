@@ -748,9 +748,10 @@ class Link:
         batch: list[bytes | bytearray | memoryview] = [
             p if type(p) is bytes else payload_arg(p, "payloads[]") for p in payloads]
         self._check_addresses(src, dst)
+        low, high = self.min_payload, self.mtu
         for data in batch:
-            if len(data) > self.mtu:
-                self._check_send(src, dst, data)  # raises MessageTooLarge, nothing sent
+            if not low <= len(data) <= high:
+                self._check_length(len(data))  # MessageTooLarge or InvalidArgument: none sent
         if timeout != DEFAULT_SEND_TIMEOUT:
             timeout = timeout_arg(timeout)
         backend = self.backend
