@@ -249,6 +249,12 @@ def _frame(packet: bytes, where: str) -> W.Frame:
         raise _protocol(where, str(exc)) from None
 
 
+def _oversized(dst: int, length: int, mtu: int) -> bool:
+    """Whether a message from the service exceeds the MTU. Its announcements (name-service
+    messages) may, on a link whose MTU is smaller than they are (RTKit's 8 bytes)."""
+    return length > mtu and not (dst == RPMSG_NS_ADDR and length == RPMSG_NS_SIZE)
+
+
 def _protocol(where: str, what: str) -> RemoteProtocolError:
     return RemoteProtocolError(f"the amplink service at {where} broke its protocol: {what}")
 
@@ -370,8 +376,7 @@ class ServiceBackend(Backend):
                 _, _, _, src, dst, credits, dropped = W.HEADER.unpack_from(frame)
                 if credits or dropped != self.service_dropped:
                     self._credit(credits, dropped)
-                if len(frame) - W.HEADER_SIZE > mtu and not (
-                        dst == RPMSG_NS_ADDR and len(frame) - W.HEADER_SIZE == RPMSG_NS_SIZE):
+                if _oversized(dst, len(frame) - W.HEADER_SIZE, mtu):
                     self._fault(f"a message of {len(frame) - W.HEADER_SIZE} bytes exceeds "
                                 "the MTU")
                     continue
@@ -383,8 +388,7 @@ class ServiceBackend(Backend):
                 self._credit(frame.c, frame.d)
                 if frame.flags & W.FLAG_WATCHED:
                     self.watched += 1
-                if len(frame.body) > mtu and not (frame.b == RPMSG_NS_ADDR
-                                                  and len(frame.body) == RPMSG_NS_SIZE):
+                if _oversized(frame.b, len(frame.body), mtu):
                     self._fault(f"a message of {len(frame.body)} bytes exceeds the MTU")
                     continue
                 deliver(frame.a, frame.b, frame.body, None)  # the runtime copies it out
