@@ -4,6 +4,8 @@ and the buffer socket (AMPLINK_BUFFERS_FD), and processes them in place."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 from common_kit import wait_for
 from sim_kit import assert_no_leaks, snapshot
@@ -80,3 +82,14 @@ def test_c_firmware_checksums_and_reports_bad_references(native_frames: str) -> 
             # and it goes on serving
             ch.send(buf.slice(1024, 256))
             assert ch.wait_done(timeout=5).offset == 1024
+
+
+def test_the_frames_command_runs_the_c_firmware(native_frames: str) -> None:
+    """`amplink frames --firmware`: the benchmark and its checks against any firmware that
+    serves rpmsg-frames, here the C one."""
+    r = subprocess.run([sys.executable, "-m", "amplink.cli", "frames", "--firmware",
+                        native_frames, "--count", "12", "--size", "64K"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"sim0 ({native_frames}): invert 12 frames" in r.stdout, r.stdout
+    assert "every frame checked" in r.stdout and "frames: OK" in r.stdout

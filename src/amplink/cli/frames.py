@@ -19,13 +19,13 @@ FRAMES_FIRMWARE = "amplink.firmware.examples.frames"
 
 
 def cmd_frames(args: argparse.Namespace) -> int:
-    """amplink frames [--size SIZE] [--count N] [--depth D] [--touch]."""
+    """amplink frames [--size SIZE] [--count N] [--depth D] [--touch] [--firmware FW]."""
     from ..handover import BufferChannel
     from ..memory import Access, allocate_buffer
     from ..platforms.sim import SimRemoteProc
 
     mode = "touch" if args.touch else "invert"
-    rproc = SimRemoteProc(FRAMES_FIRMWARE, name="sim0", args=[mode])
+    rproc = SimRemoteProc(args.firmware, name="sim0", args=[mode])
     frames = [allocate_buffer(args.size, name=f"frame{i}") for i in range(args.depth)]
     try:
         for i, frame in enumerate(frames):
@@ -34,8 +34,8 @@ def cmd_frames(args: argparse.Namespace) -> int:
         with rproc.acquire():
             channel = BufferChannel(rproc.link.open_channel("rpmsg-frames", timeout=5.0),
                                     port=rproc.buffers)
-            out(f"sim0: {mode} {args.count} frames of {args.size:,} B, {args.depth} in "
-                f"flight, handed over by reference (no copy)")
+            out(f"sim0 ({args.firmware}): {mode} {args.count} frames of {args.size:,} B, "
+                f"{args.depth} in flight, handed over by reference (no copy)")
             with step("hand-over"):
                 seconds = _run(channel, frames, args.count)
             for a in rproc.attached()[:4]:
@@ -85,3 +85,7 @@ def register(sub: Any) -> None:
     p.add_argument("--depth", type=int, default=4, help="frames in flight (default 4)")
     p.add_argument("--touch", action="store_true",
                    help="the firmware touches one byte instead of inverting the frame")
+    p.add_argument("--firmware", default=FRAMES_FIRMWARE,
+                   help="the firmware serving rpmsg-frames, given 'invert' or 'touch' as its "
+                        "argument: a Python module or file, or a native executable such as a "
+                        f"build of native_frames.c (default {FRAMES_FIRMWARE})")
