@@ -138,6 +138,7 @@ def snapshot(prefix: str) -> dict[str, object]:
 def leaks(before: dict[str, object], prefix: str, settle: float = 2.0) -> list[str]:
     """What differs from ``before`` (threads and children get ``settle`` s to end)."""
     deadline = time.monotonic() + settle
+    pause = 0.001  # most threads and children end within a few ms: look again soon
     while True:
         after = snapshot(prefix)
         found = []
@@ -151,4 +152,5 @@ def leaks(before: dict[str, object], prefix: str, settle: float = 2.0) -> list[s
                 found.append(f"{key}: {was} -> {now}")
         if not found or time.monotonic() >= deadline:
             return found
-        time.sleep(0.01)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
