@@ -11,7 +11,9 @@
 Keem Bay has no name service (its channels are static) and "channel" addressing: a
 channel is both ends of its messages, so the cases that send to another address than
 the endpoint's own, from a source other than the destination, to explicit addresses
-beyond 1023 or to dynamic ones from 1024 are for "rpmsg" addressing and skip.
+beyond 1023 or to dynamic ones from 1024 are for "rpmsg" addressing and skip. Its
+channels are discovered (the peer's open-channel bitmap, ``kmb-N``): the echo-channel
+cases open the peer's channel 10 as ``kmb-10``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ from amplink.platforms.inprocess import Notify
 from amplink.platforms.sim.keembay import KeemBayProcessor
 from amplink.platforms.sim.layout import LinkConfig
 from amplink.transports.keembay import KeemBayPair, KmbConfig
-from amplink.transports.keembay.wire import KMB_IPC_FIFO_DEPTH, KMB_IPC_MAX_CHANNELS
+from amplink.transports.keembay.wire import (
+    KMB_IPC_FIFO_DEPTH,
+    KMB_IPC_MAX_CHANNELS,
+    channel_name,
+)
 
 AGENT = str(Path(__file__).resolve().parent / "peer_agent_keembay.py")
 NO_HANGUP = ("{notify} doorbells carry no hang-up: a peer's death cannot be played in "
@@ -44,13 +50,18 @@ NO_GARBAGE = ("the suite's garbage writer (peer_garbage.py) speaks virtio; a hos
               "tests/integration/test_keembay_sim.py (a firmware writing garbage)")
 
 
+#: the echo-channel cases' channel (test_conf_echo_channel.py): a GP channel the peer opens,
+#: which the side under test finds in the peer's open-channel bitmap
+ECHO_CHANNEL = {"echo_channel": channel_name(10), "echo_channel_addr": 10}
+
+
 def keembay_capabilities(config: KmbConfig) -> Capabilities:
     """What both nodes of a Keem Bay link with ``config`` declare."""
     return Capabilities(
         max_payload=config.slot_size, name_service=False, tx_loan=True, rx_hold=True,
         send_by_reference=True, addressing="channel",
         address_range=(0, KMB_IPC_MAX_CHANNELS - 1), dynamic_base=None,
-        rx_buffers=min(config.fifo_share, config.headers), tx_ready=True)
+        channel_discovery=True, rx_buffers=min(config.fifo_share, config.headers), tx_ready=True)
 
 
 def _pair_factory(config: KmbConfig, notify: Notify,
@@ -89,6 +100,7 @@ def _case(id: str, config: KmbConfig | None = None, notify: Notify = "eventfd",
         expect={"backend": {"kind": "keembay", "fifo_share": config.fifo_share,
                             "headers": config.headers},
                 "link": {"poll_mode": poll_mode}},
+        extra=ECHO_CHANNEL,
     )
 
 
@@ -145,5 +157,6 @@ CASES = [
         summary=lambda: (f"{KeemBayRig.booted} simulated Keem Bay VPUs booted"
                          if KeemBayRig.booted else None),
         expect={"backend": {"kind": "keembay", "node": "CPU"}},
+        extra=ECHO_CHANNEL,
     ),
 ]

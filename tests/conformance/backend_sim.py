@@ -84,7 +84,7 @@ class SimRig:
                 ep.close()
             if not peer.call("reset", timeout=RESET_TIMEOUT):
                 return False
-            if not link.wait_until(lambda: not link.channels(), RESET_TIMEOUT, tx=False):
+            if not link.wait_channels(lambda channels: not channels, RESET_TIMEOUT):
                 return False
             link.poll(dispatch=False)
             stats = link.statistics()

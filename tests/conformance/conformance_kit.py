@@ -19,6 +19,7 @@ from common_kit import Outcome
 from amplink.errors import NoBufferAvailable
 from amplink.link import Endpoint, Link
 from amplink.link.endpoint import Callback
+from amplink.rpmsg.wire import RPMSG_ADDR_ANY
 
 #: scheduling slack for "returns within" bounds on a loaded 2-core machine (s)
 MARGIN = 0.5
@@ -74,10 +75,15 @@ def fit(where: Harness | Endpoint, data: bytes) -> bytes:
 
 
 def echo_channel(h: Harness) -> str:
-    """Have the peer announce a channel that echoes every message to its sender; its name."""
+    """Have the peer announce a channel that echoes every message to its sender; its name.
+
+    The case's extras may name it (``echo_channel``) and, on a link whose channels are
+    numbers found by discovery (Keem Bay), say at which number the peer opens it
+    (``echo_channel_addr``)."""
     assert h.case is not None
     name: str = h.case.extra.get("echo_channel", "conf-echo")
-    h.peer.create(name, announce=True, echo=True)
+    h.peer.create(name, addr=h.case.extra.get("echo_channel_addr", RPMSG_ADDR_ANY),
+                  announce=True, echo=True)
     return name
 
 

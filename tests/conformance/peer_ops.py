@@ -110,9 +110,8 @@ class PeerOps:
 
     def wait_channel_gone(self, name: str, timeout: float) -> bool:
         """Wait until no channel ``name`` is known (its end was announced)."""
-        link = self.link
-        return link.wait_until(lambda: all(c.name != name for c in link.channels()), timeout,
-                               tx=False)
+        return self.link.wait_channels(lambda channels: all(c.name != name for c in channels),
+                                       timeout)
 
     def open_channel(self, name: str, timeout: float) -> tuple[int, int]:
         """Open an endpoint on channel ``name``; return ``(its address, its destination)``."""
@@ -228,7 +227,7 @@ class PeerOps:
         for ep in eps:
             ep.close()
         link = self.link
-        if not link.wait_until(lambda: not link.channels(), timeout, tx=False):
+        if not link.wait_channels(lambda channels: not channels, timeout):
             return False
         link.poll(dispatch=False)
         return link.is_up and not link.endpoints()

@@ -96,7 +96,7 @@ def test_send_and_listen_on_an_rtkit_channel_through_the_service(runtime: Path,
     try:
         ep = link.open_channel("rtkit-0x20", timeout=TIMEOUT)
         status, _, err = cli("send", "rtkit0", "rtkit-0x20", "abcdefgh")
-        assert status == 1 and "endpoint 0x20 is held by another client" in err
+        assert status == 1 and "rtkit-0x20 is held by another client" in err
         assert err.count("[Errno") <= 1  # the service's answer does not repeat its errno
         ep.send(b"12345678", timeout=TIMEOUT)
         assert ep.recv(timeout=TIMEOUT) == b"12345678"

@@ -101,6 +101,35 @@ def test_message_for_a_closed_channel_is_dropped_counted_and_freed(pair):
     assert again.recv(timeout=1) == b"to the new one"
 
 
+def test_the_peers_open_channels_are_discovered_by_number(pair):
+    """A link finds the channels the peer has open in its bitmap (``kmb-N``), opens one by
+    name, and loses it (its endpoint closed) when the peer closes the channel."""
+    cpu, vpu = pair.cpu, pair.vpu
+    assert cpu.channels() == []
+    vpu.create_endpoint(addr=0, callback=lambda ep, data, src: ep.send(data))
+    far = vpu.create_endpoint(addr=1000)
+    assert [(c.name, c.dst, c.src) for c in cpu.channels()] == [("kmb-0", 0, 0),
+                                                                 ("kmb-1000", 1000, 1000)]
+    ep = cpu.open_channel("kmb-1000", timeout=1)
+    assert (ep.addr, ep.dst) == (1000, 1000)
+    ep.send(b"by name", timeout=1)
+    assert far.recvfrom(timeout=1) == (b"by name", 1000)
+    far.close()
+    assert [c.name for c in cpu.channels()] == ["kmb-0"]
+    with pytest.raises(ChannelClosed, match="'kmb-1000' was removed by the peer"):
+        ep.send(b"gone", timeout=1)
+
+
+def test_any_bitmap_a_peer_writes_is_a_set_of_channels(pair):
+    """The bitmap is the peer's memory: every pattern is valid and bounded (1024 channels)."""
+    cpu, vpu = pair.cpu, pair.vpu
+    bitmap = vpu.backend.layout.bitmap(1)
+    vpu.backend.region.mm[bitmap:bitmap + 128] = b"\xff" * 128
+    assert [c.dst for c in cpu.channels()] == list(range(1024))
+    vpu.backend.region.mm[bitmap:bitmap + 128] = bytes(127) + b"\x80"
+    assert [c.name for c in cpu.channels()] == ["kmb-1023"]
+
+
 # -- the driver's error codes ------------------------------------------------------------
 def test_errors_carry_the_drivers_errno(pair):
     cpu, vpu = pair.cpu, pair.vpu

@@ -169,8 +169,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
     root = _sysfs_root(args)
     if root is not None and not is_simulator_tree(root):
-        if args.rtkit:
-            raise CommandError("--rtkit boots a simulated co-processor: drop --sysfs")
+        if args.rtkit or args.keembay:
+            raise CommandError(f"{'--rtkit' if args.rtkit else '--keembay'} boots a simulated "
+                               "co-processor: drop --sysfs")
         return _boot_tree(args)
     firmware = _firmware_spec(args.firmware)
     try:
@@ -195,7 +196,8 @@ def _add_processor(args: argparse.Namespace, firmware: str) -> tuple[SupervisorC
     target = _target(args, start=True)
     if target.supervisor is None:
         raise CommandError(f"no supervisor serves {target.where}")
-    dev, name = target.supervisor.add(firmware, args.name, "rtkit" if args.rtkit else None)
+    kind = "rtkit" if args.rtkit else "keembay" if args.keembay else None
+    dev, name = target.supervisor.add(firmware, args.name, kind)
     return target.supervisor, dev, name
 
 
@@ -347,11 +349,15 @@ def register(sub: Any) -> None:
     p.add_argument("firmware", metavar="FIRMWARE",
                    help="e.g. amplink.firmware.examples.echo, or fw.elf with --sysfs")
     p.add_argument("--name", default=None,
-                   help="the processor's name (default: the first free simN, or rtkitN; "
-                        "with --sysfs the only processor)")
-    p.add_argument("--rtkit", action="store_true",
-                   help="FIRMWARE is Apple RTKit firmware (amplink.firmware.rtkit): boot a "
-                        "simulated RTKit co-processor behind a mailbox")
+                   help="the processor's name (default: the first free simN, rtkitN or "
+                        "vpuN; with --sysfs the only processor)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--rtkit", action="store_true",
+                      help="FIRMWARE is Apple RTKit firmware (amplink.firmware.rtkit): boot a "
+                           "simulated RTKit co-processor behind a mailbox")
+    kind.add_argument("--keembay", action="store_true",
+                      help="FIRMWARE is Keem Bay VPU firmware (amplink.firmware.keembay): "
+                           "boot a simulated VPU; its open channels are served as kmb-N")
     for name, func, help_, description in (
             ("stop", cmd_stop, "stop a processor",
              "Stop processor NAME. A simulated one is also removed (a crashed one too); the "

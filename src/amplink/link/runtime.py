@@ -375,18 +375,32 @@ class Link:
         check_name(name)
         found: list[RpmsgChannel] = []
 
-        discovery = self.capabilities.channel_discovery
-
-        def ready() -> bool:
-            if discovery:  # looked up at each wake-up (the safety net's period at least)
-                self._discover_channels()
-            found[:] = self.core.find_channels(name)
+        def ready(channels: list[RpmsgChannel]) -> bool:
+            found[:] = [c for c in channels if c.name == name and not c.removed]
             return bool(found)
 
-        if not self.wait_until(ready, timeout_arg(timeout), tx=False):
+        if not self.wait_channels(ready, timeout):
             raise PeerTimeout(f"channel {name!r} was not announced within {timeout} s: is the "
                               "firmware offering it?")
         return found[0]
+
+    def wait_channels(self, ready: Callable[[list[RpmsgChannel]], bool],
+                      timeout: float | None = 10.0) -> bool:
+        """Wait until ``ready(the peer's channels)`` is true (False after ``timeout``).
+
+        ``ready`` runs with the link's lock held and must not call into the link; the
+        channels are looked up anew at each wake-up on a backend that discovers them (at
+        the safety net's period at least), which :meth:`channels` in a
+        :meth:`wait_until` predicate could not do.
+        """
+        discovery = self.capabilities.channel_discovery
+
+        def channels_ready() -> bool:
+            if discovery:
+                self._discover_channels()
+            return ready(list(self.core.channels))
+
+        return self.wait_until(channels_ready, timeout_arg(timeout), tx=False)
 
     def remove_channels(self, reason: str, *, lost: bool) -> None:
         """Every channel is gone: drivers' ``remove`` runs (in this thread) and their

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 PROCESSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
 #: the kinds of processor ``add`` makes, and the default name of each (with a number)
-KINDS = {"sim": "sim", "rtkit": "rtkit"}
+KINDS = {"sim": "sim", "rtkit": "rtkit", "keembay": "vpu"}
 MAX_FIRMWARE = 4096
 LOGGED_DENIALS = 10
 

@@ -297,8 +297,10 @@ class ServedLink:
              addr: int | None) -> ClientEndpoint:
         """A new endpoint of ``session`` on ``state``'s channel (LinkDown, AddressError,
         EndpointClosed as the link raises them; LookupError if the channel went)."""
-        numbered = self.link.capabilities.addressing == "endpoint"
-        if addr is None:  # "endpoint" addressing (RTKit): a channel's one number is both ends
+        # "endpoint" (RTKit) and "channel" (Keem Bay) addressing: a channel's one number
+        # is both ends, so one client at a time holds it
+        numbered = self.link.capabilities.addressing in ("endpoint", "channel")
+        if addr is None:
             addr = state.dst if numbered else RPMSG_ADDR_ANY
         try:
             ep = self.link.create_endpoint(state.name, addr=addr, dst=state.dst,
@@ -306,8 +308,8 @@ class ServedLink:
         except AddressError:
             if not numbered or addr != state.dst:
                 raise
-            raise AddressError(f"{self.processor}: endpoint 0x{addr:x} is held by another "
-                               "client: one at a time") from None
+            raise AddressError(f"{self.processor}: {state.name} is held by another client: "
+                               "one at a time") from None
         ce = ClientEndpoint(session, state, rights, ep)
         with self.lock:
             if not (state.removed or state.channel.removed):

@@ -16,8 +16,9 @@ The processors are :class:`~amplink.platforms.sim.SimRemoteProc` (the remoteproc
 lifecycle: crash recovery, coredumps, the RSC_TRACE buffer; see :func:`make_sim_processor`)
 or, added with the kind "rtkit" (``amplink boot --rtkit``), Apple RTKit co-processors
 (:class:`~amplink.platforms.rtkit.RtkitRemoteProc`: trace0 is their syslog, and
-``crashlog`` answers their last crash report); their firmware's output goes to the
-supervisor's log. Plain files cannot refuse a write,
+``crashlog`` answers their last crash report), or, with the kind "keembay" (``amplink
+boot --keembay``), Keem Bay VPUs (:class:`~amplink.platforms.sim.keembay.KeemBayRemoteProc`);
+their firmware's output goes to the supervisor's log. Plain files cannot refuse a write,
 so every operation goes through the socket, which answers with the kernel's errno (see
 :class:`~amplink.service.model.RemoteprocModel`);
 :class:`~amplink.platforms.linux.LinuxRemoteProc` and the CLI therefore work unchanged on
@@ -160,6 +161,16 @@ def make_rtkit_processor(name: str, firmware: str, *, coredump_dir: Path) -> Rem
     return RtkitRemoteProc(firmware, name=name, coredump_dir=coredump_dir, stdout=STDERR_FD)
 
 
+def make_keembay_processor(name: str, firmware: str, *, coredump_dir: Path
+                           ) -> RemoteProcessor:
+    """The supervisor's simulated Keem Bay VPUs (``amplink boot --keembay``): the firmware
+    sleeps without spinning, as :func:`make_sim_processor`'s."""
+    from ..platforms.sim.keembay import KeemBayRemoteProc  # only where Keem Bay is used
+
+    return KeemBayRemoteProc(firmware, name=name, coredump_dir=coredump_dir, stdout=STDERR_FD,
+                             spin=0.0)
+
+
 def make_processor(name: str, firmware: str, *, coredump_dir: Path) -> RemoteProcessor:
     """The default factory: an OpenAMP-profile peer for a firmware ``openamp:SHM:SOCKET``
     (:class:`~amplink.platforms.openamp.rproc.OpenAmpRemoteProc`), else a simulated
@@ -237,8 +248,10 @@ class Supervisor:
     ``policy`` (default: only the owner may do anything).
 
     ``factory`` makes the processors of the kind "sim", ``rtkit_factory`` those of the
-    kind "rtkit"; the defaults are :func:`make_processor` (simulated processors, dumping
-    into ``root``/coredumps, and OpenAMP-profile peers) and :func:`make_rtkit_processor`.
+    kind "rtkit", ``keembay_factory`` those of the kind "keembay"; the defaults are
+    :func:`make_processor` (simulated processors, dumping into ``root``/coredumps, and
+    OpenAMP-profile peers), :func:`make_rtkit_processor` and
+    :func:`make_keembay_processor`.
     Processors of the default factories live and die with the service (``on_exit =
     "keep"`` applies to those of a factory given here). Each control connection is served
     by a thread of its own, so a slow request (a boot) delays nobody else.
@@ -246,18 +259,19 @@ class Supervisor:
 
     def __init__(self, root: Path, factory: ProcessorFactory | None = None, *,
                  rtkit_factory: ProcessorFactory | None = None,
+                 keembay_factory: ProcessorFactory | None = None,
                  idle_grace: float = 10.0, tick: float = 0.25,
                  policy: Policy | None = None) -> None:
         self.root = Path(root)
         dumps = self.root / COREDUMP_DIR
+        given = {"sim": factory, "rtkit": rtkit_factory, "keembay": keembay_factory}
+        defaults = {"sim": make_processor, "rtkit": make_rtkit_processor,
+                    "keembay": make_keembay_processor}
         self.factories: dict[str, ProcessorFactory] = {
-            "sim": factory or functools.partial(make_processor, coredump_dir=dumps),
-            "rtkit": rtkit_factory or functools.partial(make_rtkit_processor,
-                                                        coredump_dir=dumps),
-        }
+            kind: given[kind] or functools.partial(default, coredump_dir=dumps)
+            for kind, default in defaults.items()}
         #: the kinds whose processors are the service's own (children of its process)
-        self._own_kinds = {kind for kind, given in (("sim", factory),
-                                                    ("rtkit", rtkit_factory)) if given is None}
+        self._own_kinds = {kind for kind, made in given.items() if made is None}
         self._own: set[str] = set()  # their devices
         self.idle_grace = idle_grace
         self.tick = tick
@@ -639,7 +653,7 @@ class SupervisorClient:
 
     def add(self, firmware: str, name: str | None = None, kind: str | None = None
             ) -> tuple[str, str]:
-        """Create an offline processor of ``kind`` ("sim" by default, "rtkit"); returns
+        """Create an offline processor of ``kind`` ("sim" by default, "rtkit", "keembay"); returns
         (device, name)."""
         request = {"op": "add", "name": name, "firmware": firmware}
         if kind is not None:

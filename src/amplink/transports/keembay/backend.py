@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import AddressError, InvalidArgument, LinkDown
-from ...link.backend import Backend, Capabilities, Deliver
+from ...link.backend import Backend, Capabilities, Deliver, SeenChannel
 from ...memory.buffers import BufferSlice, SharedBuffer
 from ...memory.providers import CarveoutProvider
 from ...memory.region import SharedRegion
@@ -61,6 +61,7 @@ from .wire import (
     STATUS_OFFSET,
     U32_LIMIT,
     Fault,
+    channel_name,
     check_entry,
     check_header,
     tx_queue,
@@ -104,6 +105,8 @@ class KeemBayBackend(Backend):
             max_payload=layout.slot_size, name_service=False, tx_loan=True, rx_hold=True,
             send_by_reference=True, addressing="channel",
             address_range=(0, KMB_IPC_MAX_CHANNELS - 1), dynamic_base=None,
+            # the peer's open channels are its bitmap (discover_channels)
+            channel_discovery=True,
             # what the peer can leave in our FIFO before it must wait for us to drain: its
             # GP share (its HS channels may add more); so max_held is half of it
             rx_buffers=min(layout.fifo_share, layout.headers))
@@ -183,6 +186,15 @@ class KeemBayBackend(Backend):
         if not 0 <= channel < KMB_IPC_MAX_CHANNELS:
             return False
         return bool(self._mm[self._peer_bitmap + channel // 8] >> (channel % 8) & 1)
+
+    def discover_channels(self) -> list[SeenChannel]:
+        """The channels the peer has open, named ``kmb-N`` (its bitmap as it stands: the
+        peer may change it at any time, and any bit pattern is a valid set of channels)."""
+        bits = bytes(self._mm[self._peer_bitmap:self._peer_bitmap + KMB_IPC_MAX_CHANNELS // 8])
+        return [SeenChannel(channel_name(channel), channel, channel)
+                for byte_index, byte in enumerate(bits) if byte
+                for channel in range(byte_index * 8, byte_index * 8 + 8)
+                if byte >> (channel % 8) & 1]
 
     # -- channels ----------------------------------------------------------------------------
     def open_endpoint(self, addr: int | None, name: str | None, dst: int) -> int:

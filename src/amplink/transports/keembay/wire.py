@@ -55,6 +55,15 @@ def is_hs(channel: int) -> bool:
     return 0 <= channel < KMB_IPC_NUM_HS_CHANNELS
 
 
+#: what a discovered channel is called: ``kmb-`` and its number in decimal (``kmb-10``)
+CHANNEL_PREFIX = "kmb-"
+
+
+def channel_name(channel: int) -> str:
+    """The name a link that discovers Keem Bay channels gives channel ``channel``."""
+    return f"{CHANNEL_PREFIX}{channel}"
+
+
 def tx_queue(channel: int) -> int:
     """The transmit queue of ``channel``: its own for HS channels, :data:`GP_QUEUE` for GP."""
     return channel if channel < KMB_IPC_NUM_HS_CHANNELS else GP_QUEUE
