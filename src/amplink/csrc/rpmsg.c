@@ -10,6 +10,7 @@
 #include "speedups.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -977,6 +978,12 @@ static PyObject *Engine_wait_pending(Engine *e, PyObject *const *args, Py_ssize_
             closed = __atomic_load_n(&e->closed, __ATOMIC_SEQ_CST);
             found = !closed && ld16(idx) != __atomic_load_n(mine, __ATOMIC_RELAXED);
         }
+        /* Give the core to whoever is runnable on it (returns at once if nobody is):
+         * with more spinning processes than cores (a service's client, the service,
+         * the firmware on two cores) the one with the next move must not wait for a
+         * time slice to end. */
+        if (!found && !closed)
+            sched_yield();
     } while (!found && !closed && monotonic() < deadline);
     __atomic_sub_fetch(&e->spinners, 1, __ATOMIC_SEQ_CST);  /* no access after this */
     Py_END_ALLOW_THREADS

@@ -19,6 +19,7 @@ in place (:meth:`Backend.loan`, then :meth:`Backend.send_loan` or
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -221,6 +222,8 @@ class Backend(ABC):
                     return True
             if time.monotonic() >= end:
                 return False
+            # the core (and the GIL) to whoever is runnable: the peer may wait for it
+            os.sched_yield()
 
     # -- queued sends (optional) ---------------------------------------------------------------
     def enqueue(self, src: int, dst: int, payload: Any) -> Any | None:

@@ -10,7 +10,9 @@ The engine holds no user code: ``settle`` (the link's "drain, then check") and t
 ``ready`` predicates it is given are the link's own, called with the lock held.
 
 Spinning (polling mode, and the spin before each sleep) goes through the backend's
-``wait_pending``: the C backend spins there without holding the GIL.
+``wait_pending``: the C backend spins there without holding the GIL; every spinner
+yields its core between looks (``sched_yield``: at once back if nobody else is runnable),
+so more spinning processes than cores take turns instead of waiting for time slices.
 """
 
 from __future__ import annotations

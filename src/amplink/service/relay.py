@@ -148,10 +148,11 @@ class ServedLink:
 
     def __init__(self, processor: str, index: int, link: Link, visible: VisibleFn, *,
                  owner: RemoteProcessor | None = None) -> None:
-        # The relay thread is the link's only waiter: spinning a moment before it sleeps, it
+        # The relay thread is the link's only waiter: spinning a while before it sleeps, it
         # finds the firmware's answer without a wake-up (a third of a round trip through
-        # the service on 2 cores: 16 B RTT ~270 -> ~155 us). Only the relay spins: the
-        # firmware and the clients sleep, or three spinning processes take turns on the cores.
+        # the service on 2 cores: 16 B RTT ~270 -> ~155 us, before the clients and the
+        # firmware spun too). Spinners yield their core to whoever is runnable, so the
+        # three processes take turns on two cores.
         link.spin = RELAY_SPIN
         self.processor = processor
         #: the processor (whose buffer port takes buffers clients lend)

@@ -560,13 +560,10 @@ def connect_link(processor: str, *, root: Path | str | None = None, link: int = 
                  **link_options: Any) -> Link:
     """A :class:`~amplink.link.Link` to link ``link`` of ``processor`` (its name or its
     remoteprocN device), served by the amplink service of ``root`` (default: the
-    per-user runtime directory, $AMPLINK_RUNTIME_DIR). ``link_options`` go to the Link
-    (``spin`` defaults to 0: a spin polls the socket while the service and the firmware
-    need the cores for the message's way there and back)."""
+    per-user runtime directory, $AMPLINK_RUNTIME_DIR). ``link_options`` go to the Link."""
     backend = ServiceBackend.connect(endpoint_socket(root), processor, link=link, watch=watch,
                                      timeout=timeout)
     link_options.setdefault("name", f"{processor}@service")
-    link_options.setdefault("spin", 0.0)
     try:
         return Link(backend, **link_options)
     except BaseException:
