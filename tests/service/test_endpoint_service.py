@@ -6,6 +6,7 @@ requests are served concurrently."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from pathlib import Path
@@ -280,6 +281,29 @@ def test_a_slow_boot_delays_no_other_client(tmp_path: Path) -> None:
         assert [p.name for p in service_status(service.root)] == ["slow", "other"]
         assert time.monotonic() - t0 < 0.7  # served one at a time, they would wait ~1.4 s
         assert booting.join(TIMEOUT) and booting.error is None
+
+
+def test_a_client_that_spins_sees_the_service_hang_up(service: LoopService) -> None:
+    """The end of the connection is LinkDown for a receive that spins through its whole
+    wait (rx_pending says readable, and there is nothing to read), as for one that sleeps."""
+    service.boot()
+    link = service.link(spin=60.0)  # spins through the whole receive once it woke twice
+    ep = link.open_channel("rpmsg-echo", timeout=TIMEOUT)
+    other = link.open_channel("rpmsg-echo", timeout=TIMEOUT)
+    waiting = Outcome(lambda: ep.recv(timeout=5.0))
+    for wake in (b"1", b"2"):  # answers for the other endpoint wake the waiting receive
+        time.sleep(0.1)
+        other.send(wake)
+    assert wait_for(lambda: other.queued == 2, TIMEOUT)
+    time.sleep(0.1)
+    assert service.supervisor.endpoints is not None
+    t0 = time.monotonic()
+    for session in list(service.supervisor.endpoints._sessions.values()):
+        session.sock.shutdown(socket.SHUT_RDWR)  # the service's end, without a word
+    assert waiting.join(TIMEOUT)
+    assert isinstance(waiting.error, LinkDown), waiting.error
+    assert "closed the connection" in str(waiting.error)
+    assert waiting.ended is not None and waiting.ended - t0 < 1.0
 
 
 def test_a_fault_serving_one_client_costs_only_that_client(

@@ -99,6 +99,18 @@ def queued_bytes(sock: socket.socket, buf: array.array[int]) -> int:
     return buf[0]
 
 
+def connection_end(sock: socket.socket) -> str | None:
+    """Why the service's connection ended, if it did (a socket with nothing queued)."""
+    try:
+        if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+            return None
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        return f"lost the amplink service: {exc}"
+    return "the amplink service closed the connection (it stopped or restarted)"
+
+
 class _SocketReadiness(Doorbell):
     """The socket as the waiter's doorbell: readable while frames wait (level-triggered).
 
@@ -121,14 +133,10 @@ class _SocketReadiness(Doorbell):
     def clear(self) -> None:
         if queued_bytes(self._sock, self._buf):
             return
-        try:  # nothing queued: another thread took the frames, or the service is gone
-            if self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                return
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            raise LinkDown(f"lost the amplink service: {exc}") from None
-        raise LinkDown("the amplink service closed the connection (it stopped or restarted)")
+        # nothing queued: another thread took the frames, or the service is gone
+        gone = connection_end(self._sock)
+        if gone is not None:
+            raise LinkDown(gone)
 
     def close(self) -> None:
         pass  # the backend owns the socket
@@ -400,6 +408,14 @@ class ServiceBackend(Backend):
                 self._requests.unawaited.discard(frame.a)  # e.g. of a close: nobody waits
             else:
                 self._fault(f"a frame of kind {kind} from the service")
+        if not taken and self.down is None:
+            # Nothing to read: perhaps the end of the connection, which makes rx_pending
+            # say readable. A waiter that spins must find it here, as one that sleeps does
+            # in the doorbell's clear(), or it spins again and again until its timeout.
+            # (One syscall, like a poll; the poll object is the spinning thread's alone.)
+            gone = connection_end(self._sock)
+            if gone is not None:
+                self.mark_down(gone)
         return taken
 
     def _credit(self, credits: int, dropped: int) -> None:
