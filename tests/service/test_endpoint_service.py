@@ -6,6 +6,7 @@ requests are served concurrently."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ from loop_kit import TIMEOUT, LoopService, loop_service
 from amplink import Endpoint
 from amplink.errors import (
     AccessDenied,
+    AmplinkError,
     EndpointClosed,
     LinkDown,
     MessageTooLarge,
@@ -27,6 +29,7 @@ from amplink.errors import (
     UnknownTarget,
 )
 from amplink.platforms.linux import LinuxRemoteProc
+from amplink.remoteproc.states import RprocState
 from amplink.service.session import MAX_QUEUED
 from amplink.transports.service import service_status
 
@@ -334,6 +337,46 @@ def test_a_fault_serving_one_client_costs_only_that_client(
     fresh = service.link().open_channel("rpmsg-echo", timeout=TIMEOUT)
     fresh.send(b"and new clients too")
     assert fresh.recv(timeout=TIMEOUT) == b"and new clients too"
+
+
+def test_a_dead_endpoint_service_is_restarted(service: LoopService,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A fault that ends the endpoint service's I/O thread (here: in accept) disconnects
+    its clients (LinkDown) and the supervisor serves the channels again with a new one;
+    the processors run on."""
+    from amplink.service.endpoints import EndpointService
+
+    caplog.set_level(logging.INFO, logger="amplink.service.supervisor")
+    rproc = service.boot()
+    before = service.link().open_channel("rpmsg-echo", timeout=TIMEOUT)
+    real_accept = EndpointService._accept
+    faults = iter([RuntimeError("a bug in accept")])
+
+    def faulty_accept(self: EndpointService) -> None:
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        real_accept(self)
+
+    monkeypatch.setattr(EndpointService, "_accept", faulty_accept)
+    with pytest.raises(AmplinkError):
+        service.link()  # its connection is what the dying thread was accepting
+    with pytest.raises(LinkDown, match="closed the connection"):
+        before.recv(timeout=TIMEOUT)
+    assert "a bug in accept" in caplog.text
+
+    def echoes() -> bool:
+        try:
+            ep = service.link(timeout=1.0).open_channel("rpmsg-echo", timeout=TIMEOUT)
+        except AmplinkError:
+            return False
+        ep.send(b"served again")
+        return ep.recv(timeout=TIMEOUT) == b"served again"
+
+    assert wait_for(echoes, TIMEOUT)
+    assert rproc.state is RprocState.RUNNING
+    assert "the endpoint service was restarted" in caplog.text
 
 
 def test_a_processor_whose_links_fail_costs_only_its_own_clients(

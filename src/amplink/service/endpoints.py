@@ -131,6 +131,8 @@ class EndpointService:
         self._next_id = 1
         self._queued = array.array("i", [0])
         self._stopping = False
+        #: the I/O thread died of a fault of ours (the supervisor starts a new service)
+        self.failed = False
         self._thread: threading.Thread | None = None
 
     # -- life ---------------------------------------------------------------------------------
@@ -256,8 +258,9 @@ class EndpointService:
                     next_look = now + TICK
                     if everyone:
                         next_full_look = now + FULL_LOOK
-        except Exception:  # noqa: BLE001 - logged; the supervisor goes on without endpoints
-            log.exception("the endpoint service failed")
+        except Exception:  # noqa: BLE001 - logged; the supervisor starts a new service
+            log.exception("the endpoint service failed: its clients are disconnected")
+            self.failed = True
         finally:
             self._shutdown()
 

@@ -108,6 +108,8 @@ SEND_TIMEOUT = 2.0
 CLIENT_JOIN_TIMEOUT = 5.0
 #: after a failed accept() (EMFILE, ENFILE, ENOMEM, ...): wait this long before the next
 ACCEPT_BACKOFF = 0.1
+#: the least time between two restarts of an endpoint service that died
+ENDPOINTS_RESTART_INTERVAL = 1.0
 #: the least time between two log lines about failed or refused connections (or updates)
 ACCEPT_LOG_INTERVAL = 5.0
 
@@ -276,6 +278,7 @@ class Supervisor:
         self.policy = policy or default_policy()
         self.model: RemoteprocModel | None = None
         self.endpoints: EndpointService | None = None
+        self._endpoints_restart_at = 0.0
         self.ops = ControlOps(self, self.policy)
         self._clients: dict[ControlConnection, threading.Thread] = {}
         self._clients_lock = threading.Lock()
@@ -387,10 +390,35 @@ class Supervisor:
                 self.model.refresh()
             except OSError as exc:  # out of fds or space: the next tick tries again
                 self._refresh_log.warning("cannot update the files: %s", exc)
+            if self.endpoints is not None and self.endpoints.failed:
+                self._restart_endpoints()
             if not self.model.devices() and not self.connected_clients and (
                     self._had_processor or time.monotonic() - started > self.idle_grace):
                 log.info("no processor left: exiting")
                 return
+
+    def _restart_endpoints(self) -> None:
+        """The endpoint service's I/O thread died of a fault of ours (logged; its clients
+        got LinkDown as the connections closed): serve the processors' channels again with
+        a new one, as after a restart of the service. At most once per
+        :data:`ENDPOINTS_RESTART_INTERVAL`, so a fault that recurs at once cannot spin."""
+        now = time.monotonic()
+        if now < self._endpoints_restart_at:
+            return
+        self._endpoints_restart_at = now + ENDPOINTS_RESTART_INTERVAL
+        assert self.endpoints is not None
+        self.endpoints.stop()
+        endpoints = EndpointService(self.root, self.policy, self)
+        try:
+            endpoints.start()
+        except OSError as exc:  # out of fds: the next interval tries again
+            log.warning("cannot restart the endpoint service: %s", exc)
+            endpoints.stop()
+            return
+        self.endpoints = endpoints
+        for _, rproc in self.entries():
+            endpoints.watch_processor(rproc)
+        log.info("the endpoint service was restarted")
 
     def _accept(self, sel: selectors.BaseSelector, listener: socket.socket) -> None:
         try:
