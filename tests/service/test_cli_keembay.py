@@ -29,6 +29,10 @@ def _channels(cli: Cli, name: str) -> list[str]:
 def test_send_and_listen_on_a_keembay_vpu(runtime: Path, cli: Cli) -> None:
     out = cli.ok("boot", "--keembay", ECHO)
     assert out.startswith(f"vpu0 (remoteproc0): running {ECHO}")
+    assert cli.ok("ls").splitlines()[1].split()[:4] == ["vpu0", "remoteproc0", "keembay",
+                                                        "running"]
+    (item,) = json.loads(cli.ok("ls", "--json"))
+    assert item["kind"] == "keembay"
     assert wait_for(lambda: {"kmb-0", "kmb-1", "kmb-10", "kmb-20", "kmb-30"}
                     <= set(_channels(cli, "vpu0")), TIMEOUT)
     assert cli.ok("send", "--reply", "vpu0", "kmb-0", "hello").endswith("[reply] 5 B: hello\n")

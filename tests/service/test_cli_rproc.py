@@ -32,8 +32,10 @@ def test_boot_ls_state_crash_recover_stop(runtime: Path, cli: Cli) -> None:
     assert (runtime / "remoteproc0" / "state").read_text() == "running\n"  # for cat
     assert wait_for(lambda: "channel rpmsg-echo" in cli.ok("ls"), TIMEOUT)
     listing = cli.ok("ls").splitlines()
-    assert listing[0].split() == ["NAME", "DEVICE", "STATE", "RECOVERY", "COREDUMP", "FIRMWARE"]
-    assert listing[1].split() == ["sim0", "remoteproc0", "running", "enabled", "disabled", ECHO]
+    assert listing[0].split() == ["NAME", "DEVICE", "KIND", "STATE", "RECOVERY", "COREDUMP",
+                                  "FIRMWARE"]
+    assert listing[1].split() == ["sim0", "remoteproc0", "sim", "running", "enabled",
+                                  "disabled", ECHO]
     assert "no local endpoint open" in listing[2]  # nobody opened rpmsg-echo on this side
     assert cli.ok("state", "sim0") == "running\n"
 

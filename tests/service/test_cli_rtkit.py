@@ -24,8 +24,8 @@ def test_an_rtkit_coprocessor_from_the_command_line(runtime: Path, cli: Cli) -> 
     out = cli.ok("boot", "--rtkit", ECHO)
     assert out.startswith(f"rtkit0 (remoteproc0): running {ECHO}")
     listing = cli.ok("ls").splitlines()
-    assert listing[1].split() == ["rtkit0", "remoteproc0", "running", "enabled", "disabled",
-                                  ECHO]
+    assert listing[1].split() == ["rtkit0", "remoteproc0", "rtkit", "running", "enabled",
+                                  "disabled", ECHO]
     assert cli.ok("state", "rtkit0") == "running\n"
     assert wait_for(lambda: "echo ready on endpoint 0x20" in cli.ok("trace", "rtkit0"),
                     TIMEOUT)

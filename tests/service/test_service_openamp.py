@@ -66,6 +66,7 @@ def test_an_openamp_peer_is_served_like_any_processor(tmp_path: Path,
         assert wait_for(lambda: (root / PID_FILE).exists(), TIMEOUT)
         control = SupervisorClient(root, timeout=TIMEOUT)
         dev, name = control.add(f"openamp:{config.shm_name}:{config.socket_path}", "peer")
+        assert control.kind(dev) == "openamp"  # added as "sim", served as the peer it is
         rproc = LinuxRemoteProc(dev, control.tree)
         booting = Outcome(rproc.boot)  # waits for the peer to connect
         remote = OpenAmpLink.open("remote", server=False, config=config, timeout=TIMEOUT)

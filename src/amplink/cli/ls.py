@@ -1,11 +1,12 @@
 """``amplink ls [--json]``: the remote processors, their settings and what they carry.
 
 For each processor: its state, recovery, coredump and firmware; for the simulator's (or
-any supervisor's) processors also their crashes, the rpmsg channels the service serves
-with each client's endpoints, rights and counters, the watchers and the connected
-clients (from the endpoint service, :func:`amplink.transports.service.service_status`),
-and the buffers attached to them; with ``--sysfs`` a real processor's rpmsg channels as
-the kernel lists them in sysfs. ``--json`` prints the same as one JSON document.
+any supervisor's) processors also their kind (sim, rtkit, keembay, openamp), crashes,
+the rpmsg channels the service serves with each client's endpoints, rights and
+counters, the watchers and the connected clients (from the endpoint service,
+:func:`amplink.transports.service.service_status`), and the buffers attached to them;
+with ``--sysfs`` a real processor's rpmsg channels as the kernel lists them in sysfs.
+``--json`` prints the same as one JSON document.
 """
 
 from __future__ import annotations
@@ -85,9 +86,14 @@ def _supervised(supervisor: SupervisorClient, dev: str,
                 served: ProcessorStatus | None) -> dict[str, Any]:
     """A supervised processor's crashes, channels (served, with endpoints), buffers."""
     from ..platforms.linux import RprocControlError
+    from ..service.supervisor import SupervisorError
     from ..transports.service_status import to_json
 
     details: dict[str, Any] = {}
+    try:
+        details["kind"] = supervisor.kind(dev)
+    except (RprocControlError, SupervisorError):
+        pass  # gone meanwhile, or an older supervisor
     try:
         details["crashes"] = supervisor.crashes(dev)._asdict()
     except RprocControlError:
@@ -126,8 +132,11 @@ def _kernel_channels(rproc: LinuxRemoteProc) -> dict[str, Any]:
 
 # -- printing ---------------------------------------------------------------------------
 def _print(listing: list[dict[str, Any]]) -> None:
-    rows = [("NAME", "DEVICE", "STATE", "RECOVERY", "COREDUMP", "FIRMWARE")]
-    rows += [(p["name"], p["dev"], p["state"], p["recovery"], p["coredump"], p["firmware"])
+    kinds = any("kind" in p for p in listing)  # a supervisor's processors: it knows their kind
+    rows = [("NAME", "DEVICE", *(("KIND",) if kinds else ()), "STATE", "RECOVERY", "COREDUMP",
+             "FIRMWARE")]
+    rows += [(p["name"], p["dev"], *((p.get("kind", "-"),) if kinds else ()), p["state"],
+              p["recovery"], p["coredump"], p["firmware"])
              for p in listing]
     for item, line in zip([None, *listing], table(rows), strict=True):
         out(line)

@@ -81,6 +81,10 @@ class Host(Protocol):
         """Shut ``dev`` down whatever its state and remove it."""
         ...
 
+    def kind_of(self, dev: str) -> str:
+        """The kind ``dev`` was made as (see :data:`KINDS`; "openamp" for such peers)."""
+        ...
+
     def attach_buffer(self, dev: str, rproc: SimRemoteProc, size: int, access: int
                       ) -> tuple[int, int]:
         """A new buffer attached to ``rproc``: its id and device address."""
@@ -125,7 +129,7 @@ class ControlOps:
             "debug_write": self._op_debug_write, "add": self._op_add, "remove": self._op_remove,
             "channels": self._op_channels, "crashes": self._op_crashes,
             "buffers": self._op_buffers, "attach": self._op_attach, "detach": self._op_detach,
-            "crashlog": self._op_crashlog,
+            "crashlog": self._op_crashlog, "kind": self._op_kind,
             "dev_open": self._op_dev_open,
             "dev_write": self._op_dev_write, "dev_set_release": self._op_dev_set_release,
             "dev_get_release": self._op_dev_get_release,
@@ -298,6 +302,11 @@ class ControlOps:
             raise _fail(errno.EOPNOTSUPP, f"{rproc.name} keeps no crashlog (only RTKit "
                                           "co-processors do)")
         return {"report": rproc.crashlog()}
+
+    def _op_kind(self, c: ControlConnection, m: dict[str, Any]) -> dict[str, Any]:
+        dev = self._dev(m)
+        self._processor(c, dev)
+        return {"kind": self.host.kind_of(dev)}
 
     def _op_crashes(self, c: ControlConnection, m: dict[str, Any]) -> dict[str, Any]:
         rproc = self._processor(c, self._dev(m))

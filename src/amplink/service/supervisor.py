@@ -273,6 +273,8 @@ class Supervisor:
         #: the kinds whose processors are the service's own (children of its process)
         self._own_kinds = {kind for kind, made in given.items() if made is None}
         self._own: set[str] = set()  # their devices
+        #: each device's kind: "sim", "rtkit", "keembay", or "openamp" (a "sim" peer)
+        self._kinds: dict[str, str] = {}
         self.idle_grace = idle_grace
         self.tick = tick
         self.policy = policy or default_policy()
@@ -553,6 +555,7 @@ class Supervisor:
     def add_processor(self, name: str, firmware: str, kind: str = "sim") -> str:
         rproc = self.factories[kind](name, firmware)
         dev = self._m.add(rproc)
+        self._kinds[dev] = "openamp" if isinstance(rproc, OpenAmpRemoteProc) else kind
         self._had_processor = True
         if kind in self._own_kinds:
             self._own.add(dev)
@@ -562,12 +565,16 @@ class Supervisor:
         log.info("%s: added %s (%s) with firmware %s", dev, name, kind, firmware)
         return dev
 
+    def kind_of(self, dev: str) -> str:
+        return self._kinds.get(dev, "sim")
+
     def remove_processor(self, dev: str) -> None:
         unsubscribe = self._unsubscribe.pop(dev, None)
         if unsubscribe is not None:
             unsubscribe()
         rproc = self._m.remove(dev)
         self._own.discard(dev)
+        self._kinds.pop(dev, None)
         self._collect_buffers()  # its run ended: its buffers are detached
         if self.endpoints is not None:
             self.endpoints.forget_processor(rproc)
@@ -746,6 +753,17 @@ class SupervisorClient:
         except (ValueError, TypeError) as exc:
             raise SupervisorError(f"{dev}: malformed crash record: {exc}") from None
         return crashes
+
+    def kind(self, dev: str) -> str:
+        """What ``dev`` is: "sim", "rtkit", "keembay" or "openamp" (``amplink boot``'s kinds)."""
+        response = self.tree.request({"op": "kind", "dev": dev}, dev)
+        try:
+            kind = protocol.field(response, "kind", str)
+        except ValueError as exc:
+            raise SupervisorError(f"{dev}: malformed answer to kind: {exc}") from None
+        if not PROCESSOR_NAME.fullmatch(kind):
+            raise SupervisorError(f"{dev}: kind answered {kind[:40]!r}")
+        return kind
 
     def crashlog(self, dev: str) -> str:
         """The report of the last crash of RTKit co-processor ``dev`` ("" if none)."""

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from .errors import SupervisorError, SupervisorUnavailable, error_from_errno
 
 CONTROL_SOCKET = ".control"
-PROTOCOL_VERSION = 2  # 2: "add" takes a kind (sim, rtkit); "crashlog"
+PROTOCOL_VERSION = 3  # 2: "add" takes a kind (sim, rtkit); "crashlog"; 3: "keembay", "kind"
 MAX_MESSAGE = 1 << 20  # a trace buffer fits; anything longer is a broken peer
 MAX_ERROR_TEXT = 1000
 _DEVICE = re.compile(r"remoteproc[0-9]+")
@@ -41,7 +41,7 @@ OPS: Mapping[str, tuple[str, ...]] = {
     "write": ("dev", "attr", "value"),
     "debug_read": ("dev", "attr"),             # debugfs: trace0, ... -> value
     "debug_write": ("dev", "attr", "value"),   # debugfs: crash, ...
-    "add": ("firmware",),                      # name, kind ("sim", "rtkit"): optional
+    "add": ("firmware",),                      # name, kind ("sim", "rtkit", "keembay"): optional
                                                # -> dev, name
     "remove": ("dev",),
     "channels": ("dev",),                      # -> channels [{name, src, dst}]
@@ -50,6 +50,7 @@ OPS: Mapping[str, tuple[str, ...]] = {
     "attach": ("dev", "size", "access"),       # a new buffer attached to it -> id, da
     "detach": ("dev", "id"),                   # detach (and free) buffer id
     "crashlog": ("dev",),                      # an RTKit co-processor's last crash -> report
+    "kind": ("dev",),                          # -> kind (sim, rtkit, keembay, openamp)
     "dev_open": ("dev",),                      # this connection is now /dev/remoteprocN
     "dev_write": ("value",),
     "dev_set_release": ("value",),             # RPROC_SET_SHUTDOWN_ON_RELEASE
