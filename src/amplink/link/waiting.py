@@ -188,6 +188,7 @@ class WaitEngine:
         backend = self.backend
         lock = self.lock
         me = threading.get_ident()
+        spun_at = -1  # the generation at which the last spin said work was there
         while True:
             if not self._acquire(deadline):
                 return False
@@ -195,6 +196,11 @@ class WaitEngine:
                 if self._settle(ready, tx):
                     return True
                 generation = self.generation
+                if generation == spun_at:
+                    # The spin's "work" brought nothing (a backend that reads a hung-up
+                    # socket as readable, say): sleep on the doorbell this time, which
+                    # notices such ends, instead of spinning round until the timeout.
+                    spin = 0.0
                 blocked = self._blocked(tx)
                 poller = self.poller
                 # Another thread sleeps on the doorbell: have the peer ring for our
@@ -225,7 +231,7 @@ class WaitEngine:
                 if self.poll_mode:
                     self._spin(remaining, tx, generation)
                 else:
-                    self._sleep(remaining, tx, generation, spin)
+                    spun_at = generation if self._sleep(remaining, tx, generation, spin) else -1
                     spin = self.spin
             finally:
                 with self._cond_lock:
@@ -253,18 +259,21 @@ class WaitEngine:
             if end is not None and time.monotonic() >= end:
                 return
 
-    def _sleep(self, remaining: float | None, tx: bool, generation: int, spin: float) -> None:
+    def _sleep(self, remaining: float | None, tx: bool, generation: int, spin: float) -> bool:
+        """Spin ``spin`` seconds, then sleep on the doorbell; True if the spin found work."""
         backend = self.backend
         closed = self._closed
         pending = backend.tx_available if tx else backend.rx_pending
-        if spin and backend.wait_pending(tx, spin) or closed():
-            return
+        if spin and backend.wait_pending(tx, spin):
+            return True
+        if closed():
+            return False
         with self.lock:
             if generation != self.generation or closed():
-                return  # another thread delivered meanwhile: re-check before sleeping
+                return False  # another thread delivered meanwhile: re-check before sleeping
             if backend.arm(rx=not tx, tx=tx):
                 backend.disarm()
-                return
+                return False
         limit = self.safety_timeout
         polling_tx = tx and not backend.tx_kicks
         if polling_tx:
@@ -274,11 +283,12 @@ class WaitEngine:
         signalled = backend.waiter.wait(timeout)
         with self.lock:
             if closed():
-                return
+                return False
             backend.disarm()
             if not signalled and not polling_tx and pending():
                 self.safety_net_wakeups += 1
             backend.waiter.reset_wake()
+        return False
 
     # -- asyncio ------------------------------------------------------------------------------
     async def async_wait_until(self, ready: Callable[[], bool], timeout: float | None, *,
