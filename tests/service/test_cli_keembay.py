@@ -103,6 +103,31 @@ def test_channels_come_and_go_with_the_vpu(runtime: Path, cli: Cli) -> None:
     cli.ok("stop", "vpu0")
 
 
+def test_a_vpu_writing_its_whole_bitmap_costs_the_service_nothing(runtime: Path,
+                                                                  cli: Cli) -> None:
+    """The open-channel bitmap is the VPU's memory: a VPU that says every channel is open
+    (then closes them) makes the service announce them and take them back, bounded by the
+    1024 channels there are, and it serves on: the clients keep their channel, see the
+    channels converge, and new clients are served."""
+    cli.ok("boot", "--keembay", CHANNELS)
+    link = connect_link("vpu0", root=runtime, timeout=TIMEOUT)
+    try:
+        control = link.open_channel("kmb-0", timeout=TIMEOUT)
+        control.send(b"storm", timeout=TIMEOUT)
+        link.wait_channel("kmb-1023", TIMEOUT)  # announced while the storm lasts
+        assert control.recv(timeout=TIMEOUT) == b"ok"
+        assert wait_for(lambda: [c.name for c in link.channels()] == ["kmb-0"], TIMEOUT)
+        assert wait_for(lambda: _channels(cli, "vpu0") == ["kmb-0"], TIMEOUT)
+        control.send(b"open 7", timeout=TIMEOUT)  # and channels come as they should
+        assert control.recv(timeout=TIMEOUT) == b"ok"
+        seven = link.open_channel("kmb-7", timeout=TIMEOUT)
+        seven.send(b"still served", timeout=TIMEOUT)
+        assert seven.recv(timeout=TIMEOUT) == b"still served"
+    finally:
+        link.close()
+    assert cli.ok("send", "--reply", "vpu0", "kmb-0", "open 5").endswith("[reply] 2 B: ok\n")
+
+
 def test_keembay_needs_the_simulator(tmp_path: Path, cli: Cli) -> None:
     tree = tmp_path / "sysfs"
     tree.mkdir()
