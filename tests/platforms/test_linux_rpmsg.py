@@ -62,6 +62,22 @@ def test_the_link_goes_with_the_device(kernel, rproc):
     assert first.closed
 
 
+def test_a_processor_removed_while_its_link_is_resolved_is_not_found(kernel, rproc,
+                                                                     monkeypatch):
+    """realpath raises when a link on its way is removed while it is resolved (the kernel
+    removing the device): that is ProcessorNotFound, not a raw FileNotFoundError."""
+    import os
+
+    from amplink.platforms.linux import ProcessorNotFound
+
+    def removed(path, *args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+
+    monkeypatch.setattr(os.path, "realpath", removed)
+    with pytest.raises(ProcessorNotFound, match=r"m4 \(remoteproc0\) went away"):
+        rproc.channels()
+
+
 def test_a_tree_without_sysfs_has_no_rpmsg(tmp_path):
     root = tmp_path / "elsewhere"
     (root / "remoteproc0").mkdir(parents=True)

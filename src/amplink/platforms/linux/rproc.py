@@ -385,7 +385,13 @@ class LinuxRemoteProc(RemoteProcessor):
             raise NotSupported(errno.EOPNOTSUPP, f"{self.label}: {tree!r} is not a sysfs tree "
                                "(.../class/remoteproc): its rpmsg devices cannot be found")
         sysfs = RpmsgSysfs(tree.root.parent.parent)
-        return sysfs, sysfs.devices_below(os.path.realpath(tree.root / self.dev))
+        try:
+            # realpath raises if the link is removed while it is resolved (the device goes)
+            where = os.path.realpath(tree.root / self.dev)
+        except OSError as exc:
+            raise ProcessorNotFound(errno.ENOENT, f"{self.label} went away: "
+                                                  f"{exc.strerror}") from None
+        return sysfs, sysfs.devices_below(where)
 
     def channels(self) -> list[ChannelDevice]:
         """The rpmsg channels the processor's firmware announced (read from sysfs)."""
