@@ -408,14 +408,6 @@ class ServiceBackend(Backend):
                 self._requests.unawaited.discard(frame.a)  # e.g. of a close: nobody waits
             else:
                 self._fault(f"a frame of kind {kind} from the service")
-        if not taken and self.down is None:
-            # Nothing to read: perhaps the end of the connection, which makes rx_pending
-            # say readable. A waiter that spins must find it here, as one that sleeps does
-            # in the doorbell's clear(), or it spins again and again until its timeout.
-            # (One syscall, like a poll; the poll object is the spinning thread's alone.)
-            gone = connection_end(self._sock)
-            if gone is not None:
-                self.mark_down(gone)
         return taken
 
     def _credit(self, credits: int, dropped: int) -> None:
