@@ -6,7 +6,9 @@ Measures, in one run and with the same timing loops (``amplink.perf``):
 * round-trip latency (RTT) of 16 B and 496 B messages to the echo firmware, and
 * one-way throughput (messages/s) of 16 B messages to the counting sink firmware, and
 * the hand-over of a 4 KiB and a 4 MiB shared buffer, by reference, to the frames
-  firmware (which inverts it in place) and back,
+  firmware (which inverts it in place) and back, and
+* the round trip of 16 B messages on a Keem Bay VPU's high-speed channel 0 (the
+  kmb_echo firmware; ``kmb-0`` through the service),
 
 two ways, alternating run by run so that both see the same machine load:
 
@@ -50,6 +52,7 @@ from amplink.handover import BufferChannel
 from amplink.memory import Access, allocate_buffer
 from amplink.perf import Summary, measure_one_way, measure_round_trip, percentiles
 from amplink.platforms.linux import LinuxRemoteProc
+from amplink.platforms.sim.keembay import KeemBayProcessor
 from amplink.service.supervisor import connect_supervisor, read_pid_file
 from amplink.transports.service import connect_link
 from amplink.transports.service_buffers import ServicePort
@@ -57,6 +60,7 @@ from amplink.transports.service_buffers import ServicePort
 ECHO = "amplink.firmware.examples.echo"
 SINK = "amplink.firmware.examples.sink"
 FRAMES = "amplink.firmware.examples.frames"  # inverts each buffer it is lent, in place
+KMB_ECHO = "amplink.firmware.examples.kmb_echo"  # a Keem Bay VPU: echoes on channel 0
 #: buffer sizes lent by reference (the time per hand-over must not grow with the size,
 #: but for the firmware's own pass over the bytes, the same both ways)
 HANDOVER_SIZES = (4 << 10, 4 << 20)
@@ -90,8 +94,9 @@ def supervisor(root: Path) -> Iterator[Any]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the supervisor did not start; see {root.parent}")
             time.sleep(0.05)
-        for firmware, name in ((ECHO, "echo"), (SINK, "sink"), (FRAMES, "frames")):
-            dev, _ = client.add(firmware, name)
+        for firmware, name, kind in ((ECHO, "echo", None), (SINK, "sink", None),
+                                     (FRAMES, "frames", None), (KMB_ECHO, "vpu", "keembay")):
+            dev, _ = client.add(firmware, name, kind)
             LinuxRemoteProc(dev, client.tree).boot()
         yield client
     finally:
@@ -108,6 +113,15 @@ def open_endpoint(way: str, root: Path, name: str, service: str
         return proc.link.open_channel(service, timeout=TIMEOUT), proc.link, proc
     link = connect_link(name, root=root, timeout=TIMEOUT)
     return link.open_channel(service, timeout=TIMEOUT), link, None
+
+
+def open_keembay(way: str, root: Path) -> tuple[Endpoint, Link, SimProcessor | None]:
+    """Channel 0 of a Keem Bay VPU running kmb_echo, held by this process or the service."""
+    if way == "direct":
+        proc = KeemBayProcessor(KMB_ECHO, name="bench-vpu")
+        proc.start()
+        return proc.link.create_endpoint(addr=0), proc.link, proc
+    return open_endpoint(way, root, "vpu", "kmb-0")
 
 
 class Handover:
@@ -182,12 +196,15 @@ CPU_PARTS = ("caller", "service", "firmware")
 
 def measure(params: Params, root: Path, service_pid: int) -> dict[str, Any]:
     results: dict[str, Any] = {way: {"rtt": {}, "one_way": [], "handover": {},
+                                     "keembay_rtt": [],
                                      "cpu_us": {part: {} for part in CPU_PARTS}}
                                for way in WAYS}
     handovers = {way: Handover(way, root) for way in WAYS}
     endpoints = {way: {name: open_endpoint(way, root, name, svc)
                        for name, svc in (("echo", "rpmsg-echo"), ("sink", "rpmsg-sink"))}
                  for way in WAYS}
+    for way in WAYS:
+        endpoints[way]["keembay"] = open_keembay(way, root)
     direct_echo = endpoints["direct"]["echo"][2]
     assert direct_echo is not None and direct_echo.process is not None
     pids = {"direct": {"caller": os.getpid(), "firmware": direct_echo.process.pid},
@@ -216,6 +233,10 @@ def measure(params: Params, root: Path, service_pid: int) -> dict[str, Any]:
                     with quiet_gc():
                         per = handovers[way].time(size, params.handover_count)
                     results[way]["handover"].setdefault(size, []).append(per)
+                with quiet_gc():
+                    samples = measure_round_trip(endpoints[way]["keembay"][0], 16,
+                                                 params.rtt_count, params.rtt_warmup)
+                results[way]["keembay_rtt"].append(percentiles(samples))
             progress(f"  run {run + 1}/{params.runs} done")
     finally:
         for handover in handovers.values():
@@ -256,6 +277,13 @@ def report(results: dict[str, Any], params: Params) -> list[str]:
         lines.append([f"hand-over {size >> 10} KiB", f"{d.median * 1e6:.0f} us",
                       f"{s.median * 1e6:.0f} us", f"{(s.median - d.median) * 1e6:+.0f} us",
                       "", ""])
+    d = Summary.of(r["p50"] for r in results["direct"]["keembay_rtt"])
+    s = Summary.of(r["p50"] for r in results["service"]["keembay_rtt"])
+    d99 = Summary.of(r["p99"] for r in results["direct"]["keembay_rtt"])
+    s99 = Summary.of(r["p99"] for r in results["service"]["keembay_rtt"])
+    lines.append(["Keem Bay RTT 16 B", f"{d.median * 1e6:.1f} us", f"{s.median * 1e6:.1f} us",
+                  f"{s.median / d.median:.2f}x", f"{d99.median * 1e6:.1f} us",
+                  f"{s99.median * 1e6:.1f} us"])
     out = table(lines)
     out.append("")
     cpu = [["CPU us per round trip", "host/client", "service", "firmware"]]
